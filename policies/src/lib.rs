@@ -1,0 +1,8 @@
+//! Forecasters, the DP planner, the benchmark's oracle and the baseline policies.
+//!
+//! Pure decision code: nothing here does I/O, reads a clock or awaits. Every input is an
+//! argument, so policies are tested by properties and replayed deterministically.
+
+mod policy;
+
+pub use policy::{Decision, Observation, Plan, Policy};

@@ -1,0 +1,81 @@
+use std::time::Duration;
+
+/// Everything a policy may know when it decides. The controller builds one per tick.
+///
+/// Histories are in instance units (demand already divided by what one instance serves)
+/// and hold one value per step, oldest first; the last value is the most recent complete
+/// step. A step with no reading is `NaN` (a gap): policies must tolerate gaps.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// Demand per step, in instances.
+    pub demand: &'a [f64],
+    /// Instances that were serving during each step of `demand` (same length); `NaN`
+    /// where unknown (history read from the signal before the agent ran).
+    pub serving_history: &'a [f64],
+    /// How many steps have ever been appended to the history, counting those that have
+    /// since dropped off the front of `demand`. Lets a policy ingest only new steps.
+    pub steps_seen: u64,
+    /// Instances serving now.
+    pub serving: u32,
+    /// Instances billed now (serving + booting + stopping).
+    pub billed: u32,
+    /// Instances launched and not yet serving.
+    pub booting: u32,
+    /// Fleet bounds, inclusive.
+    pub min: u32,
+    pub max: u32,
+    /// Most instances one tick may add or remove, when limited.
+    pub max_step_up: Option<u32>,
+    pub max_step_down: Option<u32>,
+    /// Length of one step (one tick).
+    pub step: Duration,
+    /// Steps from launch until an instance serves (`ceil(boot_delay / step)`).
+    pub boot_steps: u32,
+}
+
+impl Observation<'_> {
+    /// The most recent known demand, if any.
+    pub fn latest_demand(&self) -> Option<f64> {
+        self.demand.iter().rev().copied().find(|d| d.is_finite())
+    }
+}
+
+/// The planner's view of the future behind a decision, for logs, metrics and `plan`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Planned serving capacity for each of the next steps; the first is applied now.
+    pub trajectory: Vec<u32>,
+    /// Forecast demand per planned step: (quantile, value) pairs, in instances.
+    pub forecast: Vec<Vec<(f64, f64)>>,
+    /// The plan's expected cost, in instance-steps (including the launch cost).
+    pub expected_cost: f64,
+    /// Expected unserved demand over the plan, in instance-steps.
+    pub expected_unserved: f64,
+}
+
+/// A policy's answer: the fleet size it wants (billed instances, booting included) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub desired: u32,
+    /// Human-readable: what the policy saw and why it chose `desired`.
+    pub reason: String,
+    /// The plan behind the decision, for planners that make one.
+    pub plan: Option<Plan>,
+}
+
+impl Decision {
+    pub fn new(desired: u32, reason: impl Into<String>) -> Self {
+        Decision { desired, reason: reason.into(), plan: None }
+    }
+}
+
+/// A scaling policy: observation in, desired size and reason out.
+///
+/// `decide` takes `&mut self` so that a policy may keep incremental state (a forecaster's
+/// level, a recommendation window); it must still be a pure function of the observations
+/// it has been given, with no I/O and no clock.
+pub trait Policy: Send + std::fmt::Debug {
+    /// The name it is selected by in configs and on the command line.
+    fn name(&self) -> &str;
+    fn decide(&mut self, obs: &Observation<'_>) -> Decision;
+}
