@@ -3,6 +3,9 @@
 //! Pure decision code: nothing here does I/O, reads a clock or awaits. Every input is an
 //! argument, so policies are tested by properties and replayed deterministically.
 
+pub mod dp;
+pub mod oracle;
 mod policy;
 
+pub use oracle::{OracleError, OraclePolicy, OracleSchedule};
 pub use policy::{Decision, Observation, Plan, Policy};

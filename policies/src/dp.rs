@@ -1,0 +1,561 @@
+//! The dynamic program over integer fleet sizes shared by the oracle and the planner.
+//!
+//! It chooses one size `s_t` per stage `t = 0 .. T-1`, starting from a known size before
+//! stage 0, to minimise
+//!
+//! ```text
+//!     sum_t cost_t(s_t)  +  launch_cost * sum_t max(0, s_t - s_{t-1})
+//! ```
+//!
+//! subject to `lo_t <= s_t <= hi_t` and, per stage, `s_t - s_{t-1} <= max_up_t` and
+//! `s_{t-1} - s_t <= max_down_t`. Because the transition cost is linear in the increase,
+//! the best predecessor of every size is found with a running minimum over smaller sizes
+//! (of `V(s') - launch_cost * s'`) and a minimum over larger sizes (of `V(s')`): prefix
+//! and suffix minima, or sliding-window minima when a step limit applies. A stage costs
+//! O(N) and the whole program O(T * N).
+//!
+//! Costs are `f64`. Integer-valued costs below 2^53 are added exactly, so the oracle's
+//! integer optimum comes out exact. Among equally cheap plans the solver returns the
+//! greatest one (componentwise): ties prefer the larger size, which keeps plans monotone
+//! in their inputs.
+
+use std::fmt;
+
+/// Bounds and step limits of one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage {
+    /// Smallest allowed size.
+    pub lo: u32,
+    /// Largest allowed size.
+    pub hi: u32,
+    /// Most the size may grow from the previous stage (`u32::MAX`: no limit).
+    pub max_up: u32,
+    /// Most the size may shrink from the previous stage (`u32::MAX`: no limit).
+    pub max_down: u32,
+}
+
+impl Stage {
+    /// A stage with bounds and no step limits.
+    pub fn new(lo: u32, hi: u32) -> Self {
+        Stage {
+            lo,
+            hi,
+            max_up: u32::MAX,
+            max_down: u32::MAX,
+        }
+    }
+
+    /// The same stage with step limits (`None`: no limit).
+    pub fn with_limits(self, max_up: Option<u32>, max_down: Option<u32>) -> Self {
+        Stage {
+            max_up: max_up.unwrap_or(u32::MAX),
+            max_down: max_down.unwrap_or(u32::MAX),
+            ..self
+        }
+    }
+}
+
+/// An optimal size path and its cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Solution {
+    /// One size per stage.
+    pub sizes: Vec<u32>,
+    /// Total cost: stage costs plus launch costs.
+    pub cost: f64,
+}
+
+/// Why a program has no solution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DpError {
+    /// No stages were given.
+    NoStages,
+    /// A stage's bounds are inverted.
+    EmptyBounds { stage: usize, lo: u32, hi: u32 },
+    /// No size within a stage's bounds can be reached under the step limits.
+    Unreachable {
+        stage: usize,
+        lo: u32,
+        hi: u32,
+        reachable_lo: u32,
+        reachable_hi: u32,
+    },
+}
+
+impl fmt::Display for DpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DpError::NoStages => write!(f, "the plan has no stages"),
+            DpError::EmptyBounds { stage, lo, hi } => {
+                write!(
+                    f,
+                    "stage {stage}: lower bound {lo} is above upper bound {hi}"
+                )
+            }
+            DpError::Unreachable {
+                stage,
+                lo,
+                hi,
+                reachable_lo,
+                reachable_hi,
+            } => write!(
+                f,
+                "stage {stage}: bounds [{lo}, {hi}] cannot be reached under the step limits \
+                 (reachable: [{reachable_lo}, {reachable_hi}])"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DpError {}
+
+/// Solves one program. See [`Solver`] to reuse buffers across many solves.
+///
+/// `stage_cost(t, lo, costs)` must fill `costs[i]` with the cost of size `lo + i` at stage
+/// `t`; it is called once per stage, over the sizes reachable there.
+pub fn solve(
+    initial: u32,
+    stages: &[Stage],
+    launch_cost: f64,
+    stage_cost: impl FnMut(usize, u32, &mut [f64]),
+) -> Result<Solution, DpError> {
+    Solver::default().solve(initial, stages, launch_cost, stage_cost)
+}
+
+/// The program's working memory, kept between solves so that a planner that solves every
+/// tick does not allocate.
+#[derive(Debug, Default, Clone)]
+pub struct Solver {
+    ranges: Vec<(u32, u32)>,
+    values: Vec<f64>,
+    next_values: Vec<f64>,
+    costs: Vec<f64>,
+    buffers: StageBuffers,
+    back: BackPointers,
+}
+
+/// Best predecessor of every size of every stage, as an offset from the previous stage's
+/// lowest reachable size: `u16` when every range allows it, to keep long programs small.
+#[derive(Debug, Clone)]
+enum BackPointers {
+    Narrow(Vec<u16>),
+    Wide(Vec<u32>),
+}
+
+impl Default for BackPointers {
+    fn default() -> Self {
+        BackPointers::Narrow(Vec::new())
+    }
+}
+
+impl BackPointers {
+    fn reset(&mut self, wide: bool, capacity: usize) {
+        match (wide, &mut *self) {
+            (false, BackPointers::Narrow(v)) => v.clear(),
+            (true, BackPointers::Wide(v)) => v.clear(),
+            (false, _) => *self = BackPointers::Narrow(Vec::with_capacity(capacity)),
+            (true, _) => *self = BackPointers::Wide(Vec::with_capacity(capacity)),
+        }
+        match self {
+            BackPointers::Narrow(v) => v.reserve(capacity),
+            BackPointers::Wide(v) => v.reserve(capacity),
+        }
+    }
+
+    fn push(&mut self, offset: u32) {
+        match self {
+            // Ranges were checked to fit before choosing the narrow form.
+            BackPointers::Narrow(v) => v.push(offset as u16),
+            BackPointers::Wide(v) => v.push(offset),
+        }
+    }
+
+    fn get(&self, index: usize) -> u32 {
+        match self {
+            BackPointers::Narrow(v) => u32::from(v[index]),
+            BackPointers::Wide(v) => v[index],
+        }
+    }
+}
+
+impl Solver {
+    /// Solves one program; see the module documentation and [`solve`].
+    pub fn solve(
+        &mut self,
+        initial: u32,
+        stages: &[Stage],
+        launch_cost: f64,
+        mut stage_cost: impl FnMut(usize, u32, &mut [f64]),
+    ) -> Result<Solution, DpError> {
+        if stages.is_empty() {
+            return Err(DpError::NoStages);
+        }
+        self.reachable_ranges(initial, stages)?;
+        let widest_prev = std::iter::once((initial, initial))
+            .chain(self.ranges.iter().copied())
+            .take(stages.len())
+            .map(|(lo, hi)| hi - lo)
+            .max()
+            .unwrap_or(0);
+        let cells: usize = self
+            .ranges
+            .iter()
+            .map(|&(lo, hi)| (hi - lo) as usize + 1)
+            .sum();
+        self.back.reset(widest_prev > u32::from(u16::MAX), cells);
+
+        self.values.clear();
+        self.values.push(0.0);
+        let mut prev = (initial, initial);
+        for (t, stage) in stages.iter().enumerate() {
+            let (lo, hi) = self.ranges[t];
+            let n = (hi - lo) as usize + 1;
+            self.costs.clear();
+            self.costs.resize(n, 0.0);
+            stage_cost(t, lo, &mut self.costs);
+            self.next_values.clear();
+            self.next_values.reserve(n);
+            solve_stage(
+                &self.values,
+                prev.0,
+                prev.1,
+                (lo, hi),
+                stage,
+                launch_cost,
+                &self.costs,
+                &mut self.next_values,
+                &mut self.back,
+                &mut self.buffers,
+            );
+            std::mem::swap(&mut self.values, &mut self.next_values);
+            prev = (lo, hi);
+        }
+
+        // The largest of the cheapest final sizes, then follow the back-pointers.
+        let (mut best, mut best_i) = (f64::INFINITY, 0usize);
+        for (i, &v) in self.values.iter().enumerate() {
+            if v <= best || i == 0 {
+                best = v;
+                best_i = i;
+            }
+        }
+        let mut sizes = vec![0u32; stages.len()];
+        let mut cell_end = cells;
+        let mut offset = best_i as u32;
+        for t in (0..stages.len()).rev() {
+            let (lo, hi) = self.ranges[t];
+            sizes[t] = lo + offset;
+            let cell_start = cell_end - ((hi - lo) as usize + 1);
+            offset = self.back.get(cell_start + offset as usize);
+            cell_end = cell_start;
+        }
+        Ok(Solution { sizes, cost: best })
+    }
+
+    /// Narrows every stage to the sizes reachable from `initial` under the step limits.
+    fn reachable_ranges(&mut self, initial: u32, stages: &[Stage]) -> Result<(), DpError> {
+        self.ranges.clear();
+        let (mut plo, mut phi) = (initial, initial);
+        for (t, s) in stages.iter().enumerate() {
+            if s.lo > s.hi {
+                return Err(DpError::EmptyBounds {
+                    stage: t,
+                    lo: s.lo,
+                    hi: s.hi,
+                });
+            }
+            let (rlo, rhi) = (plo.saturating_sub(s.max_down), phi.saturating_add(s.max_up));
+            let (lo, hi) = (s.lo.max(rlo), s.hi.min(rhi));
+            if lo > hi {
+                return Err(DpError::Unreachable {
+                    stage: t,
+                    lo: s.lo,
+                    hi: s.hi,
+                    reachable_lo: rlo,
+                    reachable_hi: rhi,
+                });
+            }
+            self.ranges.push((lo, hi));
+            (plo, phi) = (lo, hi);
+        }
+        Ok(())
+    }
+}
+
+/// Reusable memory of one stage's minima.
+#[derive(Debug, Default, Clone)]
+struct StageBuffers {
+    suffix: Vec<(f64, u32)>,
+    up_window: MinWindow,
+    down_window: MinWindow,
+}
+
+/// Fills `next` (values of sizes `lo..=hi`) and their back-pointers from `prev` (values of
+/// the previous stage's sizes `plo..=phi`).
+#[allow(clippy::too_many_arguments)]
+fn solve_stage(
+    prev: &[f64],
+    plo: u32,
+    phi: u32,
+    (lo, hi): (u32, u32),
+    stage: &Stage,
+    l: f64,
+    costs: &[f64],
+    next: &mut Vec<f64>,
+    back: &mut BackPointers,
+    buf: &mut StageBuffers,
+) {
+    const NONE: u32 = u32::MAX;
+    let unlimited_up = stage.max_up == u32::MAX;
+    let unlimited_down = stage.max_down == u32::MAX;
+
+    // Minimum of V(s') over previous sizes from index i up, preferring the larger on ties.
+    if unlimited_down {
+        buf.suffix.clear();
+        buf.suffix.resize(prev.len(), (f64::INFINITY, NONE));
+        let mut best = (f64::INFINITY, NONE);
+        for i in (0..prev.len()).rev() {
+            if best.1 == NONE || prev[i] < best.0 {
+                best = (prev[i], i as u32);
+            }
+            buf.suffix[i] = best;
+        }
+    } else {
+        buf.down_window.clear();
+    }
+    buf.up_window.clear();
+
+    let mut prefix = (f64::INFINITY, NONE);
+    let mut up_pushed = 0usize; // previous sizes already offered to the launch side
+    let mut down_pushed = 0usize; // ... and to the shrink side
+    for s in lo..=hi {
+        // Launch side: s' in [max(plo, s - max_up), min(phi, s)], cost V(s') + l (s - s').
+        let mut up = (f64::INFINITY, NONE);
+        if s >= plo {
+            let last = (s.min(phi) - plo) as usize;
+            while up_pushed <= last {
+                let key = prev[up_pushed] - l * f64::from(plo + up_pushed as u32);
+                if unlimited_up {
+                    if prefix.1 == NONE || key <= prefix.0 {
+                        prefix = (key, up_pushed as u32);
+                    }
+                } else {
+                    buf.up_window.push(up_pushed as u32, key);
+                }
+                up_pushed += 1;
+            }
+            if unlimited_up {
+                up = prefix;
+            } else {
+                buf.up_window
+                    .pop_before(s.saturating_sub(stage.max_up).max(plo) - plo);
+                up = buf.up_window.front().unwrap_or(up);
+            }
+            if up.1 != NONE {
+                up.0 += l * f64::from(s);
+            }
+        }
+
+        // Shrink side: s' in [max(plo, s + 1), min(phi, s + max_down)], cost V(s').
+        let mut down = (f64::INFINITY, NONE);
+        let down_lo = s.saturating_add(1).max(plo);
+        let down_hi = s.saturating_add(stage.max_down).min(phi);
+        if down_lo <= down_hi {
+            let first = (down_lo - plo) as usize;
+            if unlimited_down {
+                down = buf.suffix[first];
+            } else {
+                let last = (down_hi - plo) as usize;
+                while down_pushed <= last {
+                    buf.down_window.push(down_pushed as u32, prev[down_pushed]);
+                    down_pushed += 1;
+                }
+                buf.down_window.pop_before(first as u32);
+                down = buf.down_window.front().unwrap_or(down);
+            }
+        }
+
+        // Ties go to the shrink side, whose predecessor is larger. Every size in the
+        // reachable range has at least one predecessor.
+        let (v, from) = if down.1 != NONE && (up.1 == NONE || down.0 <= up.0) {
+            down
+        } else {
+            up
+        };
+        next.push(v + costs[(s - lo) as usize]);
+        back.push(from);
+    }
+}
+
+/// A sliding-window minimum over increasing indices (a monotone queue), preferring the
+/// larger index on ties.
+#[derive(Debug, Default, Clone)]
+struct MinWindow {
+    items: Vec<(u32, f64)>,
+    head: usize,
+}
+
+impl MinWindow {
+    fn clear(&mut self) {
+        self.items.clear();
+        self.head = 0;
+    }
+
+    fn push(&mut self, index: u32, value: f64) {
+        while self.items.len() > self.head && self.items[self.items.len() - 1].1 >= value {
+            self.items.pop();
+        }
+        self.items.push((index, value));
+    }
+
+    /// Drops indices below `first`.
+    fn pop_before(&mut self, first: u32) {
+        while self.head < self.items.len() && self.items[self.head].0 < first {
+            self.head += 1;
+        }
+    }
+
+    fn front(&self) -> Option<(f64, u32)> {
+        self.items.get(self.head).map(|&(i, v)| (v, i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Cheapest path by trying every size at every stage.
+    fn brute_force(initial: u32, stages: &[Stage], l: f64, cost: &[Vec<f64>]) -> Option<f64> {
+        fn go(t: usize, prev: u32, stages: &[Stage], l: f64, cost: &[Vec<f64>]) -> Option<f64> {
+            if t == stages.len() {
+                return Some(0.0);
+            }
+            let st = stages[t];
+            let mut best: Option<f64> = None;
+            for s in st.lo..=st.hi {
+                if s > prev && s - prev > st.max_up || s < prev && prev - s > st.max_down {
+                    continue;
+                }
+                let here = cost[t][s as usize] + l * f64::from(s.saturating_sub(prev));
+                if let Some(rest) = go(t + 1, s, stages, l, cost) {
+                    let total = here + rest;
+                    best = Some(best.map_or(total, |b: f64| b.min(total)));
+                }
+            }
+            best
+        }
+        go(0, initial, stages, l, cost)
+    }
+
+    fn path_cost(initial: u32, sizes: &[u32], l: f64, cost: &[Vec<f64>]) -> f64 {
+        let mut prev = initial;
+        let mut total = 0.0;
+        for (t, &s) in sizes.iter().enumerate() {
+            total += cost[t][s as usize] + l * f64::from(s.saturating_sub(prev));
+            prev = s;
+        }
+        total
+    }
+
+    fn limit() -> impl Strategy<Value = u32> {
+        prop_oneof![Just(u32::MAX), 0u32..4]
+    }
+
+    fn problem() -> impl Strategy<Value = (u32, Vec<Stage>, f64, Vec<Vec<f64>>)> {
+        (1usize..6, 0u32..7, 0u32..5).prop_flat_map(|(t, initial, l)| {
+            let stage = (0u32..7, 0u32..7, limit(), limit()).prop_map(|(a, b, up, down)| Stage {
+                lo: a.min(b),
+                hi: a.max(b),
+                max_up: up,
+                max_down: down,
+            });
+            (
+                Just(initial),
+                prop::collection::vec(stage, t),
+                Just(f64::from(l)),
+                prop::collection::vec(prop::collection::vec(0u32..20, 7), t),
+            )
+                .prop_map(|(i, st, l, c)| {
+                    let c = c
+                        .into_iter()
+                        .map(|row| row.into_iter().map(f64::from).collect());
+                    (i, st, l, c.collect())
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn equals_brute_force((initial, stages, l, cost) in problem()) {
+            let got = solve(initial, &stages, l, |t, lo, out| {
+                for (i, c) in out.iter_mut().enumerate() {
+                    *c = cost[t][lo as usize + i];
+                }
+            });
+            match (got, brute_force(initial, &stages, l, &cost)) {
+                (Ok(sol), Some(best)) => {
+                    prop_assert_eq!(sol.cost, best);
+                    prop_assert_eq!(path_cost(initial, &sol.sizes, l, &cost), best);
+                    let mut prev = initial;
+                    for (st, &s) in stages.iter().zip(&sol.sizes) {
+                        prop_assert!(st.lo <= s && s <= st.hi);
+                        prop_assert!(s <= prev.saturating_add(st.max_up));
+                        prop_assert!(s >= prev.saturating_sub(st.max_down));
+                        prev = s;
+                    }
+                }
+                (Err(DpError::Unreachable { .. }), None) => {}
+                (Err(DpError::EmptyBounds { .. }), _) => prop_assert!(false, "bounds are ordered"),
+                (got, want) => prop_assert!(false, "solver {got:?}, brute force {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn launch_cost_bridges_short_dips() {
+        // Demand needs 3, 1, 3: with a launch cost of 2 keeping 3 (cost 9) beats dropping
+        // to 1 and relaunching (3 + 1 + 3 + 2 * 2 = 11).
+        let stages: Vec<Stage> = [3, 1, 3].iter().map(|&need| Stage::new(need, 10)).collect();
+        let sol = solve(3, &stages, 2.0, |_, lo, out| {
+            for (i, c) in out.iter_mut().enumerate() {
+                *c = f64::from(lo + i as u32);
+            }
+        })
+        .unwrap();
+        assert_eq!(sol.sizes, vec![3, 3, 3]);
+        assert_eq!(sol.cost, 9.0);
+    }
+
+    #[test]
+    fn reports_unreachable_and_empty_stages() {
+        let err = solve(
+            0,
+            &[Stage::new(5, 6).with_limits(Some(2), None)],
+            1.0,
+            |_, _, _| {},
+        );
+        assert!(matches!(err, Err(DpError::Unreachable { stage: 0, .. })));
+        let err = solve(0, &[Stage::new(6, 5)], 1.0, |_, _, _| {});
+        assert!(matches!(
+            err,
+            Err(DpError::EmptyBounds {
+                stage: 0,
+                lo: 6,
+                hi: 5
+            })
+        ));
+        assert_eq!(solve(0, &[], 1.0, |_, _, _| {}), Err(DpError::NoStages));
+    }
+
+    #[test]
+    fn wide_ranges_use_wide_back_pointers() {
+        let stages = vec![Stage::new(0, 100_000), Stage::new(70_000, 100_000)];
+        let sol = solve(100_000, &stages, 1.0, |_, lo, out| {
+            for (i, c) in out.iter_mut().enumerate() {
+                *c = f64::from(lo + i as u32);
+            }
+        })
+        .unwrap();
+        assert_eq!(sol.sizes, vec![70_000, 70_000]);
+    }
+}
