@@ -3,9 +3,12 @@
 //! Pure decision code: nothing here does I/O, reads a clock or awaits. Every input is an
 //! argument, so policies are tested by properties and replayed deterministically.
 
+pub mod baselines;
 pub mod dp;
 pub mod oracle;
 mod policy;
+mod registry;
 
 pub use oracle::{OracleError, OraclePolicy, OracleSchedule};
 pub use policy::{Decision, Observation, Plan, Policy};
+pub use registry::PolicyConfig;
