@@ -1,6 +1,8 @@
 //! Predictive scaling with AWS semantics.
 
-use super::target_tracking::{TargetTracking, TargetTrackingConfig, check_target_utilisation};
+use super::target_tracking::{
+    TargetTracking, TargetTrackingConfig, check_target_utilisation, parse_window,
+};
 use super::{SeasonalForecast, clamp_to_bounds};
 use crate::{Decision, Observation, Policy};
 use serde::{Deserialize, Serialize};
@@ -41,8 +43,8 @@ struct PredictiveFields {
     target_utilisation: Option<f64>,
     #[serde(default)]
     tolerance: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
-    scale_down_window: Option<Duration>,
+    #[serde(default)]
+    scale_down_window: Option<String>,
 }
 
 impl TryFrom<PredictiveFields> for PredictiveConfig {
@@ -52,7 +54,7 @@ impl TryFrom<PredictiveFields> for PredictiveConfig {
         let config = PredictiveConfig {
             target_utilisation: f.target_utilisation.unwrap_or(default.target_utilisation),
             tolerance: f.tolerance.unwrap_or(default.tolerance),
-            scale_down_window: f.scale_down_window.unwrap_or(default.scale_down_window),
+            scale_down_window: parse_window(f.scale_down_window, default.scale_down_window)?,
         };
         config.validate()?;
         Ok(config)

@@ -6,10 +6,32 @@ use serde::{Deserialize, Serialize};
 
 /// Settings of [`StaticSize`] (config: `name = "static"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "StaticFields")]
 pub struct StaticConfig {
     /// The fleet size to hold, in instances (clamped to the fleet's bounds). Required.
     pub size: u32,
+}
+
+/// The fields as written in a config, before their values are checked.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticFields {
+    size: i64,
+}
+
+impl TryFrom<StaticFields> for StaticConfig {
+    type Error = String;
+    fn try_from(f: StaticFields) -> Result<Self, String> {
+        u32::try_from(f.size)
+            .map(|size| StaticConfig { size })
+            .map_err(|_| {
+                format!(
+                    "size must be a whole number of instances from 0 to {}, got {}",
+                    u32::MAX,
+                    f.size
+                )
+            })
+    }
 }
 
 impl StaticConfig {

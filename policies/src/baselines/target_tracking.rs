@@ -36,34 +36,35 @@ impl Default for TargetTrackingConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TargetTrackingFields {
-    #[serde(default = "default_target_utilisation")]
-    target_utilisation: f64,
-    #[serde(default = "default_tolerance")]
-    tolerance: f64,
-    #[serde(default = "default_scale_down_window", with = "humantime_serde")]
-    scale_down_window: Duration,
-}
-
-fn default_target_utilisation() -> f64 {
-    TargetTrackingConfig::default().target_utilisation
-}
-fn default_tolerance() -> f64 {
-    TargetTrackingConfig::default().tolerance
-}
-fn default_scale_down_window() -> Duration {
-    TargetTrackingConfig::default().scale_down_window
+    #[serde(default)]
+    target_utilisation: Option<f64>,
+    #[serde(default)]
+    tolerance: Option<f64>,
+    #[serde(default)]
+    scale_down_window: Option<String>,
 }
 
 impl TryFrom<TargetTrackingFields> for TargetTrackingConfig {
     type Error = String;
     fn try_from(f: TargetTrackingFields) -> Result<Self, String> {
+        let default = TargetTrackingConfig::default();
         let config = TargetTrackingConfig {
-            target_utilisation: f.target_utilisation,
-            tolerance: f.tolerance,
-            scale_down_window: f.scale_down_window,
+            target_utilisation: f.target_utilisation.unwrap_or(default.target_utilisation),
+            tolerance: f.tolerance.unwrap_or(default.tolerance),
+            scale_down_window: parse_window(f.scale_down_window, default.scale_down_window)?,
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Reads a `scale_down_window` written like "5m" or "90s"; the error names the field.
+pub(crate) fn parse_window(text: Option<String>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime_serde::re::humantime::parse_duration(&text).map_err(|e| {
+            format!("scale_down_window must be a duration like \"5m\", got {text:?}: {e}")
+        }),
     }
 }
 
@@ -162,7 +163,8 @@ impl TargetTracking {
             return Recommendation::NoReading { current };
         };
         let rho = self.config.target_utilisation;
-        let wanted = clamp_to_bounds((demand / rho).ceil(), obs);
+        // `as` saturates; the bounds apply to the final decision.
+        let wanted = (demand / rho).ceil() as u32;
         let utilisation = match (obs.serving, demand > 0.0) {
             (_, false) => 0.0,
             (0, true) => f64::INFINITY,
