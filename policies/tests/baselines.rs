@@ -593,6 +593,15 @@ fn seasonal_forecast_from_history() {
     }
     let value = forecast.forecast(7 * 24 + 6).unwrap();
     assert!((value - 0.5 * (22.0 / 7.0 + 6.0)).abs() < 1e-12, "{value}");
+    // A first look at a long history (steps_seen far beyond what is held) skips ahead.
+    let mut fresh = SeasonalForecast::new(Duration::from_secs(3600));
+    let recent: Vec<f64> = (0..48).map(f64::from).collect();
+    let mut obs = observe(&recent, 1, 1);
+    obs.steps_seen = u64::MAX / 2;
+    fresh.ingest(&obs);
+    assert_eq!(fresh.steps_seen(), u64::MAX / 2);
+    // The same hour 1 and 2 days back: 24 and 0.
+    assert_eq!(fresh.forecast(u64::MAX / 2), Some(12.0));
     // Too long a step for a daily season: no forecast, no panic.
     let mut daily = SeasonalForecast::new(Duration::from_secs(2 * 86_400));
     daily.push(1.0);

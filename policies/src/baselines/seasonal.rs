@@ -75,8 +75,16 @@ impl SeasonalForecast {
         }
         let new = obs.steps_seen - self.seen;
         let available = obs.demand.len() as u64;
-        for _ in available..new {
-            self.push(f64::NAN);
+        let missing = new.saturating_sub(available);
+        if missing >= self.capacity as u64 {
+            // Everything held is older than 14 days by now (or a first look at a long
+            // history): skip ahead rather than count through the gap.
+            self.values.clear();
+            self.seen += missing;
+        } else {
+            for _ in 0..missing {
+                self.push(f64::NAN);
+            }
         }
         let from = obs.demand.len() - new.min(available) as usize;
         for &value in &obs.demand[from..] {

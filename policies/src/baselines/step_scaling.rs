@@ -390,7 +390,7 @@ impl Policy for StepScaling {
                     let target = i64::from(obs.serving) + change;
                     let why = format!(
                         "scale-out step {} of {} serving: {change:+} -> {target}{}",
-                        describe(step, policy.adjustment_type),
+                        describe(step, policy.adjustment_type, x),
                         obs.serving,
                         if target <= i64::from(current) {
                             format!(", already {current}: keep")
@@ -420,7 +420,7 @@ impl Policy for StepScaling {
                     let target = (i64::from(current) + change).max(0);
                     let why = format!(
                         "scale-in step {} of {current}: {change:+} -> {target}",
-                        describe(step, policy.adjustment_type)
+                        describe(step, policy.adjustment_type, x)
                     );
                     (target, why)
                 }
@@ -441,18 +441,22 @@ impl Policy for StepScaling {
     }
 }
 
-/// A row as text, e.g. "[0.1, 0.2) +20%".
-fn describe(step: &StepAdjustment, kind: AdjustmentType) -> String {
+/// A row as text, as it applies to the distance `x`: e.g. "[0.1, 0.2) +20%" above the
+/// threshold, "(-0.4, -0.2] -10%" below it.
+fn describe(step: &StepAdjustment, kind: AdjustmentType, x: f64) -> String {
     let lower = step
         .lower_bound
         .map_or("-inf".to_string(), |b| b.to_string());
     let upper = step
         .upper_bound
         .map_or("inf".to_string(), |b| b.to_string());
-    let unit = if kind == AdjustmentType::PercentChangeInCapacity {
-        "%"
-    } else {
-        ""
+    let (open, close) = if x >= 0.0 { ('[', ')') } else { ('(', ']') };
+    let unit = match kind {
+        AdjustmentType::PercentChangeInCapacity => "%",
+        AdjustmentType::ChangeInCapacity => "",
     };
-    format!("[{lower}, {upper}) {:+}{unit}", step.scaling_adjustment)
+    format!(
+        "{open}{lower}, {upper}{close} {:+}{unit}",
+        step.scaling_adjustment
+    )
 }

@@ -142,6 +142,35 @@ impl Recommendation {
             Recommendation::Rescale { wanted, .. } => wanted,
         }
     }
+
+    /// What was seen and recommended, e.g. "demand 12.4 at rho 0.8 -> 16 (utilisation
+    /// 1.03 within tolerance: keep 15)".
+    pub(crate) fn describe(&self, rho: f64) -> String {
+        match *self {
+            Recommendation::NoReading { current } => {
+                format!("no usable demand reading for the latest step: keep {current}")
+            }
+            Recommendation::WithinTolerance {
+                demand,
+                utilisation,
+                wanted,
+                current,
+            } => format!(
+                "demand {demand:.1} at rho {rho} -> {wanted} (utilisation {} within tolerance: keep {current})",
+                Ratio(utilisation)
+            ),
+            Recommendation::Rescale {
+                demand,
+                utilisation,
+                wanted,
+            } => {
+                format!(
+                    "demand {demand:.1} at rho {rho} -> {wanted} (utilisation {})",
+                    Ratio(utilisation)
+                )
+            }
+        }
+    }
 }
 
 impl TargetTracking {
@@ -263,37 +292,6 @@ impl Policy for TargetTracking {
             reason.push_str(&format!("; bounds [{}, {}] -> {desired}", obs.min, obs.max));
         }
         Decision::new(desired, reason)
-    }
-}
-
-impl Recommendation {
-    /// What was seen and recommended, e.g. "demand 12.4 at rho 0.8 -> 16 (utilisation
-    /// 1.03 within tolerance: keep 15)".
-    pub(crate) fn describe(&self, rho: f64) -> String {
-        match *self {
-            Recommendation::NoReading { current } => {
-                format!("no usable demand reading for the latest step: keep {current}")
-            }
-            Recommendation::WithinTolerance {
-                demand,
-                utilisation,
-                wanted,
-                current,
-            } => format!(
-                "demand {demand:.1} at rho {rho} -> {wanted} (utilisation {} within tolerance: keep {current})",
-                Ratio(utilisation)
-            ),
-            Recommendation::Rescale {
-                demand,
-                utilisation,
-                wanted,
-            } => {
-                format!(
-                    "demand {demand:.1} at rho {rho} -> {wanted} (utilisation {})",
-                    Ratio(utilisation)
-                )
-            }
-        }
     }
 }
 
