@@ -23,11 +23,11 @@
 //! }
 //! ```
 
-use crate::Policy;
 use crate::baselines::{
     Predictive, PredictiveConfig, StaticConfig, StaticSize, StepScaling, StepScalingConfig,
     TargetTracking, TargetTrackingConfig,
 };
+use crate::{Decision, Observation, Policy};
 use serde::{Deserialize, Serialize};
 
 /// A policy and its settings, as a config states it (`name` selects the variant).
@@ -115,7 +115,17 @@ impl PolicyConfig {
     }
 
     /// The policy these settings describe, ready to decide.
+    ///
+    /// Settings read from a config were checked as they were read; settings made in code
+    /// that fail [`validate`](Self::validate) build a policy that keeps the fleet as it is
+    /// and gives the problem as the reason of every decision, rather than a panic.
     pub fn build(&self) -> Box<dyn Policy> {
+        if let Err(problem) = self.validate() {
+            return Box::new(InvalidSettings {
+                name: self.name(),
+                problem,
+            });
+        }
         match self {
             PolicyConfig::TargetTracking(c) => Box::new(TargetTracking::new(c.clone())),
             PolicyConfig::StepScaling(c) => Box::new(StepScaling::new(c.clone())),
@@ -178,5 +188,29 @@ impl PolicyConfig {
         }
         tuned.validate()?;
         Ok(tuned)
+    }
+}
+
+/// Stands in for a policy whose settings are invalid: holds the fleet and says why.
+#[derive(Debug)]
+struct InvalidSettings {
+    name: &'static str,
+    problem: String,
+}
+
+impl Policy for InvalidSettings {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn decide(&mut self, obs: &Observation<'_>) -> Decision {
+        let current = obs.billed.clamp(obs.min.min(obs.max), obs.max);
+        Decision::new(
+            current,
+            format!(
+                "invalid {} settings ({}): keep {current}",
+                self.name, self.problem
+            ),
+        )
     }
 }

@@ -779,3 +779,20 @@ fn sweeps_cover_each_baseline_knob() {
     assert_eq!(peak.with_knob(12.0).unwrap().knob_value(), 12.0);
     assert!(peak.with_knob(2.5).is_err());
 }
+
+#[test]
+fn invalid_settings_made_in_code_hold_the_fleet() {
+    let config = PolicyConfig::TargetTracking(TargetTrackingConfig {
+        target_utilisation: 0.0,
+        ..Default::default()
+    });
+    assert!(config.validate().is_err());
+    let history = [50.0];
+    let decision = config.build().decide(&observe(&history, 3, 4));
+    assert_eq!(decision.desired, 4);
+    assert!(
+        decision.reason.contains("target_utilisation"),
+        "{}",
+        decision.reason
+    );
+}
