@@ -790,6 +790,32 @@ impl PrometheusSignal {
     }
 }
 
+impl PrometheusSignal {
+    /// Prometheus carries a series' last sample forward for up to 5 minutes: the history's
+    /// last steps may repeat a sample older than the staleness limit. Those steps become
+    /// gaps, so that a start never trusts a value `latest` would call stale.
+    async fn drop_stale_tail(&self, values: &mut [f64], now: SystemTime, step: Duration) {
+        let Some(query) = &self.freshness_query else {
+            return;
+        };
+        let newest = match self.newest_sample(query, &seconds(now)).await {
+            Ok(Some(newest)) => newest,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(address = %self.address, error = %e, "could not check the history's freshness");
+                return;
+            }
+        };
+        let trusted_until = newest + self.staleness_limit;
+        for (back, value) in values.iter_mut().rev().enumerate() {
+            match now.checked_sub(step * back as u32) {
+                Some(at) if at > trusted_until => *value = f64::NAN,
+                _ => break,
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl SignalSource for PrometheusSignal {
     fn kind(&self) -> &'static str {
@@ -803,7 +829,8 @@ impl SignalSource for PrometheusSignal {
         steps: usize,
         serving: u32,
     ) -> Result<Vec<f64>, SignalError> {
-        let values = self.values_until(now, step, steps).await?;
+        let mut values = self.values_until(now, step, steps).await?;
+        self.drop_stale_tail(&mut values, now, step).await;
         Ok(values
             .into_iter()
             .map(|v| self.conversion.demand(v, serving))
@@ -861,7 +888,7 @@ impl ApiData {
             ApiData::Vector(v) => format!("an instant vector of {} series", v.len()),
             ApiData::Matrix(m) => format!("a range vector of {} series", m.len()),
             ApiData::Scalar(_) => "a scalar".into(),
-            ApiData::String(_) => "a string".into(),
+            ApiData::String([_, text]) => format!("the string {text}"),
         }
     }
 }
