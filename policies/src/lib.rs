@@ -5,10 +5,13 @@
 
 pub mod baselines;
 pub mod dp;
+pub mod forecast;
 pub mod oracle;
+pub mod planner;
 mod policy;
 mod registry;
 
 pub use oracle::{OracleError, OraclePolicy, OracleSchedule};
+pub use planner::{DpConfig, DpPlanner};
 pub use policy::{Decision, Observation, Plan, Policy};
 pub use registry::PolicyConfig;

@@ -1,0 +1,471 @@
+//! The planner's forecaster: an ensemble of level/trend/seasonal models in log space with
+//! per-horizon error quantiles.
+
+use std::time::Duration;
+
+use super::Forecaster;
+use super::errors::HorizonErrors;
+use super::seasonal::SeasonalProfile;
+
+const DAY: f64 = 86_400.0;
+/// Members are weighed by their recent squared error to this negative power.
+const WEIGHT_POWER: i32 = 8;
+/// A drop of more than this many one-step scales is a sudden drop...
+const DROP_SCALES: f64 = 4.0;
+/// ... believed once it has lasted this many steps.
+const DROP_PERSISTS: u32 = 2;
+
+/// What an [`AdaptiveForecaster`] needs to know about its signal.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForecastSettings {
+    /// Length of one step.
+    pub step: Duration,
+    /// Longest horizon, in steps, whose errors are tracked (forecasts further out
+    /// extrapolate the spread).
+    pub max_horizon: usize,
+    /// Values well below `unit` are forecast with absolute errors, values well above it
+    /// with relative errors (the offset of the log transform). For demand in instances,
+    /// one instance.
+    pub unit: f64,
+}
+
+/// One member of the ensemble: exponential smoothing of the (optionally deseasonalised)
+/// log signal with a damped trend.
+#[derive(Debug, Clone)]
+struct Member {
+    alpha: f64,
+    beta: f64,
+    phi: f64,
+    seasonal: bool,
+    level: f64,
+    trend: f64,
+}
+
+impl Member {
+    fn advance(&mut self, y: Option<f64>) {
+        let predicted = self.level + self.phi * self.trend;
+        match y {
+            Some(y) => {
+                let level = self.alpha * y + (1.0 - self.alpha) * predicted;
+                self.trend =
+                    self.beta * (level - self.level) + (1.0 - self.beta) * self.phi * self.trend;
+                self.level = level;
+            }
+            None => {
+                self.level = predicted;
+                self.trend *= self.phi;
+            }
+        }
+    }
+}
+
+/// The mean of the last `len` values, gaps skipped; known once half of them are values.
+#[derive(Debug, Clone)]
+struct MovingMean {
+    ring: Vec<f64>,
+    next: usize,
+    sum: f64,
+    count: usize,
+}
+
+impl MovingMean {
+    fn new(len: usize) -> Self {
+        MovingMean {
+            ring: vec![f64::NAN; len.max(1)],
+            next: 0,
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, y: f64) {
+        let old = std::mem::replace(&mut self.ring[self.next], y);
+        if old.is_finite() {
+            self.sum -= old;
+            self.count -= 1;
+        }
+        if y.is_finite() {
+            self.sum += y;
+            self.count += 1;
+        }
+        self.next = (self.next + 1) % self.ring.len();
+        if self.next == 0 {
+            // Re-add from scratch once a period, so rounding does not accumulate.
+            self.sum = self.ring.iter().filter(|v| v.is_finite()).sum();
+        }
+    }
+
+    fn mean(&self) -> Option<f64> {
+        (2 * self.count >= self.ring.len()).then(|| self.sum / self.count as f64)
+    }
+}
+
+/// Forecasts a non-negative signal from its own history; see the [module](super) docs.
+///
+/// - Transform: `y = ln(x + unit)`, so tiny and huge signals alike are handled, and
+///   quantiles map back to non-negative values.
+/// - Seasonality: daily and weekly profiles of deviations from the mean of the last day
+///   (exponential smoothing per slot, count-based start), used by the seasonal members
+///   once a whole day (and then a whole week) has been seen, and only for steps of at
+///   most 12 hours (1 day).
+/// - Members: smoothing weights from "last value" to slow, with and without a damped
+///   trend, with and without the profiles; each horizon weighs the members by a high
+///   negative power of their recent squared errors at that horizon (nearly choosing the
+///   best one).
+/// - Spread: the combined forecast's errors at each horizon ([`HorizonErrors`]).
+/// - Gaps: a non-finite value advances time without learning; forecasts made during a gap
+///   widen as if for the longer horizon since the last value.
+#[derive(Debug, Clone)]
+pub struct AdaptiveForecaster {
+    unit: f64,
+    max_horizon: usize,
+    /// Steps observed so far, gaps included: the absolute index of the next step.
+    steps: u64,
+    /// Values observed (not gaps).
+    values: u64,
+    steps_since_value: u64,
+    /// Consecutive sudden drops damped so far.
+    drop_run: u32,
+    /// Mean of the last period's values, the level the profiles are learnt against.
+    period_mean: MovingMean,
+    daily: Option<SeasonalProfile>,
+    weekly: Option<SeasonalProfile>,
+    members: Vec<Member>,
+    /// Damped-trend multipliers: `damping[k][h] = phi + ... + phi^h` for member `k`.
+    damping: Vec<Vec<f64>>,
+    /// Member states after each of the last `max_horizon` steps: ring of `[level, trend]`.
+    history: Vec<Vec<[f64; 2]>>,
+    /// Combined forecasts made after each of the last `max_horizon` steps (ring, row per
+    /// step, `max_horizon` columns), NaN when none was made.
+    made: Vec<f64>,
+    /// Recent squared error of each member at each horizon (`member * max_horizon + h`).
+    member_error: Vec<f64>,
+    member_samples: Vec<u32>,
+    member_smoothing: f64,
+    errors: HorizonErrors,
+    /// Scratch: combined point forecast for each horizon.
+    point: Vec<f64>,
+}
+
+impl AdaptiveForecaster {
+    pub fn new(settings: ForecastSettings) -> Self {
+        let step = settings.step.as_secs_f64();
+        let step = if step.is_finite() && step > 0.0 {
+            step
+        } else {
+            60.0
+        };
+        let unit = if settings.unit.is_finite() && settings.unit > 0.0 {
+            settings.unit
+        } else {
+            1.0
+        };
+        let max_horizon = settings.max_horizon.clamp(1, 100_000);
+        let per_day = DAY / step;
+        let daily = (2.0..=100_000.0)
+            .contains(&per_day)
+            .then(|| SeasonalProfile::new(per_day.round() as usize, 0.2));
+        let weekly = (per_day >= 1.0 && 7.0 * per_day <= 200_000.0)
+            .then(|| SeasonalProfile::new((7.0 * per_day).round() as usize, 0.3));
+        // Smoothing weights per step for a given half-life.
+        let per_half_life = |seconds: f64| 1.0 - 0.5f64.powf(step / seconds);
+        let mut members = Vec::new();
+        for alpha in [1.0, 0.5, 0.2, per_half_life(3600.0).max(0.02)] {
+            for trended in [false, true] {
+                for seasonal in [false, true] {
+                    members.push(Member {
+                        alpha,
+                        beta: if trended { 0.2 } else { 0.0 },
+                        phi: if trended { 0.9 } else { 0.0 },
+                        seasonal,
+                        level: 0.0,
+                        trend: 0.0,
+                    });
+                }
+            }
+        }
+        let damping = members
+            .iter()
+            .map(|m| {
+                let mut sum = 0.0;
+                let mut power = 1.0;
+                (0..=max_horizon)
+                    .map(|_| {
+                        let here = sum;
+                        power *= m.phi;
+                        sum += power;
+                        here
+                    })
+                    .collect()
+            })
+            .collect();
+        // Errors are remembered for about an hour (at least 50 steps): demand's noise
+        // changes with its level and the hour. The shape is remembered for two days.
+        let window = (3600.0 / step).max(50.0);
+        let shape_window = (2.0 * DAY / step).max(500.0);
+        let k = members.len();
+        AdaptiveForecaster {
+            unit,
+            max_horizon,
+            steps: 0,
+            values: 0,
+            steps_since_value: 0,
+            drop_run: 0,
+            period_mean: MovingMean::new(
+                daily
+                    .as_ref()
+                    .or(weekly.as_ref())
+                    .map_or(1, SeasonalProfile::period),
+            ),
+            daily,
+            weekly,
+            history: vec![vec![[f64::NAN; 2]; k]; max_horizon],
+            made: vec![f64::NAN; max_horizon * max_horizon],
+            member_error: vec![0.0; k * max_horizon],
+            member_samples: vec![0; k * max_horizon],
+            member_smoothing: 1.0 / window,
+            members,
+            damping,
+            errors: HorizonErrors::new(max_horizon, window, shape_window, 0.5),
+            point: vec![0.0; max_horizon],
+        }
+    }
+
+    fn transform(&self, x: f64) -> f64 {
+        (x.max(0.0) + self.unit).ln()
+    }
+
+    fn inverse(&self, y: f64) -> f64 {
+        let x = y.exp() - self.unit;
+        if x.is_nan() {
+            0.0
+        } else {
+            x.clamp(0.0, f64::MAX)
+        }
+    }
+
+    /// The seasonal offset of absolute step `step`, counting only profiles whose whole
+    /// period has been seen.
+    fn season(&self, step: u64) -> f64 {
+        let daily = self
+            .daily
+            .as_ref()
+            .filter(|p| self.steps >= p.period() as u64);
+        let weekly = self
+            .weekly
+            .as_ref()
+            .filter(|_| self.weekly_learning_since() <= self.steps);
+        daily.map_or(0.0, |p| p.at(step)) + weekly.map_or(0.0, |p| p.at(step))
+    }
+
+    /// The weekly profile learns what the daily one leaves, so it starts once a whole
+    /// day has been seen, and is used once it has then seen a whole week.
+    fn weekly_learning_since(&self) -> u64 {
+        let day = self.daily.as_ref().map_or(0, |p| p.period() as u64);
+        let week = self
+            .weekly
+            .as_ref()
+            .map_or(u64::MAX / 2, |p| p.period() as u64);
+        day + week
+    }
+
+    fn member_forecast(&self, k: usize, state: [f64; 2], horizon: usize, season: f64) -> f64 {
+        let m = &self.members[k];
+        let trend = self.damping[k][horizon.min(self.max_horizon)] * state[1];
+        state[0] + trend + if m.seasonal { season } else { 0.0 }
+    }
+
+    /// Scores every member and the combined forecast on the value of step `self.steps`.
+    fn score(&mut self, y: f64) {
+        let t = self.steps;
+        let season_now = self.season(t);
+        let k = self.members.len();
+        for h in 1..=self.max_horizon.min(t as usize) {
+            let slot = ((t - h as u64) % self.max_horizon as u64) as usize;
+            for m in 0..k {
+                let state = self.history[slot][m];
+                if !state[0].is_finite() {
+                    continue;
+                }
+                let e = y - self.member_forecast(m, state, h, season_now);
+                let i = m * self.max_horizon + h - 1;
+                let n = self.member_samples[i];
+                let w = self.member_smoothing.max(1.0 / (f64::from(n) + 1.0));
+                self.member_error[i] += w * (e * e - self.member_error[i]);
+                self.member_samples[i] = n.saturating_add(1);
+            }
+            let made = self.made[slot * self.max_horizon + h - 1];
+            if made.is_finite() {
+                self.errors.record(h, y - made);
+            }
+        }
+    }
+
+    fn learn(&mut self, y: Option<f64>) {
+        let t = self.steps;
+        let y = y.map(|y| self.damp_sudden_drop(y));
+        if let Some(y) = y {
+            if self.values == 0 {
+                for m in &mut self.members {
+                    m.level = y;
+                }
+            }
+            // The profiles learn deviations from the mean of the last period (a day, or a
+            // week when days are too short to have a profile): a level that the cycle
+            // itself does not move.
+            self.period_mean.push(y);
+            if let Some(level) = self.period_mean.mean() {
+                let daily = self.daily.as_ref().map_or(0.0, |p| p.at(t));
+                let weekly = self.weekly.as_ref().map_or(0.0, |p| p.at(t));
+                if let Some(p) = &mut self.daily {
+                    p.learn(t, y - level - weekly);
+                }
+                let day = self.daily.as_ref().map_or(0, |p| p.period() as u64);
+                if let Some(p) = self.weekly.as_mut().filter(|_| t >= day) {
+                    p.learn(t, y - level - daily);
+                }
+            }
+        } else {
+            self.period_mean.push(f64::NAN);
+        }
+        let season = self.season(t);
+        for m in &mut self.members {
+            let input = y.map(|y| if m.seasonal { y - season } else { y });
+            m.advance(input);
+        }
+    }
+
+    /// A value far below the one-step forecast is taken at face value only once it
+    /// persists: until then the models learn the forecast minus a few scales. Demand that
+    /// falls for a step (a glitch, a short outage) usually returns, and a fleet scaled in
+    /// on it would take a boot delay to come back; a rise is always taken at once.
+    /// (Errors are still scored against the true value.)
+    fn damp_sudden_drop(&mut self, y: f64) -> f64 {
+        let t = self.steps;
+        if t == 0 {
+            return y;
+        }
+        let slot = ((t - 1) % self.max_horizon as u64) as usize;
+        let forecast = self.made[slot * self.max_horizon];
+        let (bias, scale) = self.errors.bias_and_scale(1);
+        let floor = forecast + bias - DROP_SCALES * scale;
+        if forecast.is_finite() && scale > 0.0 && y < floor && self.drop_run < DROP_PERSISTS {
+            self.drop_run += 1;
+            floor
+        } else {
+            self.drop_run = 0;
+            y
+        }
+    }
+
+    /// Stores the member states and the combined forecasts made after step `self.steps`.
+    fn remember(&mut self) {
+        let t = self.steps;
+        let slot = (t % self.max_horizon as u64) as usize;
+        for (m, member) in self.members.iter().enumerate() {
+            self.history[slot][m] = [member.level, member.trend];
+        }
+        for h in 1..=self.max_horizon {
+            self.point[h - 1] = self.combined(h, t + h as u64);
+        }
+        let row = &mut self.made[slot * self.max_horizon..(slot + 1) * self.max_horizon];
+        row.copy_from_slice(&self.point);
+    }
+
+    /// The members' forecast for absolute step `target`, `horizon` steps ahead, weighted
+    /// by the inverse of their recent squared errors at that horizon.
+    fn combined(&self, horizon: usize, target: u64) -> f64 {
+        let season = self.season(target);
+        let scored = (horizon.min(self.max_horizon)) - 1;
+        let (mut sum, mut weights) = (0.0, 0.0);
+        // Scale errors by the best member's so that the powers below stay finite.
+        let best = (0..self.members.len())
+            .map(|m| self.member_error[m * self.max_horizon + scored])
+            .fold(f64::INFINITY, f64::min)
+            .max(1e-300);
+        for (m, member) in self.members.iter().enumerate() {
+            let i = m * self.max_horizon + scored;
+            // Close to choosing the best member, without jumping between near-equals.
+            let w = if self.member_samples[i] >= 3 {
+                (self.member_error[i] / best + 1e-12).powi(-WEIGHT_POWER)
+            } else {
+                1.0
+            };
+            sum += w * self.member_forecast(m, [member.level, member.trend], horizon, season);
+            weights += w;
+        }
+        let y = sum / weights;
+        if y.is_finite() {
+            y
+        } else {
+            self.members[0].level
+        }
+    }
+}
+
+impl Forecaster for AdaptiveForecaster {
+    fn observe(&mut self, value: f64) {
+        let y = value.is_finite().then(|| self.transform(value));
+        if let Some(y) = y {
+            self.score(y);
+        }
+        self.learn(y);
+        if y.is_some() || self.values > 0 {
+            self.remember();
+        }
+        self.errors.tick();
+        if y.is_some() {
+            self.values += 1;
+            self.steps_since_value = 0;
+        } else {
+            self.steps_since_value += 1;
+        }
+        self.steps += 1;
+    }
+
+    fn forecast_into(&self, horizon: usize, quantiles: &[f64], out: &mut Vec<f64>) {
+        out.clear();
+        if self.values == 0 {
+            out.resize(horizon * quantiles.len(), 0.0);
+            return;
+        }
+        let mut z = Vec::with_capacity(quantiles.len());
+        self.errors.standard_quantiles(quantiles, &mut z);
+        let last = self.steps - 1; // the last step seen (a gap or a value)
+        for h in 1..=horizon {
+            let point = self.combined(h, last + h as u64);
+            let since = h + self.steps_since_value as usize;
+            let (bias, scale) = self.errors.bias_and_scale(since);
+            for &zq in &z {
+                out.push(self.inverse(point + bias + scale * zq));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(step: u64) -> ForecastSettings {
+        ForecastSettings {
+            step: Duration::from_secs(step),
+            max_horizon: 10,
+            unit: 1.0,
+        }
+    }
+
+    #[test]
+    fn follows_a_constant_signal() {
+        let mut f = AdaptiveForecaster::new(settings(60));
+        for _ in 0..500 {
+            f.observe(42.0);
+        }
+        let q = f.forecast(3, &[0.01, 0.5, 0.99]);
+        for row in q {
+            for v in row {
+                assert!((v - 42.0).abs() < 0.5, "{v}");
+            }
+        }
+    }
+}

@@ -1,0 +1,829 @@
+//! The DP planner (`policy = "dp"`): forecast the demand's distribution over the next
+//! steps, plan integer serving capacities against it with the shared dynamic program,
+//! apply the first step, and plan again next tick.
+//!
+//! Each tick the planner minimises, over the next `H` steps,
+//!
+//! ```text
+//!     sum_k kept_k  +  penalty * sum_k E[max(0, D_k - serving_k)]  +  L * launches
+//! ```
+//!
+//! where `D_k` is the forecast demand of step `k` (a discrete distribution over quantile
+//! points), `kept_k` the instances kept in step `k`, and `L` the boot steps a launched
+//! instance is billed before it serves. Instances already booting serve from their
+//! (estimated) arrival step; nothing launched now serves before step `L`; the fleet's
+//! bounds and step limits hold at every step. The plan's first step becomes the billed
+//! size wanted now: the instances kept now plus the launches whose capacity is needed at
+//! step `L`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::dp::{DpError, Solver, Stage};
+use crate::forecast::{AdaptiveForecaster, ForecastSettings, Forecaster};
+use crate::{Decision, Observation, Plan, Policy};
+
+/// Settings of the `dp` policy.
+///
+/// ```toml
+/// policy = { name = "dp", max_unserved = 0.001, horizon = "2h" }
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DpConfig {
+    /// How far ahead each plan looks. Default: the longer of one hour and four boot
+    /// delays (always at least one step beyond the boot delay).
+    #[serde(with = "humantime_serde")]
+    pub horizon: Option<Duration>,
+    /// The service target: the largest fraction of demand that may go unserved, over
+    /// time (default 0.001, i.e. 0.1 %). The planner turns it into its penalty on
+    /// unserved demand and corrects that penalty from the unserved demand it observes;
+    /// see [`ServiceTarget`].
+    pub max_unserved: f64,
+}
+
+impl Default for DpConfig {
+    fn default() -> Self {
+        DpConfig {
+            horizon: None,
+            max_unserved: 0.001,
+        }
+    }
+}
+
+/// A `dp` setting that cannot be used, naming the field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for DpConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for DpConfigError {}
+
+impl DpConfig {
+    /// Checks every field, reporting all problems.
+    pub fn validate(&self) -> Result<(), Vec<DpConfigError>> {
+        let mut errors = Vec::new();
+        if !(self.max_unserved > 0.0 && self.max_unserved < 1.0) {
+            errors.push(DpConfigError {
+                field: "max_unserved",
+                message: format!(
+                    "must be a fraction of demand above 0 and below 1 (e.g. 0.001), got {}",
+                    self.max_unserved
+                ),
+            });
+        }
+        if self.horizon.is_some_and(|h| h.is_zero()) {
+            errors.push(DpConfigError {
+                field: "horizon",
+                message: "must be longer than zero".into(),
+            });
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Steps per plan for a step length and boot delay in steps.
+    pub fn horizon_steps(&self, step: Duration, boot_steps: u32) -> usize {
+        let step = step.as_secs_f64().max(1e-3);
+        let wanted = match self.horizon {
+            Some(h) => (h.as_secs_f64() / step).ceil(),
+            None => (3600.0 / step).ceil().max(4.0 * f64::from(boot_steps)),
+        };
+        (wanted.min(100_000.0) as usize)
+            .max(boot_steps as usize + 1)
+            .max(2)
+    }
+}
+
+/// Probability bins of the forecast distribution each stage is planned against: finer in
+/// the upper tail, where a service target of 0.1 % is decided.
+const BIN_EDGES: [f64; 26] = [
+    0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98,
+    0.99, 0.995, 0.998, 0.999, 0.9995, 0.9998, 0.9999, 0.99995, 1.0,
+];
+
+/// Quantile levels shown in a plan's forecast.
+const SHOWN: [f64; 4] = [0.05, 0.5, 0.95, 0.999];
+
+/// The quantile levels (bin midpoints) and probability weights of the planning grid.
+pub fn planning_grid() -> (Vec<f64>, Vec<f64>) {
+    BIN_EDGES
+        .windows(2)
+        .map(|w| ((w[0] + w[1]) / 2.0, w[1] - w[0]))
+        .unzip()
+}
+
+/// One plan's inputs, in instance units.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput<'a> {
+    /// Instances billed now that the plan may keep: serving plus booting.
+    pub pool: u32,
+    /// For each step `k < boot_steps`: instances of the pool serving by step `k`
+    /// (serving now plus booting ones due by then), nondecreasing. Missing entries count
+    /// the whole pool.
+    pub arrivals: &'a [u32],
+    /// `L`: steps from launch to serving; also the launch cost per instance.
+    pub boot_steps: u32,
+    pub min: u32,
+    pub max: u32,
+    pub max_step_up: Option<u32>,
+    pub max_step_down: Option<u32>,
+    /// Cost of one unserved instance-step, in instance-steps.
+    pub penalty: f64,
+    /// Demand distribution of each stage: `weights.len()` points per stage, ascending.
+    pub demand: &'a [f64],
+    /// Probability of each point (the same for every stage), summing to 1.
+    pub weights: &'a [f64],
+}
+
+/// The plan the program chose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapacityPlan {
+    /// Instances kept (billed, excluding boot time of new launches) at each stage.
+    pub kept: Vec<u32>,
+    /// Instances serving at each stage.
+    pub serving: Vec<u32>,
+    /// Instances to launch now (they serve from stage `L`).
+    pub launch_now: u32,
+    /// Billed size wanted now: instances kept now plus launches now.
+    pub desired_billed: u32,
+    /// Instance-steps billed over the plan, launches' boot steps included.
+    pub expected_cost: f64,
+    /// Expected unserved instance-steps over the plan.
+    pub expected_unserved: f64,
+    /// The minimised objective (cost plus penalty times expected unserved).
+    pub objective: f64,
+}
+
+impl PlanInput<'_> {
+    fn stages(&self) -> usize {
+        if self.weights.is_empty() {
+            0
+        } else {
+            self.demand.len() / self.weights.len()
+        }
+    }
+
+    fn points(&self, k: usize) -> &[f64] {
+        let m = self.weights.len();
+        &self.demand[k * m..(k + 1) * m]
+    }
+
+    /// Serving capacity of `kept` instances at stage `k`.
+    fn serving(&self, k: usize, kept: u32) -> u32 {
+        if k < self.boot_steps as usize {
+            kept.min(self.arrivals.get(k).copied().unwrap_or(self.pool))
+        } else {
+            kept
+        }
+    }
+}
+
+/// `E[max(0, D - x)]` for a stage's points, at every integer `x` from `lo`, into `out`.
+fn expected_shortfall(points: &[f64], weights: &[f64], lo: u32, out: &mut [f64]) {
+    // Sweep upward, dropping points at or below x from the sums over points above x.
+    let (mut above_sum, mut above_weight) = (0.0, 0.0);
+    for (&d, &w) in points.iter().zip(weights) {
+        above_sum += w * d;
+        above_weight += w;
+    }
+    let mut next = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let x = f64::from(lo) + i as f64;
+        while next < points.len() && points[next] <= x {
+            above_sum -= weights[next] * points[next];
+            above_weight -= weights[next];
+            next += 1;
+        }
+        *slot = if next == points.len() {
+            0.0
+        } else {
+            (above_sum - x * above_weight).max(0.0)
+        };
+    }
+}
+
+fn shortfall_at(points: &[f64], weights: &[f64], x: u32) -> f64 {
+    let mut out = [0.0];
+    expected_shortfall(points, weights, x, &mut out);
+    out[0]
+}
+
+/// The sizes each stage may take without excluding an optimal plan.
+///
+/// Without step limits the cost splits into one problem per unit of capacity: a unit is
+/// surely kept at a stage where its expected saving `penalty * P(D >= j)` exceeds one
+/// step plus a launch (`1 + L`), which bounds the plan from below; and a unit nobody
+/// could need at a stage is kept only to bridge, for at most `L` steps, to a stage
+/// where some quantile point needs it, which bounds it from above. With step limits the
+/// units interact, so every stage gets the union of the windows.
+fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
+    let h = input.stages();
+    let l = input.boot_steps as usize;
+    let threshold = (f64::from(input.boot_steps) + 1.0) / input.penalty;
+    let tops: Vec<u32> = (0..h)
+        .map(|k| to_size(input.points(k).last().copied().unwrap_or(0.0).ceil()))
+        .collect();
+    let mut windows: Vec<(u32, u32)> = (0..h)
+        .map(|k| {
+            let points = input.points(k);
+            let mut tail = 0.0;
+            let mut lo = 0;
+            for (&d, &w) in points.iter().zip(input.weights).rev() {
+                tail += w;
+                if tail > threshold {
+                    lo = to_size(d.floor());
+                    break;
+                }
+            }
+            if k < l {
+                lo = lo.min(input.serving(k, u32::MAX));
+            }
+            let near = k.saturating_sub(l)..(k + l + 1).min(h);
+            let hi = tops[near].iter().copied().max().unwrap_or(0).max(lo);
+            (lo, hi)
+        })
+        .collect();
+    if input.max_step_up.is_some() || input.max_step_down.is_some() {
+        let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
+        let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
+        windows.iter_mut().for_each(|w| *w = (lo, hi));
+    }
+    windows
+}
+
+fn to_size(x: f64) -> u32 {
+    if x.is_nan() {
+        0
+    } else {
+        x.clamp(0.0, f64::from(u32::MAX)) as u32
+    }
+}
+
+/// Plans serving capacity for every stage of `input`; see the module documentation.
+pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<CapacityPlan, DpError> {
+    let h = input.stages();
+    let l = input.boot_steps as usize;
+    let (min, max) = (input.min.min(input.max), input.max);
+    let windows = stage_windows(input);
+
+    // Stages: the window within the bounds, moved inside what the step limits reach.
+    let mut stages = Vec::with_capacity(h);
+    let (mut reach_lo, mut reach_hi) = (input.pool, input.pool);
+    for (k, &(lo, hi)) in windows.iter().enumerate() {
+        let up = if k < l { Some(0) } else { input.max_step_up };
+        let down = input.max_step_down;
+        let (rlo, rhi) = (
+            reach_lo.saturating_sub(down.unwrap_or(u32::MAX)),
+            reach_hi.saturating_add(up.unwrap_or(u32::MAX)),
+        );
+        let (blo, bhi) = (lo.clamp(min, max), hi.clamp(min, max));
+        let (slo, shi) = (blo.clamp(rlo, rhi), bhi.clamp(rlo, rhi));
+        stages.push(Stage::new(slo, shi).with_limits(up, down));
+        (reach_lo, reach_hi) = (slo, shi);
+    }
+
+    let penalty = input.penalty;
+    let solution = solver.solve(
+        input.pool,
+        &stages,
+        f64::from(input.boot_steps),
+        |k, lo, out| {
+            let points = input.points(k);
+            expected_shortfall(points, input.weights, lo, out);
+            let cap = input.serving(k, u32::MAX);
+            let capped = if k < l {
+                shortfall_at(points, input.weights, cap)
+            } else {
+                0.0
+            };
+            for (i, c) in out.iter_mut().enumerate() {
+                let kept = lo + i as u32;
+                let unserved = if k < l && kept > cap { capped } else { *c };
+                *c = f64::from(kept) + penalty * unserved;
+            }
+        },
+    )?;
+
+    let kept = solution.sizes;
+    let serving: Vec<u32> = kept
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| input.serving(k, s))
+        .collect();
+    let mut launches = 0u64;
+    let mut prev = input.pool;
+    for &s in &kept {
+        launches += u64::from(s.saturating_sub(prev));
+        prev = s;
+    }
+    let expected_unserved: f64 = serving
+        .iter()
+        .enumerate()
+        .map(|(k, &s)| shortfall_at(input.points(k), input.weights, s))
+        .sum();
+    let expected_cost = kept.iter().map(|&s| f64::from(s)).sum::<f64>()
+        + f64::from(input.boot_steps) * launches as f64;
+    let launch_now = match l {
+        0 => 0,
+        l if l < h => kept[l].saturating_sub(kept[l - 1]),
+        _ => 0,
+    };
+    Ok(CapacityPlan {
+        desired_billed: kept[0].saturating_add(launch_now),
+        launch_now,
+        kept,
+        serving,
+        expected_cost,
+        expected_unserved,
+        objective: solution.cost,
+    })
+}
+
+/// How the planner turns `max_unserved` into its penalty on unserved demand, and keeps
+/// it honest.
+///
+/// A penalty `p` makes the plan keep, at each step, about the demand's `1 - 1/p`
+/// quantile (the newsvendor rule). Penalties run on a ladder from 2 to `1/max_unserved`:
+/// at that top price, avoiding the target's share of unserved demand would cost as much
+/// as serving all of it, which no plan should exceed.
+///
+/// 1. **From the target, through the forecast.** For every penalty on the ladder the
+///    planner adds up, tick after tick, the unserved demand it would leave in
+///    expectation at the first step a launch can still serve (`L` steps ahead), and the
+///    expected demand itself, over a discounted window of about three days. It plans
+///    with the smallest penalty whose expected unserved demand is at most the aimed
+///    fraction of the expected demand (interpolated on the ladder). That is one price
+///    for the whole window, not one per step: for a target on the total unserved demand
+///    it costs least, and quiet hours (where one instance serves everything) neither
+///    inflate nor deflate it.
+/// 2. **Corrected by what was observed.** For each step it commits capacity to, the
+///    planner notes the unserved demand the rule above expects at the penalty in use.
+///    The controller reports what served each step, so the planner later sees what
+///    actually went unserved, `max(0, demand - serving)`. Over the same window it
+///    divides what occurred by what was expected (both plus a pseudo-count of a quarter
+///    of the allowance), giving a ratio `c` bounded to [1/4, 16], and aims at
+///    `max_unserved / c^2`. With `c` alone the aim would be right if unserved demand
+///    shrank in proportion as plans grow more careful; it shrinks more slowly, because
+///    part of it comes from surges no forecast sees coming, so the correction is
+///    squared: a persistent excess tightens the aim quickly, and a forecast that proves
+///    too cautious is let loose as quickly.
+#[derive(Debug, Clone)]
+pub struct ServiceTarget {
+    target: f64,
+    discount: f64,
+    ladder: Vec<f64>,
+    /// Discounted expected unserved demand at each ladder penalty, and expected demand.
+    ladder_unserved: Vec<f64>,
+    ladder_demand: f64,
+    /// Expected unserved demand at the penalty in use, for each step capacity was
+    /// committed to.
+    committed: VecDeque<(u64, f64)>,
+    expected_unserved: f64,
+    observed_unserved: f64,
+}
+
+/// The penalty and how it was formed, for the decision's reason.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalty {
+    pub value: f64,
+    /// Unserved demand observed over unserved demand expected (recent, discounted).
+    pub calibration: f64,
+    /// The fraction of demand the plans aim to leave unserved.
+    pub aim: f64,
+}
+
+const LADDER_FIRST: f64 = 2.0;
+const LADDER_RATIO: f64 = 1.25;
+const CALIBRATION_RANGE: (f64, f64) = (0.25, 16.0);
+/// Days of history behind the penalty and its calibration.
+const WINDOW_DAYS: f64 = 3.0;
+
+/// The lowest of `points` with at most `p` of the probability mass above it.
+fn upper_point(points: &[f64], weights: &[f64], p: f64) -> f64 {
+    let mut above = 1.0;
+    for (i, (&d, &w)) in points.iter().zip(weights).enumerate() {
+        above -= w;
+        if above <= p || i + 1 == points.len() {
+            return d;
+        }
+    }
+    0.0
+}
+
+impl ServiceTarget {
+    /// `steps_per_day` sets the window.
+    pub fn new(max_unserved: f64, steps_per_day: f64) -> Self {
+        let top = 1.0 / max_unserved;
+        let mut ladder = vec![LADDER_FIRST];
+        while ladder.last().is_some_and(|&p| p < top) {
+            let next = (ladder[ladder.len() - 1] * LADDER_RATIO).min(top);
+            ladder.push(next);
+        }
+        ServiceTarget {
+            target: max_unserved,
+            discount: 1.0 - 1.0 / (WINDOW_DAYS * steps_per_day.max(1.0)).max(2.0),
+            ladder_unserved: vec![0.0; ladder.len()],
+            ladder,
+            ladder_demand: 0.0,
+            committed: VecDeque::new(),
+            expected_unserved: 0.0,
+            observed_unserved: 0.0,
+        }
+    }
+
+    /// Records absolute step `step`: its demand and the instances that served it.
+    pub fn observe(&mut self, step: u64, demand: f64, serving: f64) {
+        while self.committed.front().is_some_and(|&(s, _)| s < step) {
+            self.committed.pop_front();
+        }
+        if self.committed.front().is_none_or(|&(s, _)| s != step) {
+            return;
+        }
+        let Some((_, expected)) = self.committed.pop_front() else {
+            return;
+        };
+        if !(demand.is_finite() && serving.is_finite()) {
+            return;
+        }
+        let d = self.discount;
+        self.expected_unserved = d * self.expected_unserved + expected;
+        self.observed_unserved = d * self.observed_unserved + (demand - serving).max(0.0);
+    }
+
+    /// Adds the forecast distribution of absolute step `step` (the first a launch now
+    /// can serve) to the ladder, and returns the penalty to plan with.
+    pub fn penalty(&mut self, step: u64, points: &[f64], weights: &[f64]) -> Penalty {
+        let mean: f64 = points.iter().zip(weights).map(|(d, w)| d * w).sum();
+        let d = self.discount;
+        if mean.is_finite() && mean >= 0.0 {
+            self.ladder_demand = d * self.ladder_demand + mean;
+            for (j, &p) in self.ladder.iter().enumerate() {
+                let keep = upper_point(points, weights, 1.0 / p).ceil();
+                self.ladder_unserved[j] =
+                    d * self.ladder_unserved[j] + shortfall_at(points, weights, to_size(keep));
+            }
+        }
+        let prior = 0.25 * self.target * self.ladder_demand;
+        let calibration = ((self.observed_unserved + prior) / (self.expected_unserved + prior))
+            .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
+        let calibration = if calibration.is_finite() {
+            calibration
+        } else {
+            1.0
+        };
+        let aim = self.target / (calibration * calibration);
+        let allowed = aim * self.ladder_demand;
+        let last = self.ladder.len() - 1;
+        let value = match self.ladder_unserved.iter().position(|&u| u <= allowed) {
+            Some(0) => self.ladder[0],
+            Some(j) => {
+                // Log-linear between the last penalty above the allowance and this one.
+                let (hi, lo) = (self.ladder_unserved[j - 1], self.ladder_unserved[j]);
+                let frac = if hi > lo && lo > 0.0 {
+                    ((hi / allowed).ln() / (hi / lo).ln()).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                };
+                self.ladder[j - 1] * (self.ladder[j] / self.ladder[j - 1]).powf(frac)
+            }
+            None => self.ladder[last],
+        };
+        // What the rule expects at this penalty, to compare with what will occur.
+        let keep = upper_point(points, weights, 1.0 / value).ceil();
+        let expected = shortfall_at(points, weights, to_size(keep));
+        while self.committed.back().is_some_and(|&(s, _)| s >= step) {
+            self.committed.pop_back();
+        }
+        self.committed.push_back((step, expected));
+        if self.committed.len() > 4096 {
+            self.committed.pop_front();
+        }
+        Penalty {
+            value,
+            calibration,
+            aim,
+        }
+    }
+}
+
+/// Booting instances grouped by the step they were (probably) launched, to estimate when
+/// each will serve. The observation only says how many are booting; launches are dated
+/// from the ticks at which the count grew, and shrinking removes the newest first, as
+/// the controller's scale-in does.
+#[derive(Debug, Clone, Default)]
+struct BootingCohorts {
+    cohorts: VecDeque<(u64, u32)>,
+}
+
+impl BootingCohorts {
+    fn update(&mut self, now: u64, booting: u32, boot_steps: u32) {
+        self.cohorts
+            .retain(|&(launched, _)| launched + u64::from(boot_steps) > now);
+        let mut total: u32 = self.cohorts.iter().map(|c| c.1).sum();
+        while total > booting {
+            let Some(newest) = self.cohorts.back_mut() else {
+                break;
+            };
+            let drop = newest.1.min(total - booting);
+            newest.1 -= drop;
+            total -= drop;
+            if newest.1 == 0 {
+                self.cohorts.pop_back();
+            }
+        }
+        if booting > total {
+            // Launched at the previous tick at the latest.
+            self.cohorts
+                .push_back((now.saturating_sub(1), booting - total));
+        }
+    }
+
+    /// Instances serving at each of the next `boot_steps` steps without new launches.
+    fn arrivals(&self, now: u64, serving: u32, boot_steps: u32, out: &mut Vec<u32>) {
+        out.clear();
+        for k in 0..u64::from(boot_steps) {
+            let due: u32 = self
+                .cohorts
+                .iter()
+                .filter(|&&(launched, _)| launched + u64::from(boot_steps) <= now + k)
+                .map(|c| c.1)
+                .sum();
+            out.push(serving.saturating_add(due));
+        }
+    }
+}
+
+/// The `dp` policy: forecast, plan, apply the first step. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct DpPlanner {
+    config: DpConfig,
+    /// Forecaster and target, built at the first tick (they need the step length).
+    state: Option<PlannerState>,
+    solver: Solver,
+    levels: Vec<f64>,
+    weights: Vec<f64>,
+    // Scratch buffers reused every tick.
+    quantiles: Vec<f64>,
+    demand: Vec<f64>,
+    arrivals: Vec<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct PlannerState {
+    step: Duration,
+    boot_steps: u32,
+    horizon: usize,
+    forecaster: AdaptiveForecaster,
+    target: ServiceTarget,
+    booting: BootingCohorts,
+    /// Highest demand seen, halving over a week.
+    recent_peak: f64,
+    peak_decay: f64,
+    steps_seen: u64,
+}
+
+impl DpPlanner {
+    pub fn new(config: DpConfig) -> Result<Self, Vec<DpConfigError>> {
+        config.validate()?;
+        let (mut levels, weights) = planning_grid();
+        levels.extend_from_slice(&SHOWN);
+        Ok(DpPlanner {
+            config,
+            state: None,
+            solver: Solver::default(),
+            levels,
+            weights,
+            quantiles: Vec::new(),
+            demand: Vec::new(),
+            arrivals: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &DpConfig {
+        &self.config
+    }
+
+    /// Brings the forecaster and the service target up to date with the observation's
+    /// new steps (all of its history at the first tick).
+    fn ingest(&mut self, obs: &Observation<'_>) -> &mut PlannerState {
+        let fresh = match &self.state {
+            Some(s) => {
+                s.step != obs.step
+                    || s.boot_steps != obs.boot_steps
+                    || obs.steps_seen < s.steps_seen
+            }
+            None => true,
+        };
+        if fresh {
+            let horizon = self.config.horizon_steps(obs.step, obs.boot_steps);
+            let step_secs = obs.step.as_secs_f64().max(1e-3);
+            self.state = Some(PlannerState {
+                step: obs.step,
+                boot_steps: obs.boot_steps,
+                horizon,
+                forecaster: AdaptiveForecaster::new(ForecastSettings {
+                    step: obs.step,
+                    max_horizon: horizon,
+                    unit: 1.0,
+                }),
+                target: ServiceTarget::new(self.config.max_unserved, 86_400.0 / step_secs),
+                booting: BootingCohorts::default(),
+                recent_peak: 0.0,
+                peak_decay: 0.5f64.powf(step_secs / (7.0 * 86_400.0)),
+                steps_seen: obs.steps_seen.saturating_sub(obs.demand.len() as u64),
+            });
+        }
+        let Some(state) = self.state.as_mut() else {
+            unreachable!("state was just set")
+        };
+        let new = obs
+            .steps_seen
+            .saturating_sub(state.steps_seen)
+            .min(obs.demand.len() as u64) as usize;
+        let from = obs.demand.len() - new;
+        let first_step = obs.steps_seen - obs.demand.len() as u64;
+        for i in from..obs.demand.len() {
+            state.forecaster.observe(obs.demand[i]);
+            let serving = obs.serving_history.get(i).copied().unwrap_or(f64::NAN);
+            state
+                .target
+                .observe(first_step + i as u64, obs.demand[i], serving);
+            state.recent_peak *= state.peak_decay;
+            if obs.demand[i].is_finite() {
+                state.recent_peak = state.recent_peak.max(obs.demand[i]);
+            }
+        }
+        state.steps_seen = obs.steps_seen;
+        state
+    }
+}
+
+impl Policy for DpPlanner {
+    fn name(&self) -> &str {
+        "dp"
+    }
+
+    fn decide(&mut self, obs: &Observation<'_>) -> Decision {
+        self.ingest(obs);
+        let Some(state) = self.state.as_mut() else {
+            return Decision::new(obs.billed, "dp: no state");
+        };
+        let (h, l) = (state.horizon, obs.boot_steps);
+        let m = self.weights.len();
+        let shown = SHOWN.len();
+        state
+            .forecaster
+            .forecast_into(h, &self.levels, &mut self.quantiles);
+        // A safety net against a forecaster gone wild (say, a cold start on a signal that
+        // then jumps): no plan beyond twice the recent peak demand, plus ten.
+        let ceiling = 2.0 * state.recent_peak.max(1.0) + 10.0;
+        self.demand.clear();
+        for k in 0..h {
+            let row = &self.quantiles[k * (m + shown)..k * (m + shown) + m];
+            self.demand.extend(row.iter().map(|&d| d.min(ceiling)));
+        }
+        state.booting.update(obs.steps_seen, obs.booting, l);
+        state
+            .booting
+            .arrivals(obs.steps_seen, obs.serving, l, &mut self.arrivals);
+        let first_launch_stage = (l as usize).min(h - 1);
+        let penalty = state.target.penalty(
+            obs.steps_seen + first_launch_stage as u64,
+            &self.demand[first_launch_stage * m..(first_launch_stage + 1) * m],
+            &self.weights,
+        );
+        let input = PlanInput {
+            pool: obs.serving.saturating_add(obs.booting),
+            arrivals: &self.arrivals,
+            boot_steps: l,
+            min: obs.min,
+            max: obs.max,
+            max_step_up: obs.max_step_up,
+            max_step_down: obs.max_step_down,
+            penalty: penalty.value,
+            demand: &self.demand,
+            weights: &self.weights,
+        };
+        let plan = match plan_capacity(&input, &mut self.solver) {
+            Ok(plan) => plan,
+            Err(e) => return Decision::new(obs.billed, format!("dp: cannot plan ({e}); holding")),
+        };
+        let at = first_launch_stage;
+        let forecast: Vec<Vec<(f64, f64)>> = (0..h)
+            .map(|k| {
+                let row = &self.quantiles[k * (m + shown) + m..(k + 1) * (m + shown)];
+                SHOWN.iter().copied().zip(row.iter().copied()).collect()
+            })
+            .collect();
+        let reason = format!(
+            "dp: demand in {at} steps p50 {:.2} p95 {:.2} p99.9 {:.2}; serving {} -> {} then {}; \
+             launch {}, keep {} of {}; penalty {:.1} (aiming at {:.3}% unserved: unserved \
+             seen/expected {:.2}); expected unserved {:.3} instance-steps over {h} steps",
+            forecast[at][1].1,
+            forecast[at][2].1,
+            forecast[at][3].1,
+            obs.serving,
+            plan.serving[0],
+            plan.serving[at],
+            plan.launch_now,
+            plan.kept[0],
+            input.pool,
+            penalty.value,
+            100.0 * penalty.aim,
+            penalty.calibration,
+            plan.expected_unserved,
+        );
+        Decision {
+            desired: plan.desired_billed.clamp(obs.min.min(obs.max), obs.max),
+            reason,
+            plan: Some(Plan {
+                trajectory: plan.serving,
+                forecast,
+                expected_cost: plan.expected_cost,
+                expected_unserved: plan.expected_unserved,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c: DpConfig = toml::from_str("").unwrap();
+        assert!(toml::from_str::<DpConfig>("max_unservd = 0.1").is_err());
+        let c2: DpConfig = toml::from_str("horizon = \"2h\"\nmax_unserved = 0.01").unwrap();
+        assert_eq!(c2.horizon, Some(Duration::from_secs(7200)));
+        assert_eq!(c, DpConfig::default());
+        let bad = DpConfig {
+            max_unserved: 0.0,
+            horizon: Some(Duration::ZERO),
+        };
+        let errors = bad.validate().unwrap_err();
+        assert_eq!(
+            errors.iter().map(|e| e.field).collect::<Vec<_>>(),
+            ["max_unserved", "horizon"]
+        );
+        assert_eq!(
+            DpConfig::default().horizon_steps(Duration::from_secs(60), 3),
+            60
+        );
+        assert_eq!(
+            DpConfig::default().horizon_steps(Duration::from_secs(300), 1),
+            12
+        );
+        assert_eq!(
+            DpConfig::default().horizon_steps(Duration::from_secs(3600), 1),
+            4
+        );
+        assert_eq!(
+            DpConfig::default().horizon_steps(Duration::from_secs(60), 30),
+            120
+        );
+    }
+
+    #[test]
+    fn shortfall_sweeps_match_direct_sums() {
+        let points = [0.5, 1.0, 2.5, 4.0];
+        let weights = [0.25, 0.25, 0.25, 0.25];
+        let mut out = [0.0; 6];
+        expected_shortfall(&points, &weights, 0, &mut out);
+        for (x, &got) in out.iter().enumerate() {
+            let want: f64 = points
+                .iter()
+                .zip(&weights)
+                .map(|(d, w)| w * (d - x as f64).max(0.0))
+                .sum();
+            assert!((got - want).abs() < 1e-12, "{x}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn cohorts_date_launches_and_drop_newest() {
+        let mut c = BootingCohorts::default();
+        let mut out = Vec::new();
+        c.update(10, 2, 3); // launched at 9, serve from 12
+        c.update(11, 5, 3); // 3 more launched at 10, serve from 13
+        c.arrivals(11, 4, 3, &mut out);
+        assert_eq!(out, vec![4, 6, 9]);
+        c.update(12, 2, 3); // the 2 from step 9 serve now; one of the newest was removed
+        c.arrivals(12, 6, 3, &mut out);
+        assert_eq!(out, vec![6, 8, 8]);
+    }
+}

@@ -1,0 +1,386 @@
+//! The DP planner: its plans against brute force, its bounds and step limits, its
+//! monotonicity in the forecast, and the `dp` policy end to end on a small model of the
+//! benchmark's controller.
+
+use std::time::Duration;
+
+use fleetscale_policies::dp::Solver;
+use fleetscale_policies::planner::{PlanInput, plan_capacity};
+use fleetscale_policies::{DpConfig, DpPlanner, Observation, Policy};
+use proptest::prelude::*;
+
+/// A small planning problem: points are multiples of 1/4 and weights powers of two, so
+/// that every cost is exact and ties are real ties.
+#[derive(Debug, Clone)]
+struct Problem {
+    pool: u32,
+    arrivals: Vec<u32>,
+    boot_steps: u32,
+    min: u32,
+    max: u32,
+    up: Option<u32>,
+    down: Option<u32>,
+    penalty: f64,
+    demand: Vec<f64>,
+}
+
+const WEIGHTS: [f64; 4] = [0.25, 0.25, 0.25, 0.25];
+
+impl Problem {
+    fn input(&self) -> PlanInput<'_> {
+        PlanInput {
+            pool: self.pool,
+            arrivals: &self.arrivals,
+            boot_steps: self.boot_steps,
+            min: self.min,
+            max: self.max,
+            max_step_up: self.up,
+            max_step_down: self.down,
+            penalty: self.penalty,
+            demand: &self.demand,
+            weights: &WEIGHTS,
+        }
+    }
+
+    fn stages(&self) -> usize {
+        self.demand.len() / WEIGHTS.len()
+    }
+
+    fn serving(&self, k: usize, kept: u32) -> u32 {
+        if k < self.boot_steps as usize {
+            kept.min(self.arrivals.get(k).copied().unwrap_or(self.pool))
+        } else {
+            kept
+        }
+    }
+
+    fn shortfall(&self, k: usize, serving: u32) -> f64 {
+        let points = &self.demand[k * 4..k * 4 + 4];
+        points
+            .iter()
+            .zip(WEIGHTS)
+            .map(|(d, w)| w * (d - f64::from(serving)).max(0.0))
+            .sum()
+    }
+
+    /// The objective of a kept-instances path, or None if it breaks a constraint.
+    fn objective(&self, kept: &[u32]) -> Option<f64> {
+        let mut prev = self.pool;
+        let mut total = 0.0;
+        for (k, &s) in kept.iter().enumerate() {
+            let up = self.up.unwrap_or(u32::MAX);
+            let down = self.down.unwrap_or(u32::MAX);
+            let no_launch = k < self.boot_steps as usize;
+            if s < self.min || s > self.max || (s > prev && (no_launch || s - prev > up)) {
+                return None;
+            }
+            if s < prev && prev - s > down {
+                return None;
+            }
+            let serving = self.serving(k, s);
+            total += f64::from(s)
+                + self.penalty * self.shortfall(k, serving)
+                + f64::from(self.boot_steps) * f64::from(s.saturating_sub(prev));
+            prev = s;
+        }
+        Some(total)
+    }
+
+    /// The cheapest objective over every path of sizes up to `top`.
+    fn brute_force(&self, top: u32) -> Option<f64> {
+        let h = self.stages();
+        let mut path = vec![0u32; h];
+        let mut best: Option<f64> = None;
+        loop {
+            if let Some(cost) = self.objective(&path) {
+                best = Some(best.map_or(cost, |b: f64| b.min(cost)));
+            }
+            let mut k = 0;
+            loop {
+                if k == h {
+                    return best;
+                }
+                if path[k] < top {
+                    path[k] += 1;
+                    break;
+                }
+                path[k] = 0;
+                k += 1;
+            }
+        }
+    }
+}
+
+fn problem(limits: bool) -> impl Strategy<Value = Problem> {
+    let limit = move || {
+        if limits {
+            prop::option::of(0u32..3).boxed()
+        } else {
+            Just(None).boxed()
+        }
+    };
+    (
+        1usize..5,
+        0u32..3,
+        0u32..7,
+        0u32..3,
+        limit(),
+        limit(),
+        2u32..40,
+    )
+        .prop_flat_map(move |(h, boot_steps, pool, min, up, down, penalty)| {
+            let arrivals =
+                prop::collection::vec(0u32..=pool, boot_steps as usize).prop_map(move |mut a| {
+                    a.sort_unstable();
+                    a
+                });
+            let points = prop::collection::vec(
+                prop::collection::vec(0u32..24, 4).prop_map(|mut p| {
+                    p.sort_unstable();
+                    p
+                }),
+                h,
+            );
+            (arrivals, points, min..8).prop_map(move |(arrivals, points, max)| Problem {
+                pool,
+                arrivals,
+                boot_steps,
+                min,
+                max,
+                up,
+                down,
+                penalty: f64::from(penalty),
+                demand: points
+                    .into_iter()
+                    .flatten()
+                    .map(|q| f64::from(q) / 4.0)
+                    .collect(),
+            })
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn plans_equal_brute_force_and_keep_the_rules(p in problem(true)) {
+        let plan = plan_capacity(&p.input(), &mut Solver::default());
+        let best = p.brute_force(8);
+        match (plan, best) {
+            (Ok(plan), Some(best)) => {
+                let cost = p.objective(&plan.kept);
+                prop_assert!(cost.is_some(), "plan {:?} breaks a rule", plan.kept);
+                prop_assert!((plan.objective - best).abs() < 1e-9, "{} vs {best}", plan.objective);
+                prop_assert!((cost.unwrap() - best).abs() < 1e-9);
+            }
+            // No feasible plan (the pool is out of bounds and cannot move in): the planner
+            // still answers with the nearest reachable plan.
+            (Ok(_), None) => {}
+            (Err(e), _) => prop_assert!(false, "planner failed: {e}"),
+        }
+    }
+
+    #[test]
+    fn step_limits_and_bounds_always_hold(p in problem(true)) {
+        let plan = plan_capacity(&p.input(), &mut Solver::default()).unwrap();
+        // Within bounds, unless the step limits keep the fleet from reaching them.
+        let reachable = p.brute_force(8).is_some();
+        let mut prev = p.pool;
+        for (k, &s) in plan.kept.iter().enumerate() {
+            if reachable {
+                prop_assert!(s >= p.min.min(p.max) && s <= p.max, "stage {k}: {s}");
+            }
+            prop_assert!(s <= prev || k >= p.boot_steps as usize, "launch before boot delay");
+            if let Some(up) = p.up {
+                prop_assert!(s <= prev + up);
+            }
+            if let Some(down) = p.down {
+                prop_assert!(s + down >= prev);
+            }
+            prev = s;
+        }
+        prop_assert!(plan.desired_billed >= plan.kept[0]);
+    }
+
+    #[test]
+    fn more_demand_never_plans_fewer_instances(p in problem(true), extra in prop::collection::vec(0u32..8, 16)) {
+        let base = plan_capacity(&p.input(), &mut Solver::default()).unwrap();
+        let mut more = p.clone();
+        for k in 0..more.stages() {
+            // Raise every point of a stage, keeping each stage's points in order.
+            let raise = f64::from(extra[k % extra.len()]) / 4.0;
+            for point in &mut more.demand[k * 4..k * 4 + 4] {
+                *point += raise;
+            }
+        }
+        let bigger = plan_capacity(&more.input(), &mut Solver::default()).unwrap();
+        for (k, (a, b)) in base.kept.iter().zip(&bigger.kept).enumerate() {
+            prop_assert!(b >= a, "stage {k}: {:?} then {:?}", base.kept, bigger.kept);
+        }
+    }
+}
+
+/// Replays demand through the `dp` policy under the benchmark's model; returns billed
+/// instance-steps, unserved demand and the policy's decisions.
+fn replay(
+    policy: &mut dyn Policy,
+    demand: &[f64],
+    boot_steps: u32,
+    min: u32,
+    max: u32,
+) -> (u64, f64, Vec<u32>) {
+    let l = i64::from(boot_steps);
+    let start = (demand[0].max(0.0).ceil() as u32).clamp(min, max);
+    let mut fleet: Vec<i64> = vec![-l; start as usize];
+    let (mut billed, mut unserved, mut desired_log) = (0u64, 0.0, Vec::new());
+    let mut serving_history = Vec::new();
+    for t in 0..demand.len() {
+        let ti = t as i64;
+        let serving_now = |f: &[i64]| f.iter().filter(|&&at| ti - at >= l).count() as u32;
+        if t > 0 {
+            let serving = serving_now(&fleet);
+            let obs = Observation {
+                demand: &demand[..t],
+                serving_history: &serving_history,
+                steps_seen: t as u64,
+                serving,
+                billed: fleet.len() as u32,
+                booting: fleet.len() as u32 - serving,
+                min,
+                max,
+                max_step_up: None,
+                max_step_down: None,
+                step: Duration::from_secs(60),
+                boot_steps,
+            };
+            let decision = policy.decide(&obs);
+            assert!(!decision.reason.is_empty());
+            let plan = decision.plan.expect("dp explains its decision with a plan");
+            assert!(plan.expected_cost.is_finite() && plan.expected_unserved.is_finite());
+            assert!(
+                plan.forecast
+                    .iter()
+                    .flatten()
+                    .all(|&(_, v)| v.is_finite() && v >= 0.0)
+            );
+            let desired = decision.desired as usize;
+            desired_log.push(decision.desired);
+            if desired > fleet.len() {
+                fleet.resize(desired, ti);
+            } else {
+                fleet.truncate(desired);
+            }
+        }
+        let serving = serving_now(&fleet);
+        billed += fleet.len() as u64;
+        if demand[t].is_finite() {
+            unserved += (demand[t] - f64::from(serving)).max(0.0);
+        }
+        serving_history.push(f64::from(serving));
+    }
+    (billed, unserved, desired_log)
+}
+
+/// Two days of a daily cycle with mild noise, at one-minute steps.
+fn daily_cycle() -> Vec<f64> {
+    let mut seed = 12345u64;
+    (0..2 * 1440)
+        .map(|i| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let noise = ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.04;
+            let day = i as f64 / 1440.0;
+            20.0 * (1.0 + 0.5 * (std::f64::consts::TAU * day).sin()) * (1.0 + noise)
+        })
+        .collect()
+}
+
+#[test]
+fn dp_serves_a_daily_cycle_cheaply() {
+    let demand = daily_cycle();
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    assert_eq!(dp.name(), "dp");
+    let (billed, unserved, _) = replay(&mut dp, &demand, 3, 1, u32::MAX);
+    let total: f64 = demand.iter().sum();
+    let opt = fleetscale_policies::oracle::solve(&demand, 3, 1, u32::MAX).unwrap();
+    let ratio = billed as f64 / opt.opt_instance_steps as f64;
+    assert!(
+        unserved / total < 0.005,
+        "unserved {:.4} %",
+        100.0 * unserved / total
+    );
+    assert!(ratio < 1.25, "cost ratio {ratio:.3}");
+}
+
+#[test]
+fn dp_keeps_bounds_through_gaps_and_spikes() {
+    let mut demand = daily_cycle();
+    demand.truncate(600);
+    demand[100..130].fill(f64::NAN); // a gap in the signal
+    demand[300] = 500.0; // a spike far above the bounds
+    demand[301] = 0.0;
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    let (_, _, desired) = replay(&mut dp, &demand, 2, 3, 40);
+    assert!(
+        desired.iter().all(|&d| (3..=40).contains(&d)),
+        "{desired:?}"
+    );
+}
+
+#[test]
+fn dp_starts_from_nothing_and_from_a_long_history() {
+    // No history at all: a decision, not a panic.
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    let obs = Observation {
+        demand: &[],
+        serving_history: &[],
+        steps_seen: 0,
+        serving: 2,
+        billed: 2,
+        booting: 0,
+        min: 1,
+        max: 10,
+        max_step_up: Some(1),
+        max_step_down: Some(1),
+        step: Duration::from_secs(300),
+        boot_steps: 1,
+    };
+    let d = dp.decide(&obs);
+    assert!((1..=10).contains(&d.desired));
+    // A long history read at the first tick (serving unknown), then one new step a tick.
+    let demand = daily_cycle();
+    let unknown = vec![f64::NAN; demand.len()];
+    let mut obs = Observation {
+        demand: &demand[..2000],
+        serving_history: &unknown[..2000],
+        steps_seen: 5000,
+        serving: 30,
+        billed: 30,
+        booting: 0,
+        min: 1,
+        max: 1000,
+        max_step_up: None,
+        max_step_down: None,
+        step: Duration::from_secs(60),
+        boot_steps: 3,
+    };
+    let first = dp.decide(&obs);
+    assert!(first.desired >= 1);
+    obs.demand = &demand[1..2001];
+    obs.serving_history = &unknown[1..2001];
+    obs.steps_seen = 5001;
+    let second = dp.decide(&obs);
+    assert!(second.desired >= 1 && second.plan.is_some());
+}
+
+#[test]
+fn config_reports_bad_fields() {
+    let errors = DpPlanner::new(DpConfig {
+        max_unserved: 1.5,
+        horizon: None,
+    })
+    .unwrap_err();
+    assert_eq!(errors[0].field, "max_unserved");
+    assert!(errors[0].to_string().contains("max_unserved"));
+}
