@@ -6,6 +6,7 @@
 //! field:
 //!
 //! ```toml
+//! policy = { name = "dp", max_unserved = 0.001 }
 //! policy = { name = "target-tracking", target_utilisation = 0.7 }
 //! policy = { name = "static", size = 4 }
 //! ```
@@ -27,13 +28,19 @@ use crate::baselines::{
     Predictive, PredictiveConfig, StaticConfig, StaticSize, StepScaling, StepScalingConfig,
     TargetTracking, TargetTrackingConfig,
 };
+use crate::planner::{DpConfig, DpPlanner};
 use crate::{Decision, Observation, Policy};
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 
 /// A policy and its settings, as a config states it (`name` selects the variant).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum PolicyConfig {
+    /// The DP planner, the default; fields in [`DpConfig`]: `max_unserved` (0.001),
+    /// `horizon` (the longer of an hour and four boot delays).
+    #[serde(deserialize_with = "checked_dp_config")]
+    Dp(DpConfig),
     /// Kubernetes HPA semantics; fields in [`TargetTrackingConfig`]: `target_utilisation`
     /// (0.8), `tolerance` (0.1), `scale_down_window` ("5m").
     TargetTracking(TargetTrackingConfig),
@@ -48,10 +55,24 @@ pub enum PolicyConfig {
 }
 
 impl Default for PolicyConfig {
-    /// The policy of a fleet whose config names none.
+    /// The policy of a fleet whose config names none: the DP planner.
     fn default() -> Self {
-        PolicyConfig::TargetTracking(TargetTrackingConfig::default())
+        PolicyConfig::Dp(DpConfig::default())
     }
+}
+
+/// Reads `dp`'s settings and checks them as they are read, every problem at once.
+fn checked_dp_config<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DpConfig, D::Error> {
+    let config = DpConfig::deserialize(deserializer)?;
+    check_dp_config(&config).map_err(D::Error::custom)?;
+    Ok(config)
+}
+
+fn check_dp_config(config: &DpConfig) -> Result<(), String> {
+    config.validate().map_err(|errors| {
+        let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        problems.join("; ")
+    })
 }
 
 /// Settings from `from` to `to` percent by 5, as fractions (0.5, 0.55, ..).
@@ -64,12 +85,19 @@ fn percent_sweep(from: u32, to: u32) -> Vec<f64> {
 
 impl PolicyConfig {
     /// Every name a config may give, in the order they are listed to users.
-    pub const NAMES: &[&str] = &["target-tracking", "step-scaling", "predictive", "static"];
+    pub const NAMES: &[&str] = &[
+        "dp",
+        "target-tracking",
+        "step-scaling",
+        "predictive",
+        "static",
+    ];
 
     /// The name it is selected by (`name = ...` in a config, `--policy` on the command
     /// line).
     pub fn name(&self) -> &'static str {
         match self {
+            PolicyConfig::Dp(_) => "dp",
             PolicyConfig::TargetTracking(_) => "target-tracking",
             PolicyConfig::StepScaling(_) => "step-scaling",
             PolicyConfig::Predictive(_) => "predictive",
@@ -81,6 +109,7 @@ impl PolicyConfig {
     /// for `static`, which has no default size (see [`StaticConfig::peak_of`]).
     pub fn from_name(name: &str) -> Option<Self> {
         match name {
+            "dp" => Some(PolicyConfig::Dp(DpConfig::default())),
             "target-tracking" => {
                 Some(PolicyConfig::TargetTracking(TargetTrackingConfig::default()))
             }
@@ -107,6 +136,7 @@ impl PolicyConfig {
     /// Checks every value; the error names the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         match self {
+            PolicyConfig::Dp(c) => check_dp_config(c),
             PolicyConfig::TargetTracking(c) => c.validate(),
             PolicyConfig::StepScaling(c) => c.validate(),
             PolicyConfig::Predictive(c) => c.validate(),
@@ -127,6 +157,16 @@ impl PolicyConfig {
             });
         }
         match self {
+            PolicyConfig::Dp(c) => match DpPlanner::new(c.clone()) {
+                Ok(planner) => Box::new(planner),
+                Err(errors) => {
+                    let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    Box::new(InvalidSettings {
+                        name: self.name(),
+                        problem: problems.join("; "),
+                    })
+                }
+            },
             PolicyConfig::TargetTracking(c) => Box::new(TargetTracking::new(c.clone())),
             PolicyConfig::StepScaling(c) => Box::new(StepScaling::new(c.clone())),
             PolicyConfig::Predictive(c) => Box::new(Predictive::new(c.clone())),
@@ -135,9 +175,11 @@ impl PolicyConfig {
     }
 
     /// The field the benchmark sweeps for this policy (`target_utilisation` for target
-    /// tracking and predictive, `threshold` for step scaling, `size` for static).
+    /// tracking and predictive, `threshold` for step scaling, `size` for static), or the
+    /// setting that steers it (`max_unserved` for dp, which is not swept).
     pub fn knob(&self) -> &'static str {
         match self {
+            PolicyConfig::Dp(_) => "max_unserved",
             PolicyConfig::TargetTracking(_) | PolicyConfig::Predictive(_) => "target_utilisation",
             PolicyConfig::StepScaling(_) => "threshold",
             PolicyConfig::Static(_) => "size",
@@ -147,6 +189,7 @@ impl PolicyConfig {
     /// The knob's current value.
     pub fn knob_value(&self) -> f64 {
         match self {
+            PolicyConfig::Dp(c) => c.max_unserved,
             PolicyConfig::TargetTracking(c) => c.target_utilisation,
             PolicyConfig::Predictive(c) => c.target_utilisation,
             PolicyConfig::StepScaling(c) => c.threshold,
@@ -156,12 +199,12 @@ impl PolicyConfig {
 
     /// The knob's settings the benchmark tries: target utilisations 0.50 to 0.95 by
     /// 0.05; step scaling's threshold 0.50 to 1.00 by 0.05; none for static (its size
-    /// comes from the trace).
+    /// comes from the trace) nor for dp (judged at its defaults).
     pub fn sweep_settings(&self) -> Vec<f64> {
         match self {
             PolicyConfig::TargetTracking(_) | PolicyConfig::Predictive(_) => percent_sweep(50, 95),
             PolicyConfig::StepScaling(_) => percent_sweep(50, 100),
-            PolicyConfig::Static(_) => Vec::new(),
+            PolicyConfig::Static(_) | PolicyConfig::Dp(_) => Vec::new(),
         }
     }
 
@@ -170,6 +213,7 @@ impl PolicyConfig {
     pub fn with_knob(&self, value: f64) -> Result<Self, String> {
         let mut tuned = self.clone();
         match &mut tuned {
+            PolicyConfig::Dp(c) => c.max_unserved = value,
             PolicyConfig::TargetTracking(c) => c.target_utilisation = value,
             PolicyConfig::Predictive(c) => c.target_utilisation = value,
             PolicyConfig::StepScaling(c) => c.threshold = value,
