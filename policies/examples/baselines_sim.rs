@@ -8,8 +8,9 @@
 //!     TRACE.csv COLUMN PER_INSTANCE STEP_SECONDS [BOOT_SECONDS] [POLICY...]
 //! ```
 //!
-//! POLICY is a name (target-tracking, step-scaling, predictive, static-peak); each of the
-//! first three is swept over its knob. Without POLICY, all of them.
+//! POLICY is a name (dp, target-tracking, step-scaling, predictive, static-peak); each
+//! baseline with a knob is swept over it, dp runs at its defaults. Without POLICY, all of
+//! the baselines.
 //! `BASELINES_SIM_EXPLAIN=FROM..TO` prints the decisions of those steps with their reasons.
 
 use fleetscale_policies::{Observation, PolicyConfig};
@@ -77,10 +78,16 @@ fn run() -> Result<(), String> {
             vec![PolicyConfig::static_peak(&demand)]
         } else {
             let base = PolicyConfig::from_name(name).ok_or(format!("unknown policy {name}"))?;
-            base.sweep_settings()
-                .into_iter()
-                .map(|v| base.with_knob(v))
-                .collect::<Result<_, _>>()?
+            let settings = base.sweep_settings();
+            if settings.is_empty() {
+                // Not swept (dp): its defaults.
+                vec![base]
+            } else {
+                settings
+                    .into_iter()
+                    .map(|v| base.with_knob(v))
+                    .collect::<Result<_, _>>()?
+            }
         };
         let mut best: Option<(f64, f64, f64)> = None;
         for config in configs {
@@ -90,7 +97,7 @@ fn run() -> Result<(), String> {
             let minutes = run.instance_steps as f64 * minutes_per_step;
             let ratio = minutes / oracle;
             println!(
-                "{:<16} {:>8.2} {:>14.0} {:>10.3} {:>10.3} {:>8} {:>8.2}",
+                "{:<16} {:>8} {:>14.0} {:>10.3} {:>10.3} {:>8} {:>8.2}",
                 name,
                 config.knob_value(),
                 minutes,
@@ -105,7 +112,7 @@ fn run() -> Result<(), String> {
         }
         match best {
             Some((setting, ratio, unserved)) => println!(
-                "best {name} at <= 0.1 % unserved: {setting:.2}, cost ratio {ratio:.3}, unserved {unserved:.3} %"
+                "best {name} at <= 0.1 % unserved: {setting}, cost ratio {ratio:.3}, unserved {unserved:.3} %"
             ),
             None => println!("best {name} at <= 0.1 % unserved: none"),
         }
