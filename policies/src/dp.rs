@@ -148,24 +148,13 @@ impl Default for BackPointers {
 }
 
 impl BackPointers {
-    fn reset(&mut self, wide: bool, capacity: usize) {
+    /// Room for `cells` back-pointers, narrow when every offset fits 16 bits.
+    fn reset(&mut self, wide: bool, cells: usize) {
         match (wide, &mut *self) {
-            (false, BackPointers::Narrow(v)) => v.clear(),
-            (true, BackPointers::Wide(v)) => v.clear(),
-            (false, _) => *self = BackPointers::Narrow(Vec::with_capacity(capacity)),
-            (true, _) => *self = BackPointers::Wide(Vec::with_capacity(capacity)),
-        }
-        match self {
-            BackPointers::Narrow(v) => v.reserve(capacity),
-            BackPointers::Wide(v) => v.reserve(capacity),
-        }
-    }
-
-    fn push(&mut self, offset: u32) {
-        match self {
-            // Ranges were checked to fit before choosing the narrow form.
-            BackPointers::Narrow(v) => v.push(offset as u16),
-            BackPointers::Wide(v) => v.push(offset),
+            (false, BackPointers::Narrow(v)) => v.resize(cells, 0),
+            (true, BackPointers::Wide(v)) => v.resize(cells, 0),
+            (false, _) => *self = BackPointers::Narrow(vec![0; cells]),
+            (true, _) => *self = BackPointers::Wide(vec![0; cells]),
         }
     }
 
@@ -174,6 +163,24 @@ impl BackPointers {
             BackPointers::Narrow(v) => u32::from(v[index]),
             BackPointers::Wide(v) => v[index],
         }
+    }
+}
+
+/// A back-pointer offset: `u16` or `u32`.
+trait Offset: Copy {
+    fn from_index(i: u32) -> Self;
+}
+
+impl Offset for u16 {
+    fn from_index(i: u32) -> Self {
+        // Only chosen when every offset of the program fits.
+        i as u16
+    }
+}
+
+impl Offset for u32 {
+    fn from_index(i: u32) -> Self {
+        i
     }
 }
 
@@ -206,6 +213,7 @@ impl Solver {
         self.values.clear();
         self.values.push(0.0);
         let mut prev = (initial, initial);
+        let mut cell = 0usize;
         for (t, stage) in stages.iter().enumerate() {
             let (lo, hi) = self.ranges[t];
             let n = (hi - lo) as usize + 1;
@@ -213,19 +221,27 @@ impl Solver {
             self.costs.resize(n, 0.0);
             stage_cost(t, lo, &mut self.costs);
             self.next_values.clear();
-            self.next_values.reserve(n);
-            solve_stage(
-                &self.values,
-                prev.0,
-                prev.1,
-                (lo, hi),
+            self.next_values.resize(n, 0.0);
+            let step = StageStep {
+                prev: &self.values,
+                plo: prev.0,
+                phi: prev.1,
+                lo,
+                hi,
                 stage,
                 launch_cost,
-                &self.costs,
-                &mut self.next_values,
-                &mut self.back,
-                &mut self.buffers,
-            );
+                costs: &self.costs,
+            };
+            let cells = cell..cell + n;
+            match &mut self.back {
+                BackPointers::Narrow(v) => {
+                    step.solve(&mut self.next_values, &mut v[cells], &mut self.buffers)
+                }
+                BackPointers::Wide(v) => {
+                    step.solve(&mut self.next_values, &mut v[cells], &mut self.buffers)
+                }
+            }
+            cell += n;
             std::mem::swap(&mut self.values, &mut self.next_values);
             prev = (lo, hi);
         }
@@ -284,105 +300,184 @@ impl Solver {
 /// Reusable memory of one stage's minima.
 #[derive(Debug, Default, Clone)]
 struct StageBuffers {
-    suffix: Vec<(f64, u32)>,
-    up_window: MinWindow,
-    down_window: MinWindow,
+    /// Best predecessor (value, index) of each size on the launch side...
+    up: Vec<(f64, u32)>,
+    /// ... and on the shrink side.
+    down: Vec<(f64, u32)>,
+    window: MinWindow,
 }
 
-/// Fills `next` (values of sizes `lo..=hi`) and their back-pointers from `prev` (values of
-/// the previous stage's sizes `plo..=phi`).
-#[allow(clippy::too_many_arguments)]
-fn solve_stage(
-    prev: &[f64],
+const NONE: u32 = u32::MAX;
+
+/// One stage's inputs: the previous stage's values over sizes `plo..=phi`, this stage's
+/// sizes `lo..=hi` and costs.
+struct StageStep<'a> {
+    prev: &'a [f64],
     plo: u32,
     phi: u32,
-    (lo, hi): (u32, u32),
-    stage: &Stage,
-    l: f64,
-    costs: &[f64],
-    next: &mut Vec<f64>,
-    back: &mut BackPointers,
-    buf: &mut StageBuffers,
-) {
-    const NONE: u32 = u32::MAX;
-    let unlimited_up = stage.max_up == u32::MAX;
-    let unlimited_down = stage.max_down == u32::MAX;
+    lo: u32,
+    hi: u32,
+    stage: &'a Stage,
+    launch_cost: f64,
+    costs: &'a [f64],
+}
 
-    // Minimum of V(s') over previous sizes from index i up, preferring the larger on ties.
-    if unlimited_down {
-        buf.suffix.clear();
-        buf.suffix.resize(prev.len(), (f64::INFINITY, NONE));
-        let mut best = (f64::INFINITY, NONE);
-        for i in (0..prev.len()).rev() {
-            if best.1 == NONE || prev[i] < best.0 {
-                best = (prev[i], i as u32);
-            }
-            buf.suffix[i] = best;
+impl StageStep<'_> {
+    /// Fills `next` (values of sizes `lo..=hi`) and their back-pointers.
+    fn solve<B: Offset>(&self, next: &mut [f64], back: &mut [B], buf: &mut StageBuffers) {
+        let n = (self.hi - self.lo) as usize + 1;
+        buf.up.clear();
+        buf.up.resize(n, (f64::INFINITY, NONE));
+        buf.down.clear();
+        buf.down.resize(n, (f64::INFINITY, NONE));
+        // A limit at least as wide as the ranges does not bind: use the plain minima.
+        let up_binds = u64::from(self.stage.max_up) < u64::from(self.hi.saturating_sub(self.plo));
+        let down_binds =
+            u64::from(self.stage.max_down) < u64::from(self.phi.saturating_sub(self.lo));
+        if !up_binds && !down_binds {
+            return self.solve_unlimited(next, back, buf);
         }
-    } else {
-        buf.down_window.clear();
+        self.launch_side(up_binds, &mut buf.up, &mut buf.window);
+        self.shrink_side(down_binds, &mut buf.down, &mut buf.window);
+        let l = self.launch_cost;
+        for i in 0..n {
+            let s = f64::from(self.lo + i as u32);
+            let (mut up, up_from) = buf.up[i];
+            if up_from != NONE {
+                up += l * s;
+            }
+            let (down, down_from) = buf.down[i];
+            // Ties go to the shrink side, whose predecessor is larger. Every size in the
+            // reachable range has at least one predecessor.
+            let (v, from) = if down_from != NONE && (up_from == NONE || down <= up) {
+                (down, down_from)
+            } else {
+                (up, up_from)
+            };
+            next[i] = v + self.costs[i];
+            back[i] = B::from_index(from);
+        }
     }
-    buf.up_window.clear();
 
-    let mut prefix = (f64::INFINITY, NONE);
-    let mut up_pushed = 0usize; // previous sizes already offered to the launch side
-    let mut down_pushed = 0usize; // ... and to the shrink side
-    for s in lo..=hi {
-        // Launch side: s' in [max(plo, s - max_up), min(phi, s)], cost V(s') + l (s - s').
-        let mut up = (f64::INFINITY, NONE);
-        if s >= plo {
-            let last = (s.min(phi) - plo) as usize;
-            while up_pushed <= last {
-                let key = prev[up_pushed] - l * f64::from(plo + up_pushed as u32);
-                if unlimited_up {
+    /// The common case, without binding step limits, in two tight passes: suffix minima
+    /// of the previous values, then one forward sweep with a running prefix minimum.
+    fn solve_unlimited<B: Offset>(&self, next: &mut [f64], back: &mut [B], buf: &mut StageBuffers) {
+        let (prev, plo, phi, l) = (self.prev, self.plo, self.phi, self.launch_cost);
+        // suffix[j]: least V over previous indices >= j (the larger index on ties).
+        let suffix = &mut buf.down;
+        suffix.clear();
+        suffix.resize(prev.len(), (f64::INFINITY, NONE));
+        let mut best = (f64::INFINITY, NONE);
+        for j in (0..prev.len()).rev() {
+            if best.1 == NONE || prev[j] < best.0 {
+                best = (prev[j], j as u32);
+            }
+            suffix[j] = best;
+        }
+        let mut prefix = (f64::INFINITY, NONE);
+        let mut pushed = 0usize;
+        for (i, (slot, from)) in next.iter_mut().zip(back.iter_mut()).enumerate() {
+            let s = self.lo + i as u32;
+            if s >= plo {
+                let last = (s.min(phi) - plo) as usize;
+                while pushed <= last {
+                    let key = prev[pushed] - l * f64::from(plo + pushed as u32);
                     if prefix.1 == NONE || key <= prefix.0 {
-                        prefix = (key, up_pushed as u32);
+                        prefix = (key, pushed as u32);
                     }
-                } else {
-                    buf.up_window.push(up_pushed as u32, key);
+                    pushed += 1;
                 }
-                up_pushed += 1;
             }
-            if unlimited_up {
-                up = prefix;
+            let up = (prefix.0 + l * f64::from(s), prefix.1);
+            let down = if s < phi {
+                suffix[(s + 1).saturating_sub(plo) as usize]
             } else {
-                buf.up_window
-                    .pop_before(s.saturating_sub(stage.max_up).max(plo) - plo);
-                up = buf.up_window.front().unwrap_or(up);
+                (f64::INFINITY, NONE)
+            };
+            let (v, j) = if down.1 != NONE && (up.1 == NONE || down.0 <= up.0) {
+                down
+            } else {
+                up
+            };
+            *slot = v + self.costs[i];
+            *from = B::from_index(j);
+        }
+    }
+
+    /// For each size s, the least `V(s') - L s'` over `s'` in
+    /// `[max(plo, s - max_up), min(phi, s)]`, preferring the larger `s'` on ties.
+    fn launch_side(&self, binds: bool, out: &mut [(f64, u32)], window: &mut MinWindow) {
+        let (prev, plo, l) = (self.prev, self.plo, self.launch_cost);
+        let key = |j: usize| prev[j] - l * f64::from(plo + j as u32);
+        let mut pushed = 0usize;
+        let mut best = (f64::INFINITY, NONE);
+        window.clear();
+        for (i, slot) in out.iter_mut().enumerate() {
+            let s = self.lo + i as u32;
+            if s < plo {
+                continue;
             }
-            if up.1 != NONE {
-                up.0 += l * f64::from(s);
+            let last = (s.min(self.phi) - plo) as usize;
+            if binds {
+                while pushed <= last {
+                    window.push(pushed as u32, key(pushed));
+                    pushed += 1;
+                }
+                window.pop_before(s.saturating_sub(self.stage.max_up).max(plo) - plo);
+                *slot = window.front().unwrap_or((f64::INFINITY, NONE));
+            } else {
+                while pushed <= last {
+                    let k = key(pushed);
+                    if best.1 == NONE || k <= best.0 {
+                        best = (k, pushed as u32);
+                    }
+                    pushed += 1;
+                }
+                *slot = best;
             }
         }
+    }
 
-        // Shrink side: s' in [max(plo, s + 1), min(phi, s + max_down)], cost V(s').
-        let mut down = (f64::INFINITY, NONE);
-        let down_lo = s.saturating_add(1).max(plo);
-        let down_hi = s.saturating_add(stage.max_down).min(phi);
-        if down_lo <= down_hi {
-            let first = (down_lo - plo) as usize;
-            if unlimited_down {
-                down = buf.suffix[first];
-            } else {
-                let last = (down_hi - plo) as usize;
-                while down_pushed <= last {
-                    buf.down_window.push(down_pushed as u32, prev[down_pushed]);
-                    down_pushed += 1;
+    /// For each size s, the least `V(s')` over `s'` in
+    /// `[max(plo, s + 1), min(phi, s + max_down)]`, preferring the larger `s'` on ties.
+    fn shrink_side(&self, binds: bool, out: &mut [(f64, u32)], window: &mut MinWindow) {
+        let (prev, plo, phi) = (self.prev, self.plo, self.phi);
+        if binds {
+            window.clear();
+            let mut pushed = 0usize;
+            for (i, slot) in out.iter_mut().enumerate() {
+                let s = self.lo + i as u32;
+                let first = s.saturating_add(1).max(plo);
+                let last = s.saturating_add(self.stage.max_down).min(phi);
+                if first > last {
+                    continue;
                 }
-                buf.down_window.pop_before(first as u32);
-                down = buf.down_window.front().unwrap_or(down);
+                while pushed <= (last - plo) as usize {
+                    window.push(pushed as u32, prev[pushed]);
+                    pushed += 1;
+                }
+                window.pop_before(first - plo);
+                *slot = window.front().unwrap_or((f64::INFINITY, NONE));
             }
-        }
-
-        // Ties go to the shrink side, whose predecessor is larger. Every size in the
-        // reachable range has at least one predecessor.
-        let (v, from) = if down.1 != NONE && (up.1 == NONE || down.0 <= up.0) {
-            down
         } else {
-            up
-        };
-        next.push(v + costs[(s - lo) as usize]);
-        back.push(from);
+            // Sweep sizes downwards, keeping the least value above the current size.
+            let mut best = (f64::INFINITY, NONE);
+            let mut next_prev = phi; // the next previous size to take in, going down
+            for (i, slot) in out.iter_mut().enumerate().rev() {
+                let s = self.lo + i as u32;
+                while next_prev > s && next_prev >= plo {
+                    let j = (next_prev - plo) as usize;
+                    if best.1 == NONE || prev[j] < best.0 {
+                        best = (prev[j], j as u32);
+                    }
+                    if next_prev == 0 {
+                        break;
+                    }
+                    next_prev -= 1;
+                }
+                *slot = best;
+            }
+        }
     }
 }
 

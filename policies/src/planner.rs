@@ -357,7 +357,8 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 /// it honest.
 ///
 /// A penalty `p` makes the plan keep, at each step, about the demand's `1 - 1/p`
-/// quantile (the newsvendor rule). Penalties run on a ladder from 2 to `1/max_unserved`:
+/// quantile (the newsvendor rule). Penalties run on a ladder from `L + 2` (just above
+/// the cost of launching an instance to serve one step) to `1/max_unserved`:
 /// at that top price, avoiding the target's share of unserved demand would cost as much
 /// as serving all of it, which no plan should exceed.
 ///
@@ -406,7 +407,9 @@ pub struct Penalty {
     pub aim: f64,
 }
 
-const LADDER_FIRST: f64 = 2.0;
+/// The lowest penalty exceeds the cost of launching an instance for one step (`L + 1`)
+/// by one: below it, leaving demand unserved would be cheaper than serving it.
+const LADDER_ABOVE_LAUNCH: f64 = 2.0;
 const LADDER_RATIO: f64 = 1.25;
 const CALIBRATION_RANGE: (f64, f64) = (0.25, 16.0);
 /// Days of history behind the penalty and its calibration.
@@ -425,10 +428,10 @@ fn upper_point(points: &[f64], weights: &[f64], p: f64) -> f64 {
 }
 
 impl ServiceTarget {
-    /// `steps_per_day` sets the window.
-    pub fn new(max_unserved: f64, steps_per_day: f64) -> Self {
+    /// `steps_per_day` sets the window; `boot_steps` the lowest penalty.
+    pub fn new(max_unserved: f64, steps_per_day: f64, boot_steps: u32) -> Self {
         let top = 1.0 / max_unserved;
-        let mut ladder = vec![LADDER_FIRST];
+        let mut ladder = vec![(f64::from(boot_steps) + LADDER_ABOVE_LAUNCH).min(top)];
         while ladder.last().is_some_and(|&p| p < top) {
             let next = (ladder[ladder.len() - 1] * LADDER_RATIO).min(top);
             ladder.push(next);
@@ -640,7 +643,11 @@ impl DpPlanner {
                     max_horizon: horizon,
                     unit: 1.0,
                 }),
-                target: ServiceTarget::new(self.config.max_unserved, 86_400.0 / step_secs),
+                target: ServiceTarget::new(
+                    self.config.max_unserved,
+                    86_400.0 / step_secs,
+                    obs.boot_steps,
+                ),
                 booting: BootingCohorts::default(),
                 recent_peak: 0.0,
                 peak_decay: 0.5f64.powf(step_secs / (7.0 * 86_400.0)),

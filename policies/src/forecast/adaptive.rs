@@ -432,8 +432,14 @@ impl Forecaster for AdaptiveForecaster {
         let mut z = Vec::with_capacity(quantiles.len());
         self.errors.standard_quantiles(quantiles, &mut z);
         let last = self.steps - 1; // the last step seen (a gap or a value)
+        // The combined forecasts made after the last step, for the horizons tracked.
+        let slot = (last % self.max_horizon as u64) as usize;
+        let made = &self.made[slot * self.max_horizon..(slot + 1) * self.max_horizon];
         for h in 1..=horizon {
-            let point = self.combined(h, last + h as u64);
+            let point = match made.get(h - 1) {
+                Some(&y) if y.is_finite() => y,
+                _ => self.combined(h, last + h as u64),
+            };
             let since = h + self.steps_since_value as usize;
             let (bias, scale) = self.errors.bias_and_scale(since);
             for &zq in &z {

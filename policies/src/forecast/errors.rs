@@ -297,7 +297,10 @@ mod tests {
         e.record(1, 100.0);
         let (_, s1_surge) = e.bias_and_scale(1);
         let (_, s2_surge) = e.bias_and_scale(2);
-        assert!(s1_surge > 2.0 * s1 && s2_surge > 2.0 * s2, "{s1_surge} {s2_surge}");
+        assert!(
+            s1_surge > 2.0 * s1 && s2_surge > 2.0 * s2,
+            "{s1_surge} {s2_surge}"
+        );
         for i in 0..60 {
             e.record(1, if i % 2 == 0 { 0.1 } else { -0.1 });
         }
