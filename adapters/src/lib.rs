@@ -8,11 +8,18 @@
 //! and every decorator.
 
 pub mod clock;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod decorators;
 mod error;
+pub mod mock;
+mod operation;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use decorators::{AdapterMetrics, DryRun, Intent, Metered, Retry, RetryConfig};
 pub use error::{AdapterError, ErrorKind};
+pub use operation::Operation;
 pub use types::{
     AccessReport, Fleet, GrowOutcome, IdempotencyToken, Instance, InstanceId, InstanceState,
     PermissionCheck, ShrinkOutcome,

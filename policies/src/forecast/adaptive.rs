@@ -10,10 +10,11 @@ use super::seasonal::SeasonalProfile;
 const DAY: f64 = 86_400.0;
 /// Members are weighed by their recent squared error to this negative power.
 const WEIGHT_POWER: i32 = 8;
-/// A drop of more than this many one-step scales is a sudden drop...
+/// A value more than this many one-step scales below the forecast is a sudden drop: the
+/// models follow it by at most this many scales a step...
 const DROP_SCALES: f64 = 4.0;
-/// ... believed once it has lasted this many steps.
-const DROP_PERSISTS: u32 = 2;
+/// ... for this many steps, after which they believe it.
+const DROP_PERSISTS: u32 = 5;
 
 /// What an [`AdaptiveForecaster`] needs to know about its signal.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,7 +113,12 @@ impl MovingMean {
 ///   trend, with and without the profiles; each horizon weighs the members by a high
 ///   negative power of their recent squared errors at that horizon (nearly choosing the
 ///   best one).
-/// - Spread: the combined forecast's errors at each horizon ([`HorizonErrors`]).
+/// - Spread: the combined forecast's own errors at each horizon: per-horizon scales
+///   (about an hour of errors), widened while the last few one-step errors are larger
+///   than usual, and a shape shared by all horizons (two days of standardised errors,
+///   with exponential tails beyond its 1 % and 99 % quantiles).
+/// - Sudden drops are followed at a limited rate for a few steps before they are
+///   believed; rises are followed at once.
 /// - Gaps: a non-finite value advances time without learning; forecasts made during a gap
 ///   widen as if for the longer horizon since the last value.
 #[derive(Debug, Clone)]
@@ -303,7 +309,6 @@ impl AdaptiveForecaster {
 
     fn learn(&mut self, y: Option<f64>) {
         let t = self.steps;
-        let y = y.map(|y| self.damp_sudden_drop(y));
         if let Some(y) = y {
             if self.values == 0 {
                 for m in &mut self.members {
@@ -336,10 +341,11 @@ impl AdaptiveForecaster {
     }
 
     /// A value far below the one-step forecast is taken at face value only once it
-    /// persists: until then the models learn the forecast minus a few scales. Demand that
-    /// falls for a step (a glitch, a short outage) usually returns, and a fleet scaled in
-    /// on it would take a boot delay to come back; a rise is always taken at once.
-    /// (Errors are still scored against the true value.)
+    /// persists: until then the models learn the forecast minus a few scales (so they
+    /// descend at a limited rate). Demand that falls for a step or a few (a glitch, a
+    /// short outage) usually returns, and a fleet scaled in on it would take a boot delay
+    /// to come back; a rise is always taken at once. Errors are still scored against the
+    /// true value.
     fn damp_sudden_drop(&mut self, y: f64) -> f64 {
         let t = self.steps;
         if t == 0 {
@@ -406,10 +412,12 @@ impl AdaptiveForecaster {
 impl Forecaster for AdaptiveForecaster {
     fn observe(&mut self, value: f64) {
         let y = value.is_finite().then(|| self.transform(value));
+        // Judged against the spread as it was before this value.
+        let learnt = y.map(|y| self.damp_sudden_drop(y));
         if let Some(y) = y {
             self.score(y);
         }
-        self.learn(y);
+        self.learn(learnt);
         if y.is_some() || self.values > 0 {
             self.remember();
         }

@@ -1,0 +1,571 @@
+//! A complete cloud in memory: boot delays, call latencies, a quota, zones, idempotent
+//! launches, protection from scale-in, and faults that tests switch on.
+//!
+//! Instance states are derived from a [`Clock`]: an instance is Pending until
+//! `launched_at + boot_delay` and Running from then on, so a replay on a
+//! [`ManualClock`](crate::ManualClock) is exact and as fast as the controller. Call
+//! latencies sleep on tokio's clock, and only when they are non-zero, so tests on a
+//! paused runtime run instantly.
+//!
+//! [`MockCloud`] is cheap to clone and every clone shares one cloud: a test keeps a clone
+//! to inspect the fleet, count calls ([`MockCloud::calls`]) and switch faults
+//! ([`MockCloud::faults`]) while the controller holds another.
+
+mod config;
+mod faults;
+
+pub use config::{FaultConfig, MockConfig};
+pub use faults::FaultHandle;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::{
+    AccessReport, AdapterError, Clock, CloudAdapter, Fleet, GrowOutcome, IdempotencyToken,
+    Instance, InstanceId, InstanceState, Operation, PermissionCheck, Result, ShrinkOutcome,
+};
+use faults::{Faults, draw_lifetime, permission_name};
+
+const ID_PREFIX: &str = "mock-";
+
+/// The in-memory cloud. See the [module documentation](self).
+#[derive(Debug, Clone)]
+pub struct MockCloud {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    clock: Arc<dyn Clock>,
+    boot_delay: Duration,
+    launch_latency: Duration,
+    terminate_latency: Duration,
+    zones: Vec<String>,
+    state: Mutex<State>,
+}
+
+/// How many calls of each operation the cloud has answered (failed ones included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CallCounts {
+    pub read_fleet: u64,
+    pub grow: u64,
+    pub shrink: u64,
+    pub verify_access: u64,
+}
+
+impl CallCounts {
+    pub fn get(&self, operation: Operation) -> u64 {
+        match operation {
+            Operation::ReadFleet => self.read_fleet,
+            Operation::Grow => self.grow,
+            Operation::Shrink => self.shrink,
+            Operation::VerifyAccess => self.verify_access,
+        }
+    }
+
+    /// Grow and shrink calls: what a dry run must never make.
+    pub fn mutating(&self) -> u64 {
+        self.grow + self.shrink
+    }
+
+    pub fn total(&self) -> u64 {
+        Operation::ALL.iter().map(|op| self.get(*op)).sum()
+    }
+
+    fn increment(&mut self, operation: Operation) {
+        match operation {
+            Operation::ReadFleet => self.read_fleet += 1,
+            Operation::Grow => self.grow += 1,
+            Operation::Shrink => self.shrink += 1,
+            Operation::VerifyAccess => self.verify_access += 1,
+        }
+    }
+}
+
+/// What happened to instances over the cloud's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MockStats {
+    /// Instances launched by grow calls (seeded ones not included).
+    pub launched: u64,
+    /// Instances a shrink accepted for removal.
+    pub removed: u64,
+    /// Instances that died (a death fault or [`FaultHandle::kill`]).
+    pub died: u64,
+}
+
+#[derive(Debug)]
+struct Record {
+    id: InstanceId,
+    zone: String,
+    launched_at: SystemTime,
+    /// When it starts serving; `None` for an instance that never boots.
+    ready_at: Option<SystemTime>,
+    dies_at: Option<SystemTime>,
+    stopping_since: Option<SystemTime>,
+    protected: bool,
+}
+
+impl Record {
+    fn state(&self, now: SystemTime) -> InstanceState {
+        if self.stopping_since.is_some() {
+            InstanceState::Stopping
+        } else if self.ready_at.is_some_and(|ready| now >= ready) {
+            InstanceState::Running
+        } else {
+            InstanceState::Pending
+        }
+    }
+
+    fn died_by(&self, now: SystemTime) -> bool {
+        self.dies_at.is_some_and(|dies| now >= dies)
+    }
+
+    fn stopped_by(&self, now: SystemTime, stop_delay: Duration) -> bool {
+        self.stopping_since
+            .is_some_and(|since| now >= since + stop_delay)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    /// Live instances by sequence number (gone ones are pruned as the clock passes them).
+    instances: BTreeMap<u64, Record>,
+    /// Instances a shrink accepted, remembered so a repeated shrink lists them again (as
+    /// EC2 lists terminated instances), which keeps a retried shrink's answer the same.
+    removed: HashSet<u64>,
+    next_seq: u64,
+    /// Outcome of the first successful grow per token, with the count it asked for.
+    tokens: HashMap<String, (u32, GrowOutcome)>,
+    rng: SmallRng,
+    faults: Faults,
+    quota: Option<u32>,
+    calls: CallCounts,
+    stats: MockStats,
+    stop_delay: Duration,
+}
+
+impl State {
+    /// Drops instances that are gone at `now`. The clock is taken to move forward only.
+    fn prune(&mut self, now: SystemTime) {
+        let stop_delay = self.stop_delay;
+        let mut died = 0;
+        self.instances.retain(|_, r| {
+            let gone_by_stop = r.stopped_by(now, stop_delay);
+            let gone_by_death = r.died_by(now);
+            if gone_by_death && !gone_by_stop {
+                died += 1;
+            }
+            !(gone_by_stop || gone_by_death)
+        });
+        self.stats.died += died;
+    }
+
+    fn kill(&mut self, id: &str, now: SystemTime) -> bool {
+        self.prune(now);
+        match parse_id(id).and_then(|seq| self.instances.get_mut(&seq)) {
+            Some(record) => {
+                record.dies_at = Some(now);
+                self.prune(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn redraw_deaths(&mut self, now: SystemTime) {
+        self.prune(now);
+        let rate = self.faults.death_rate;
+        for record in self.instances.values_mut() {
+            record.dies_at = draw_lifetime(rate, &mut self.rng).map(|life| now + life);
+        }
+    }
+
+    /// The zone for each of `count` new instances, filling the emptiest zones first.
+    fn pick_zones(&self, zones: &[String], count: u32, now: SystemTime) -> Vec<String> {
+        let mut per_zone: Vec<usize> = zones
+            .iter()
+            .map(|zone| {
+                self.instances
+                    .values()
+                    .filter(|r| &r.zone == zone && r.state(now) != InstanceState::Stopping)
+                    .count()
+            })
+            .collect();
+        (0..count)
+            .map(|_| {
+                let index = (0..per_zone.len())
+                    .min_by_key(|i| (per_zone[*i], *i))
+                    .unwrap_or(0);
+                if let Some(n) = per_zone.get_mut(index) {
+                    *n += 1;
+                }
+                zones.get(index).cloned().unwrap_or_default()
+            })
+            .collect()
+    }
+
+    fn add(
+        &mut self,
+        zone: String,
+        launched_at: SystemTime,
+        ready_at: Option<SystemTime>,
+    ) -> InstanceId {
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let id = format_id(seq);
+        let dies_at =
+            draw_lifetime(self.faults.death_rate, &mut self.rng).map(|life| launched_at + life);
+        self.instances.insert(
+            seq,
+            Record {
+                id: id.clone(),
+                zone,
+                launched_at,
+                ready_at,
+                dies_at,
+                stopping_since: None,
+                protected: false,
+            },
+        );
+        id
+    }
+
+    fn fleet(&self, now: SystemTime) -> Fleet {
+        Fleet {
+            instances: self
+                .instances
+                .values()
+                .map(|r| Instance {
+                    id: r.id.clone(),
+                    state: r.state(now),
+                    launched_at: r.launched_at,
+                    zone: r.zone.clone(),
+                    protected: r.protected,
+                })
+                .collect(),
+            target_size: None,
+        }
+    }
+}
+
+fn format_id(seq: u64) -> InstanceId {
+    format!("{ID_PREFIX}{seq:06}")
+}
+
+/// The sequence number of a well-formed mock id.
+fn parse_id(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix(ID_PREFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+async fn pause(latency: Duration) {
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+}
+
+impl MockCloud {
+    /// A cloud on `clock` holding `config.initial_size` serving instances.
+    ///
+    /// Rates set out of range in code are clamped to what they can mean (a probability to
+    /// 0..=1, a death rate to >= 0); the config file path rejects them with the field's name.
+    pub fn new(config: MockConfig, clock: Arc<dyn Clock>) -> Self {
+        let zones = if config.zones.is_empty() {
+            MockConfig::default().zones
+        } else {
+            config.zones
+        };
+        let state = State {
+            instances: BTreeMap::new(),
+            removed: HashSet::new(),
+            next_seq: 0,
+            tokens: HashMap::new(),
+            rng: SmallRng::seed_from_u64(config.seed),
+            faults: Faults::new(&config.faults),
+            quota: config.quota,
+            calls: CallCounts::default(),
+            stats: MockStats::default(),
+            stop_delay: config.stop_delay,
+        };
+        let cloud = MockCloud {
+            shared: Arc::new(Shared {
+                clock,
+                boot_delay: config.boot_delay,
+                launch_latency: config.launch_latency,
+                terminate_latency: config.terminate_latency,
+                zones,
+                state: Mutex::new(state),
+            }),
+        };
+        cloud.seed_serving(config.initial_size);
+        cloud
+    }
+
+    /// A replay's starting fleet: `serving` instances that are Running at the clock's
+    /// current time (launched one boot delay ago), spread over the zones.
+    pub fn seed_serving(&self, serving: u32) -> Vec<InstanceId> {
+        let now = self.now();
+        let launched_at = now.checked_sub(self.shared.boot_delay).unwrap_or(now);
+        let zones = &self.shared.zones;
+        self.with_state(|s| {
+            s.prune(now);
+            s.pick_zones(zones, serving, now)
+                .into_iter()
+                .map(|zone| s.add(zone, launched_at, Some(now)))
+                .collect()
+        })
+    }
+
+    /// Switches faults at run time.
+    pub fn faults(&self) -> FaultHandle {
+        FaultHandle {
+            cloud: self.clone(),
+        }
+    }
+
+    /// Calls answered so far, per operation.
+    pub fn calls(&self) -> CallCounts {
+        self.with_state(|s| s.calls)
+    }
+
+    /// Launches, removals and deaths so far.
+    pub fn stats(&self) -> MockStats {
+        let now = self.now();
+        self.with_state(|s| {
+            s.prune(now);
+            s.stats
+        })
+    }
+
+    /// The fleet as a read would return it, without counting a call or drawing a fault.
+    pub fn inspect(&self) -> Fleet {
+        let now = self.now();
+        self.with_state(|s| {
+            s.prune(now);
+            s.fleet(now)
+        })
+    }
+
+    /// Protect an instance from scale-in, as an operator would. Returns whether it is live.
+    pub fn protect(&self, id: &str) -> bool {
+        self.set_protected(id, true)
+    }
+
+    /// Set or clear an instance's scale-in protection. Returns whether it is live.
+    pub fn set_protected(&self, id: &str, protected: bool) -> bool {
+        let now = self.now();
+        self.with_state(|s| {
+            s.prune(now);
+            match parse_id(id).and_then(|seq| s.instances.get_mut(&seq)) {
+                Some(record) => {
+                    record.protected = protected;
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// Change the quota of live instances (`None`: no limit).
+    pub fn set_quota(&self, quota: Option<u32>) {
+        self.with_state(|s| s.quota = quota);
+    }
+
+    /// The boot delay instances launched here take before serving.
+    pub fn boot_delay(&self) -> Duration {
+        self.shared.boot_delay
+    }
+
+    /// The clock the cloud reads.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.shared.clock.clone()
+    }
+
+    fn now(&self) -> SystemTime {
+        self.shared.clock.now()
+    }
+
+    fn with_state<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        // A panic elsewhere while holding the lock leaves the state consistent (every
+        // mutation is a few field writes), so a poisoned lock is still usable.
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut state)
+    }
+
+    /// Counts the call and fails it if a fault says so.
+    fn enter(&self, operation: Operation) -> Result<()> {
+        self.with_state(|s| {
+            s.calls.increment(operation);
+            let State { faults, rng, .. } = s;
+            match faults.before_call(operation, rng) {
+                Some(error) => Err(error),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn launch(&self, count: u32, token: &IdempotencyToken, now: SystemTime) -> Result<GrowOutcome> {
+        let zones = &self.shared.zones;
+        let boot_delay = self.shared.boot_delay;
+        self.with_state(|s| {
+            if let Some((first_count, outcome)) = s.tokens.get(token.as_str()) {
+                if *first_count != count {
+                    return Err(AdapterError::invalid(format!(
+                        "idempotency token {token} was first used to launch {first_count}, not {count}"
+                    )));
+                }
+                return Ok(outcome.clone());
+            }
+            s.prune(now);
+            let live = s.instances.len() as u32;
+            let fits = s.quota.map_or(count, |quota| quota.saturating_sub(live).min(count));
+            if fits == 0 {
+                return Err(AdapterError::capacity(format!(
+                    "quota of {} live instances reached ({live} live)",
+                    s.quota.unwrap_or_default()
+                )));
+            }
+            let launched = s
+                .pick_zones(zones, fits, now)
+                .into_iter()
+                .map(|zone| {
+                    let never_boots = s.faults.never_boot_rate > 0.0 && s.rng.random_bool(s.faults.never_boot_rate);
+                    let ready_at = (!never_boots).then(|| now + boot_delay);
+                    s.add(zone, now, ready_at)
+                })
+                .collect::<Vec<_>>();
+            s.stats.launched += launched.len() as u64;
+            let outcome = GrowOutcome { requested: count, launched };
+            s.tokens.insert(token.as_str().to_string(), (count, outcome.clone()));
+            if s.faults.lose_response() {
+                return Err(AdapterError::transient("the launch response was lost"));
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn terminate(&self, seqs: &[(InstanceId, u64)], now: SystemTime) -> Result<ShrinkOutcome> {
+        self.with_state(|s| {
+            s.prune(now);
+            let protected: Vec<&str> = seqs
+                .iter()
+                .filter(|(_, seq)| s.instances.get(seq).is_some_and(|r| r.protected))
+                .map(|(id, _)| id.as_str())
+                .collect();
+            if !protected.is_empty() {
+                return Err(AdapterError::invalid(format!(
+                    "protected from scale-in: {}; nothing was removed",
+                    protected.join(", ")
+                )));
+            }
+            let mut removed = Vec::new();
+            for (id, seq) in seqs {
+                if let Some(record) = s.instances.get_mut(seq) {
+                    if record.stopping_since.is_none() {
+                        record.stopping_since = Some(now);
+                        s.stats.removed += 1;
+                        s.removed.insert(*seq);
+                    }
+                    removed.push(id.clone());
+                } else if s.removed.contains(seq) {
+                    removed.push(id.clone());
+                }
+            }
+            s.prune(now);
+            if s.faults.lose_response() {
+                return Err(AdapterError::transient("the terminate response was lost"));
+            }
+            Ok(ShrinkOutcome { removed })
+        })
+    }
+}
+
+#[async_trait]
+impl CloudAdapter for MockCloud {
+    fn name(&self) -> &str {
+        "mock"
+    }
+
+    async fn read_fleet(&self) -> Result<Fleet> {
+        self.enter(Operation::ReadFleet)?;
+        Ok(self.inspect())
+    }
+
+    /// Launches up to `count` instances, balanced across zones, within the quota.
+    async fn grow(&self, count: u32, token: &IdempotencyToken) -> Result<GrowOutcome> {
+        self.enter(Operation::Grow)?;
+        if token.as_str().is_empty() {
+            return Err(AdapterError::invalid(
+                "a grow needs a non-empty idempotency token",
+            ));
+        }
+        if count == 0 {
+            return Ok(GrowOutcome {
+                requested: 0,
+                launched: Vec::new(),
+            });
+        }
+        pause(self.shared.launch_latency).await;
+        self.launch(count, token, self.now())
+    }
+
+    /// Malformed ids (not `mock-` and digits) are refused with [`ErrorKind::Invalid`]
+    /// before anything is removed; unknown ids and instances that died are ignored.
+    /// Instances removed by an earlier shrink are listed again in `removed`.
+    ///
+    /// [`ErrorKind::Invalid`]: crate::ErrorKind::Invalid
+    async fn shrink(&self, ids: &[InstanceId]) -> Result<ShrinkOutcome> {
+        self.enter(Operation::Shrink)?;
+        let mut seen = HashSet::new();
+        let mut seqs = Vec::new();
+        for id in ids {
+            let Some(seq) = parse_id(id) else {
+                return Err(AdapterError::invalid(format!(
+                    "malformed instance id {id:?} (mock ids look like mock-000001); nothing was removed"
+                )));
+            };
+            if seen.insert(seq) {
+                seqs.push((id.clone(), seq));
+            }
+        }
+        if seqs.is_empty() {
+            return Ok(ShrinkOutcome::default());
+        }
+        pause(self.shared.terminate_latency).await;
+        self.terminate(&seqs, self.now())
+    }
+
+    async fn verify_access(&self) -> Result<AccessReport> {
+        self.enter(Operation::VerifyAccess)?;
+        let checks = self.with_state(|s| {
+            [Operation::ReadFleet, Operation::Grow, Operation::Shrink]
+                .into_iter()
+                .map(|op| {
+                    let allowed = !s.faults.denied.contains(&op);
+                    PermissionCheck {
+                        permission: permission_name(op),
+                        allowed,
+                        detail: if allowed {
+                            "allowed".into()
+                        } else {
+                            "denied by a mock fault".into()
+                        },
+                    }
+                })
+                .collect()
+        });
+        Ok(AccessReport {
+            identity: "mock".into(),
+            checks,
+        })
+    }
+}
