@@ -35,7 +35,7 @@ use crate::{Decision, Observation, Plan, Policy};
 #[serde(deny_unknown_fields, default)]
 pub struct DpConfig {
     /// How far ahead each plan looks. Default: the longer of one hour and four boot
-    /// delays (always at least one step beyond the boot delay).
+    /// delays (always at least one step beyond the boot delay, at most 1,440 steps).
     #[serde(with = "humantime_serde")]
     pub horizon: Option<Duration>,
     /// The service target: the largest fraction of demand that may go unserved, over
@@ -102,11 +102,14 @@ impl DpConfig {
             Some(h) => (h.as_secs_f64() / step).ceil(),
             None => (3600.0 / step).ceil().max(4.0 * f64::from(boot_steps)),
         };
-        (wanted.min(100_000.0) as usize)
+        (wanted.min(MAX_HORIZON_STEPS) as usize)
             .max(boot_steps as usize + 1)
             .max(2)
     }
 }
+
+/// The longest plan, in steps (a day at one-minute steps).
+const MAX_HORIZON_STEPS: f64 = 1440.0;
 
 /// Probability bins of the forecast distribution each stage is planned against: finer in
 /// the upper tail, where a service target of 0.1 % is decided.
@@ -571,6 +574,16 @@ impl BootingCohorts {
 }
 
 /// The `dp` policy: forecast, plan, apply the first step. See the module documentation.
+///
+/// Each tick it takes in only the steps it has not seen (by `Observation::steps_seen`;
+/// the whole history at the first tick), forecasts the next `H` steps with
+/// [`AdaptiveForecaster`] (demand in instances, so errors are absolute below one
+/// instance and relative above), prices unserved demand with [`ServiceTarget`], and
+/// plans with [`plan_capacity`]. Its decision carries the whole plan (planned serving,
+/// forecast quantiles, expected cost and unserved demand) and a reason that names the
+/// forecast at the first step a launch can serve, the capacity change and the penalty.
+/// A plan never exceeds twice the highest demand of the last week (halving weekly),
+/// plus ten instances: a guard against a forecaster thrown off by a cold start.
 #[derive(Debug, Clone)]
 pub struct DpPlanner {
     config: DpConfig,

@@ -384,3 +384,33 @@ fn config_reports_bad_fields() {
     assert_eq!(errors[0].field, "max_unserved");
     assert!(errors[0].to_string().contains("max_unserved"));
 }
+
+#[test]
+fn dp_handles_steps_from_a_second_to_a_day() {
+    for (step, boot_steps) in [(1u64, 180u32), (60, 3), (300, 1), (3600, 1), (86_400, 1)] {
+        let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+        let demand: Vec<f64> = (0..50).map(|t| 5.0 + (t % 7) as f64).collect();
+        let serving = vec![f64::NAN; demand.len()];
+        for t in 40..50 {
+            let obs = Observation {
+                demand: &demand[..t],
+                serving_history: &serving[..t],
+                steps_seen: t as u64,
+                serving: 8,
+                billed: 9,
+                booting: 1,
+                min: 1,
+                max: 100,
+                max_step_up: None,
+                max_step_down: None,
+                step: Duration::from_secs(step),
+                boot_steps,
+            };
+            let d = dp.decide(&obs);
+            let plan = d.plan.unwrap();
+            assert!((1..=100).contains(&d.desired), "step {step}: {}", d.desired);
+            assert!(plan.trajectory.len() > boot_steps as usize);
+            assert!(plan.trajectory.len() <= 1440);
+        }
+    }
+}

@@ -8,6 +8,8 @@ use super::errors::HorizonErrors;
 use super::seasonal::SeasonalProfile;
 
 const DAY: f64 = 86_400.0;
+/// Memory and time per step grow with the square of the tracked horizon.
+const MAX_TRACKED_HORIZON: usize = 360;
 /// Members are weighed by their recent squared error to this negative power.
 const WEIGHT_POWER: i32 = 8;
 /// A value more than this many one-step scales below the forecast is a sudden drop: the
@@ -21,8 +23,8 @@ const DROP_PERSISTS: u32 = 5;
 pub struct ForecastSettings {
     /// Length of one step.
     pub step: Duration,
-    /// Longest horizon, in steps, whose errors are tracked (forecasts further out
-    /// extrapolate the spread).
+    /// Longest horizon, in steps, whose errors are tracked (at most 360; forecasts
+    /// further out extrapolate the spread and follow the last tracked weights).
     pub max_horizon: usize,
     /// Values well below `unit` are forecast with absolute errors, values well above it
     /// with relative errors (the offset of the log transform). For demand in instances,
@@ -166,7 +168,7 @@ impl AdaptiveForecaster {
         } else {
             1.0
         };
-        let max_horizon = settings.max_horizon.clamp(1, 100_000);
+        let max_horizon = settings.max_horizon.clamp(1, MAX_TRACKED_HORIZON);
         let per_day = DAY / step;
         let daily = (2.0..=100_000.0)
             .contains(&per_day)
