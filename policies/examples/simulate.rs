@@ -106,6 +106,13 @@ fn run() -> Result<(), String> {
             secs,
             1e6 * secs / demand.len() as f64,
         );
+        println!(
+            "             billed {} = serving {:.0} + booting {:.0}; serving - demand {:.0}",
+            run.billed,
+            run.serving_sum,
+            run.billed as f64 - run.serving_sum,
+            run.serving_sum - total
+        );
         if let Some(days) = std::env::var("SIMULATE_DAILY")
             .ok()
             .and_then(|d| d.parse::<f64>().ok())
@@ -296,6 +303,7 @@ fn forecast_report(demand: &[f64], step: f64, h: usize) {
 struct Run {
     billed: u64,
     billed_per_step: Vec<u32>,
+    serving_sum: f64,
     short_per_step: Vec<f64>,
     unserved: f64,
     under_steps: u64,
@@ -315,6 +323,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
     let mut run = Run {
         billed: 0,
         billed_per_step: Vec::new(),
+        serving_sum: 0.0,
         short_per_step: Vec::new(),
         unserved: 0.0,
         under_steps: 0,
@@ -359,6 +368,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
         let serving = serving_now(&fleet);
         run.billed += fleet.len() as u64;
         run.billed_per_step.push(fleet.len() as u32);
+        run.serving_sum += f64::from(serving);
         let short = (demand[t] - f64::from(serving)).max(0.0);
         run.unserved += short;
         run.short_per_step.push(short);
