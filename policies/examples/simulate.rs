@@ -14,6 +14,11 @@
 //! `spiky` (a low base with short surges), `ramp` (steady growth), `tiny` (below one
 //! instance with rare jumps).
 //!
+//! `SIMULATE_WRITE=FILE.csv` also writes the trace (column `demand`, in instances);
+//! `SIMULATE_DAILY=DAYS` prints figures per period, `SIMULATE_WORST=N` the hours with the
+//! most unserved demand, `SIMULATE_REASONS=FROM..TO` the decisions' reasons, and
+//! `SIMULATE_FORECAST=H` the forecaster's coverage H steps ahead instead of a replay.
+//!
 //! Model: at step 0 the fleet holds `ceil(d_0)` serving instances; at each later step the
 //! policy sees the demand of the earlier steps and names a billed size (clamped to
 //! [1, unbounded]); launches serve `L = ceil(boot / step)` steps later and are billed at
@@ -59,6 +64,14 @@ fn run() -> Result<(), String> {
         )
     };
     let step = trace::parse_seconds(&rest[0])?;
+    if let Ok(path) = std::env::var("SIMULATE_WRITE") {
+        // The trace as a CSV (column `demand`, in instances), for `fleetscale replay`.
+        let mut text = String::from("step,demand\n");
+        for (i, d) in demand.iter().enumerate() {
+            text.push_str(&format!("{i},{d}\n"));
+        }
+        std::fs::write(&path, text).map_err(|e| format!("{path}: {e}"))?;
+    }
     let (boot, policies) = match rest.get(1).map(|b| trace::parse_seconds(b)) {
         Some(Ok(boot)) => (boot, &rest[2..]),
         _ => (180.0, &rest[1..]),
