@@ -675,7 +675,7 @@ impl DpPlanner {
             .saturating_sub(state.steps_seen)
             .min(obs.demand.len() as u64) as usize;
         let from = obs.demand.len() - new;
-        let first_step = obs.steps_seen - obs.demand.len() as u64;
+        let first_step = obs.steps_seen.saturating_sub(obs.demand.len() as u64);
         for i in from..obs.demand.len() {
             state.forecaster.observe(obs.demand[i]);
             let serving = obs.serving_history.get(i).copied().unwrap_or(f64::NAN);

@@ -372,6 +372,11 @@ fn dp_starts_from_nothing_and_from_a_long_history() {
     obs.steps_seen = 5001;
     let second = dp.decide(&obs);
     assert!(second.desired >= 1 && second.plan.is_some());
+    // A history longer than the steps said to be seen, and serving history missing:
+    // odd, but not a panic.
+    obs.steps_seen = 10;
+    obs.serving_history = &[];
+    assert!(dp.decide(&obs).desired >= 1);
 }
 
 #[test]
