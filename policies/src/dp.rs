@@ -326,10 +326,6 @@ impl StageStep<'_> {
     /// Fills `next` (values of sizes `lo..=hi`) and their back-pointers.
     fn solve<B: Offset>(&self, next: &mut [f64], back: &mut [B], buf: &mut StageBuffers) {
         let n = (self.hi - self.lo) as usize + 1;
-        buf.up.clear();
-        buf.up.resize(n, (f64::INFINITY, NONE));
-        buf.down.clear();
-        buf.down.resize(n, (f64::INFINITY, NONE));
         // A limit at least as wide as the ranges does not bind: use the plain minima.
         let up_binds = u64::from(self.stage.max_up) < u64::from(self.hi.saturating_sub(self.plo));
         let down_binds =
@@ -337,6 +333,10 @@ impl StageStep<'_> {
         if !up_binds && !down_binds {
             return self.solve_unlimited(next, back, buf);
         }
+        buf.up.clear();
+        buf.up.resize(n, (f64::INFINITY, NONE));
+        buf.down.clear();
+        buf.down.resize(n, (f64::INFINITY, NONE));
         self.launch_side(up_binds, &mut buf.up, &mut buf.window);
         self.shrink_side(down_binds, &mut buf.down, &mut buf.window);
         let l = self.launch_cost;
@@ -363,44 +363,44 @@ impl StageStep<'_> {
     /// of the previous values, then one forward sweep with a running prefix minimum.
     fn solve_unlimited<B: Offset>(&self, next: &mut [f64], back: &mut [B], buf: &mut StageBuffers) {
         let (prev, plo, phi, l) = (self.prev, self.plo, self.phi, self.launch_cost);
-        // suffix[j]: least V over previous indices >= j (the larger index on ties).
-        let suffix = &mut buf.down;
-        suffix.clear();
-        suffix.resize(prev.len(), (f64::INFINITY, NONE));
+        // from_top[m]: least V over previous indices >= len - 1 - m (the larger index on
+        // ties), built from the top down.
+        let from_top = &mut buf.down;
+        from_top.clear();
         let mut best = (f64::INFINITY, NONE);
         for j in (0..prev.len()).rev() {
-            if best.1 == NONE || prev[j] < best.0 {
+            if prev[j] < best.0 {
                 best = (prev[j], j as u32);
             }
-            suffix[j] = best;
+            from_top.push(best);
         }
-        let mut prefix = (f64::INFINITY, NONE);
-        let mut pushed = 0usize;
+        let top = prev.len() - 1;
+        // A missing candidate is +inf, so that the comparisons below need no flags.
+        let (mut prefix, mut prefix_at) = (f64::INFINITY, NONE);
+        let mut pushed = 0i64;
         for (i, (slot, from)) in next.iter_mut().zip(back.iter_mut()).enumerate() {
             let s = self.lo + i as u32;
-            if s >= plo {
-                let last = (s.min(phi) - plo) as usize;
-                while pushed <= last {
-                    let key = prev[pushed] - l * f64::from(plo + pushed as u32);
-                    if prefix.1 == NONE || key <= prefix.0 {
-                        prefix = (key, pushed as u32);
-                    }
-                    pushed += 1;
+            let last = i64::from(s.min(phi)) - i64::from(plo);
+            while pushed <= last {
+                let key = prev[pushed as usize] - l * f64::from(plo + pushed as u32);
+                if key <= prefix {
+                    (prefix, prefix_at) = (key, pushed as u32);
                 }
+                pushed += 1;
             }
-            let up = (prefix.0 + l * f64::from(s), prefix.1);
-            let down = if s < phi {
-                suffix[(s + 1).saturating_sub(plo) as usize]
+            let up = prefix + l * f64::from(s);
+            let (down, down_at) = if s < phi {
+                from_top[top - (s + 1).saturating_sub(plo) as usize]
             } else {
                 (f64::INFINITY, NONE)
             };
-            let (v, j) = if down.1 != NONE && (up.1 == NONE || down.0 <= up.0) {
-                down
-            } else {
-                up
-            };
-            *slot = v + self.costs[i];
-            *from = B::from_index(j);
+            // Ties go to the shrink side, whose predecessor is larger.
+            let shrink = down <= up;
+            *slot = if shrink { down } else { up } + self.costs[i];
+            let at = if shrink { down_at } else { prefix_at };
+            // Only non-finite costs leave a size without a predecessor; point it at the
+            // lowest previous size rather than nowhere.
+            *from = B::from_index(if at == NONE { 0 } else { at });
         }
     }
 

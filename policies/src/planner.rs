@@ -219,6 +219,39 @@ fn expected_shortfall(points: &[f64], weights: &[f64], lo: u32, out: &mut [f64])
     }
 }
 
+/// Stage costs of keeping `lo + i` instances, serving at most `cap` of them: the
+/// instances plus `penalty` times the expected shortfall, in one upward sweep.
+fn fill_stage_costs(
+    points: &[f64],
+    weights: &[f64],
+    lo: u32,
+    cap: u32,
+    penalty: f64,
+    out: &mut [f64],
+) {
+    let (mut above_sum, mut above_weight) = (0.0, 0.0);
+    for (&d, &w) in points.iter().zip(weights) {
+        above_sum += w * d;
+        above_weight += w;
+    }
+    let mut next = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let kept = lo + i as u32;
+        let x = f64::from(kept.min(cap));
+        while next < points.len() && points[next] <= x {
+            above_sum -= weights[next] * points[next];
+            above_weight -= weights[next];
+            next += 1;
+        }
+        let short = if next == points.len() {
+            0.0
+        } else {
+            (above_sum - x * above_weight).max(0.0)
+        };
+        *slot = f64::from(kept) + penalty * short;
+    }
+}
+
 fn shortfall_at(points: &[f64], weights: &[f64], x: u32) -> f64 {
     let mut out = [0.0];
     expected_shortfall(points, weights, x, &mut out);
@@ -305,19 +338,13 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
         &stages,
         f64::from(input.boot_steps),
         |k, lo, out| {
-            let points = input.points(k);
-            expected_shortfall(points, input.weights, lo, out);
-            let cap = input.serving(k, u32::MAX);
-            let capped = if k < l {
-                shortfall_at(points, input.weights, cap)
+            // Serving is capped by arrivals before the boot delay.
+            let cap = if k < l {
+                input.serving(k, u32::MAX)
             } else {
-                0.0
+                u32::MAX
             };
-            for (i, c) in out.iter_mut().enumerate() {
-                let kept = lo + i as u32;
-                let unserved = if k < l && kept > cap { capped } else { *c };
-                *c = f64::from(kept) + penalty * unserved;
-            }
+            fill_stage_costs(input.points(k), input.weights, lo, cap, penalty, out);
         },
     )?;
 
