@@ -407,11 +407,13 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 ///    actually went unserved, `max(0, demand - serving)`. Over the same window it
 ///    divides what occurred by what was expected (both plus a pseudo-count of a quarter
 ///    of the allowance), giving a ratio `c` bounded to [1/4, 16], and aims at
-///    `max_unserved / c^2`. With `c` alone the aim would be right if unserved demand
-///    shrank in proportion as plans grow more careful; it shrinks more slowly, because
-///    part of it comes from surges no forecast sees coming, so the correction is
-///    squared: a persistent excess tightens the aim quickly, and a forecast that proves
-///    too cautious is let loose as quickly.
+///    `0.7 * max_unserved / c^2` (0.7: unserved demand comes in bursts, so what a fleet
+///    ends up with scatters around its aim, and the target is a ceiling). With `c`
+///    alone the aim would be right if unserved demand shrank in proportion as plans
+///    grow more careful; it shrinks more slowly, because part of it comes from surges
+///    no forecast sees coming, so the correction is squared: a persistent excess
+///    tightens the aim quickly, and a forecast that proves too cautious is let loose as
+///    quickly.
 #[derive(Debug, Clone)]
 pub struct ServiceTarget {
     target: f64,
@@ -442,6 +444,10 @@ pub struct Penalty {
 const LADDER_ABOVE_LAUNCH: f64 = 2.0;
 const LADDER_RATIO: f64 = 1.25;
 const CALIBRATION_RANGE: (f64, f64) = (0.25, 16.0);
+/// The share of `max_unserved` the plans aim at. Unserved demand comes in bursts, so the
+/// fraction a fleet ends up with scatters around its aim; the target is a ceiling, so the
+/// aim sits below it.
+const AIM_SHARE: f64 = 0.7;
 /// Days of history behind the penalty and its calibration.
 const WINDOW_DAYS: f64 = 3.0;
 
@@ -518,7 +524,7 @@ impl ServiceTarget {
         } else {
             1.0
         };
-        let aim = self.target / (calibration * calibration);
+        let aim = AIM_SHARE * self.target / (calibration * calibration);
         let allowed = aim * self.ladder_demand;
         let last = self.ladder.len() - 1;
         let value = match self.ladder_unserved.iter().position(|&u| u <= allowed) {
