@@ -423,7 +423,11 @@ impl MockCloud {
                         "idempotency token {token} was first used to launch {first_count}, not {count}"
                     )));
                 }
-                return Ok(outcome.clone());
+                let outcome = outcome.clone();
+                if s.faults.lose_response() {
+                    return Err(AdapterError::transient("the launch response was lost"));
+                }
+                return Ok(outcome);
             }
             s.prune(now);
             let live = s.instances.len() as u32;
