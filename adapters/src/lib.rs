@@ -7,6 +7,8 @@
 //! conformance suite ([`conformance`], feature `conformance`) runs against every backend
 //! and every decorator.
 
+#[cfg(feature = "azure")]
+pub mod azure;
 pub mod clock;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

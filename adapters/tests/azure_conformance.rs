@@ -1,0 +1,53 @@
+//! The conformance suite every adapter passes, run against the Azure VM Scale Set
+//! adapter on the local ARM and Entra ID stand-in, bare and under the decorators.
+#![cfg(all(feature = "azure", feature = "conformance"))]
+
+#[path = "support/arm_standin.rs"]
+mod arm_standin;
+
+use async_trait::async_trait;
+
+use arm_standin::{ArmStandin, CLIENT_SECRET};
+use fleetscale_adapters::azure::{AzureEnvironment, ScaleSetFleet};
+use fleetscale_adapters::conformance::{self, Harness};
+use fleetscale_adapters::{InstanceId, Result};
+
+const SECRET_VAR: &str = "STANDIN_AZURE_SECRET";
+
+/// Protection is set on the stand-in's VM, as an operator would in the portal.
+struct StandinHarness<'a>(&'a ArmStandin);
+
+#[async_trait]
+impl Harness for StandinHarness<'_> {
+    async fn set_protected(&self, id: &InstanceId, protected: bool) -> Result<()> {
+        self.0.protect(id, protected);
+        Ok(())
+    }
+
+    fn unknown_instance_id(&self) -> InstanceId {
+        "999999".to_owned()
+    }
+}
+
+fn fleet(standin: &ArmStandin) -> ScaleSetFleet {
+    let env = AzureEnvironment::empty().with_var(SECRET_VAR, CLIENT_SECRET);
+    ScaleSetFleet::with_environment(standin.azure_config(SECRET_VAR), env).expect("valid config")
+}
+
+#[tokio::test]
+async fn the_scale_set_adapter_passes_the_conformance_suite() {
+    let standin = ArmStandin::start(2).await;
+    let fleet = fleet(&standin);
+    conformance::run_all(&fleet, &StandinHarness(&standin)).await;
+    // Everything the suite launched it removed again.
+    assert_eq!(standin.capacity(), 2);
+}
+
+#[tokio::test]
+async fn the_suite_passes_with_operations_that_take_several_polls() {
+    let standin = ArmStandin::start(1).await;
+    standin.set_polls_before_done(3);
+    standin.set_page_size(2);
+    let fleet = fleet(&standin);
+    conformance::run_all(&fleet, &StandinHarness(&standin)).await;
+}

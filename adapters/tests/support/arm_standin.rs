@@ -1,0 +1,1300 @@
+//! A stand-in for Azure Resource Manager's VM Scale Set endpoints and Entra ID's token
+//! endpoint: an HTTP server on a free 127.0.0.1 port that behaves like Azure where the
+//! fleetscale adapter depends on it.
+//!
+//! - `POST /{tenant}/oauth2/v2.0/token` issues tokens only to [`CLIENT_ID`] with
+//!   [`CLIENT_SECRET`] (or a federated [`FEDERATED_TOKEN`]), answering as Entra ID does
+//!   otherwise (`invalid_client`, `AADSTS7000215`…); `GET /metadata/identity/oauth2/token`
+//!   plays the instance metadata service for managed identities.
+//! - Resource Manager routes reject a missing or unknown bearer token (401) and a wrong
+//!   `api-version` (400), enforce the permissions set by [`ArmStandin::set_permissions`]
+//!   (403 `AuthorizationFailed` naming the action), and answer the permissions check.
+//! - Capacity updates and `deleteInstances` are answered 202 with an
+//!   `Azure-AsyncOperation` URL that reports `InProgress` a set number of times, then
+//!   `Succeeded` (or `Failed` with `AllocationFailed` when asked); VMs are created in
+//!   state `Creating` and run when their operation ends; deleted ones go through
+//!   `Deleting`. State persists, so later reads see earlier writes.
+//! - Faults on request: 429 with `Retry-After`, 409 quota and conflict errors, 403, 401,
+//!   500 ([`ArmStandin::fail_next`]); a quota on capacity ([`ArmStandin::set_quota`]).
+//!
+//! It needs only axum's base features (`http1`, `tokio`), tokio, serde_json and
+//! humantime, so any test of the workspace can include it with `#[path]`.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+pub const TENANT_ID: &str = "8f2b7a3c-1d4e-4f5a-9b6c-7d8e9f0a1b2c";
+pub const CLIENT_ID: &str = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f";
+pub const CLIENT_SECRET: &str = "standin-client-secret-Q~v3ry.s3cret";
+/// The service principal's object id, as tokens carry it.
+pub const PRINCIPAL_OBJECT_ID: &str = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d";
+/// The federated (workload identity) token the tenant trusts for [`CLIENT_ID`].
+pub const FEDERATED_TOKEN: &str =
+    "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZmxlZXQifQ.";
+/// The user-assigned managed identity the metadata endpoint knows.
+pub const MANAGED_IDENTITY_CLIENT_ID: &str = "5e6f7a8b-9c0d-4e1f-a2b3-c4d5e6f7a8b9";
+pub const MANAGED_IDENTITY_OBJECT_ID: &str = "0f1e2d3c-4b5a-4968-8776-655443322110";
+pub const SUBSCRIPTION_ID: &str = "2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a";
+pub const RESOURCE_GROUP: &str = "fleet-rg";
+pub const SCALE_SET: &str = "web-vmss";
+pub const LOCATION: &str = "westeurope";
+pub const API_VERSION: &str = "2024-07-01";
+pub const PERMISSIONS_API_VERSION: &str = "2022-04-01";
+
+/// What a request was for, to count requests and aim faults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Token,
+    ManagedIdentity,
+    GetScaleSet,
+    UpdateScaleSet,
+    ListVms,
+    DeleteInstances,
+    OperationStatus,
+    Permissions,
+}
+
+impl Route {
+    /// The ARM action a request of this route needs.
+    pub fn action(self) -> &'static str {
+        match self {
+            Route::GetScaleSet => "Microsoft.Compute/virtualMachineScaleSets/read",
+            Route::UpdateScaleSet => "Microsoft.Compute/virtualMachineScaleSets/write",
+            Route::DeleteInstances => "Microsoft.Compute/virtualMachineScaleSets/delete/action",
+            Route::ListVms => "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+            Route::Permissions => "Microsoft.Authorization/permissions/read",
+            Route::OperationStatus => "Microsoft.Compute/locations/operations/read",
+            Route::Token | Route::ManagedIdentity => "",
+        }
+    }
+}
+
+/// A failure a test asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// 429 TooManyRequests with `Retry-After`.
+    Throttle { retry_after_secs: u64 },
+    /// 403 AuthorizationFailed naming the route's action.
+    Forbidden,
+    /// 401 InvalidAuthenticationToken.
+    Unauthorized,
+    /// 500 InternalServerError.
+    ServerError,
+    /// 409 OperationNotAllowed: another operation is in progress.
+    Conflict,
+    /// 409 OperationNotAllowed: the cores quota would be exceeded.
+    QuotaExceeded,
+    /// 409 SkuNotAvailable.
+    SkuNotAvailable,
+}
+
+/// One VM of the scale set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StandinVm {
+    pub instance_id: String,
+    /// `Creating`, `Succeeded`, `Deleting`, `Failed`.
+    pub provisioning: String,
+    /// `running`, `starting`, `deallocated`… (`None` before the VM has booted).
+    pub power: Option<String>,
+    pub zone: Option<String>,
+    pub protected: bool,
+    pub created: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+enum Effect {
+    Create(Vec<String>),
+    Delete(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+struct Operation {
+    polls_left: u32,
+    effect: Effect,
+    failure: Option<(String, String)>,
+    done: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Principal {
+    object_id: String,
+    client_id: String,
+    managed: bool,
+}
+
+struct Inner {
+    base_url: String,
+    capacity: u32,
+    tags: serde_json::Map<String, Value>,
+    etag: u64,
+    next_instance: u64,
+    vms: BTreeMap<u64, StandinVm>,
+    zones: Vec<String>,
+    operations: HashMap<String, Operation>,
+    next_operation: u64,
+    polls_before_done: u32,
+    poll_retry_after: Option<u64>,
+    faults: HashMap<Route, VecDeque<Fault>>,
+    allocation_failures: u32,
+    quota: Option<u32>,
+    actions: Vec<String>,
+    not_actions: Vec<String>,
+    tokens: HashMap<String, (SystemTime, Principal)>,
+    token_lifetime: Duration,
+    counts: HashMap<Route, u32>,
+    api_version: String,
+    page_size: usize,
+    last_update_body: Option<Value>,
+    bump_etag_after_read: bool,
+}
+
+/// The running stand-in. Dropping it stops the server.
+pub struct ArmStandin {
+    addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ArmStandin {
+    /// A scale set of `capacity` running VMs, spread over zones 1, 2 and 3.
+    pub async fn start(capacity: u32) -> ArmStandin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let base_url = format!("http://{addr}");
+        let inner = Arc::new(Mutex::new(Inner {
+            base_url,
+            capacity: 0,
+            tags: serde_json::Map::new(),
+            etag: 1,
+            next_instance: 0,
+            vms: BTreeMap::new(),
+            zones: vec!["1".into(), "2".into(), "3".into()],
+            operations: HashMap::new(),
+            next_operation: 1,
+            polls_before_done: 2,
+            poll_retry_after: None,
+            faults: HashMap::new(),
+            allocation_failures: 0,
+            quota: None,
+            actions: vec!["*".into()],
+            not_actions: Vec::new(),
+            tokens: HashMap::new(),
+            token_lifetime: Duration::from_secs(3600),
+            counts: HashMap::new(),
+            api_version: API_VERSION.into(),
+            page_size: 50,
+            last_update_body: None,
+            bump_etag_after_read: false,
+        }));
+        {
+            let mut state = inner.lock().unwrap();
+            for _ in 0..capacity {
+                let id = state.create_vm();
+                let vm = state.vms.get_mut(&id).unwrap();
+                vm.provisioning = "Succeeded".into();
+                vm.power = Some("running".into());
+            }
+            state.capacity = capacity;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = Router::new().fallback(handle).with_state(inner.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("stand-in server");
+        });
+        ArmStandin {
+            addr,
+            inner,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`: both the ARM endpoint and the authority host.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The managed identity (IMDS) token endpoint.
+    pub fn managed_identity_endpoint(&self) -> String {
+        format!("{}/metadata/identity/oauth2/token", self.url())
+    }
+
+    /// An adapter config for the stand-in's scale set, signing in with the client secret
+    /// from environment variable `secret_env`, polling every 20 ms.
+    pub fn azure_config(&self, secret_env: &str) -> fleetscale_adapters::azure::AzureConfig {
+        let mut config = fleetscale_adapters::azure::AzureConfig::new(
+            SUBSCRIPTION_ID,
+            RESOURCE_GROUP,
+            SCALE_SET,
+        );
+        config.arm_endpoint = self.url();
+        config.authority_host = self.url();
+        config.credential = fleetscale_adapters::azure::CredentialConfig::ClientSecret {
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            secret_env: Some(secret_env.into()),
+            secret_file: None,
+        };
+        config.poll_interval = Duration::from_millis(20);
+        config.operation_timeout = Duration::from_secs(10);
+        config.request_timeout = Duration::from_secs(5);
+        config
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        f(&mut self.inner.lock().unwrap())
+    }
+
+    /// The next `times` requests of `route` fail with `fault`.
+    pub fn fail_next(&self, route: Route, fault: Fault, times: u32) {
+        self.with(|s| {
+            let queue = s.faults.entry(route).or_default();
+            queue.extend(std::iter::repeat_n(fault, times as usize));
+        })
+    }
+
+    /// How many `InProgress` answers an operation gives before it ends (`u32::MAX`: it
+    /// never ends by polling; see [`ArmStandin::complete_operations`]).
+    pub fn set_polls_before_done(&self, polls: u32) {
+        self.with(|s| s.polls_before_done = polls)
+    }
+
+    /// `Retry-After` (seconds) on operation status answers.
+    pub fn set_poll_retry_after(&self, secs: Option<u64>) {
+        self.with(|s| s.poll_retry_after = secs)
+    }
+
+    /// Ends every running operation now, as if it had been polled to its end.
+    pub fn complete_operations(&self) {
+        self.with(|s| {
+            let ids: Vec<String> = s.operations.keys().cloned().collect();
+            for id in ids {
+                s.finish_operation(&id);
+            }
+        })
+    }
+
+    /// The next `times` capacity increases fail their operation with AllocationFailed.
+    pub fn fail_allocations(&self, times: u32) {
+        self.with(|s| s.allocation_failures = times)
+    }
+
+    /// Capacity beyond `max` is refused with a quota error (409 OperationNotAllowed).
+    pub fn set_quota(&self, max: Option<u32>) {
+        self.with(|s| s.quota = max)
+    }
+
+    /// The identity's effective permissions on the scale set: reported by the
+    /// permissions check and enforced on every request.
+    pub fn set_permissions(&self, actions: &[&str], not_actions: &[&str]) {
+        self.with(|s| {
+            s.actions = actions.iter().map(|a| a.to_string()).collect();
+            s.not_actions = not_actions.iter().map(|a| a.to_string()).collect();
+        })
+    }
+
+    /// The `api-version` Resource Manager accepts (to see a client's wrong version refused).
+    pub fn set_api_version(&self, version: &str) {
+        self.with(|s| s.api_version = version.to_owned())
+    }
+
+    /// VMs per page of the VM list (a `nextLink` leads to the rest).
+    pub fn set_page_size(&self, size: usize) {
+        self.with(|s| s.page_size = size.max(1))
+    }
+
+    /// Forgets every issued token: Resource Manager answers 401 to them.
+    pub fn revoke_tokens(&self) {
+        self.with(|s| s.tokens.clear())
+    }
+
+    /// Sets a tag on the scale set.
+    pub fn set_tag(&self, name: &str, value: &str) {
+        self.with(|s| {
+            s.tags
+                .insert(name.to_owned(), Value::String(value.to_owned()));
+        })
+    }
+
+    /// The next read of the scale set is followed by another writer's change (a new etag).
+    pub fn change_etag_after_next_read(&self) {
+        self.with(|s| s.bump_etag_after_read = true)
+    }
+
+    /// Sets a VM's scale-in protection.
+    pub fn protect(&self, instance_id: &str, protected: bool) {
+        self.with(|s| {
+            if let Some(vm) = s.vms.values_mut().find(|vm| vm.instance_id == instance_id) {
+                vm.protected = protected;
+            }
+        })
+    }
+
+    /// Sets a VM's power state (`running`, `deallocated`…).
+    pub fn set_power(&self, instance_id: &str, power: Option<&str>) {
+        self.with(|s| {
+            if let Some(vm) = s.vms.values_mut().find(|vm| vm.instance_id == instance_id) {
+                vm.power = power.map(str::to_owned);
+            }
+        })
+    }
+
+    /// Requests seen on `route`.
+    pub fn count(&self, route: Route) -> u32 {
+        self.with(|s| s.counts.get(&route).copied().unwrap_or(0))
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.with(|s| s.capacity)
+    }
+
+    pub fn vms(&self) -> Vec<StandinVm> {
+        self.with(|s| s.vms.values().cloned().collect())
+    }
+
+    pub fn tags(&self) -> serde_json::Map<String, Value> {
+        self.with(|s| s.tags.clone())
+    }
+
+    /// The body of the last capacity update.
+    pub fn last_update_body(&self) -> Option<Value> {
+        self.with(|s| s.last_update_body.clone())
+    }
+
+    /// Operations not yet ended.
+    pub fn running_operations(&self) -> usize {
+        self.with(|s| s.operations.values().filter(|o| !o.done).count())
+    }
+}
+
+impl Drop for ArmStandin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Inner {
+    fn create_vm(&mut self) -> u64 {
+        let n = self.next_instance;
+        self.next_instance += 1;
+        let zone =
+            (!self.zones.is_empty()).then(|| self.zones[n as usize % self.zones.len()].clone());
+        self.vms.insert(
+            n,
+            StandinVm {
+                instance_id: n.to_string(),
+                provisioning: "Creating".into(),
+                power: None,
+                zone,
+                protected: false,
+                created: SystemTime::now(),
+            },
+        );
+        n
+    }
+
+    fn scale_set_id(&self) -> String {
+        format!(
+            "/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Compute/virtualMachineScaleSets/{SCALE_SET}"
+        )
+    }
+
+    fn etag(&self) -> String {
+        format!("\"{}\"", self.etag)
+    }
+
+    fn scale_set_json(&self) -> Value {
+        let updating = self.operations.values().any(|o| !o.done);
+        json!({
+            "id": self.scale_set_id(),
+            "name": SCALE_SET,
+            "type": "Microsoft.Compute/virtualMachineScaleSets",
+            "location": LOCATION,
+            "tags": self.tags,
+            "etag": self.etag(),
+            "sku": {"name": "Standard_D2s_v5", "tier": "Standard", "capacity": self.capacity},
+            "zones": self.zones,
+            "properties": {
+                "provisioningState": if updating { "Updating" } else { "Succeeded" },
+                "uniqueId": "6b1e4d2a-0c3f-4b5e-8a7d-9f0e1d2c3b4a",
+            },
+        })
+    }
+
+    fn vm_json(&self, vm: &StandinVm, instance_view: bool) -> Value {
+        let mut properties = json!({
+            "provisioningState": vm.provisioning,
+            "timeCreated": humantime::format_rfc3339_millis(vm.created).to_string(),
+            "latestModelApplied": true,
+            "protectionPolicy": {"protectFromScaleIn": vm.protected, "protectFromScaleSetActions": false},
+        });
+        if instance_view {
+            let mut statuses = vec![json!({
+                "code": format!("ProvisioningState/{}", vm.provisioning.to_ascii_lowercase()),
+                "level": if vm.provisioning == "Failed" { "Error" } else { "Info" },
+                "displayStatus": vm.provisioning,
+            })];
+            if let Some(power) = &vm.power {
+                statuses.push(json!({"code": format!("PowerState/{power}"), "level": "Info", "displayStatus": format!("VM {power}")}));
+            }
+            properties["instanceView"] = json!({"statuses": statuses});
+        }
+        json!({
+            "id": format!("{}/virtualMachines/{}", self.scale_set_id(), vm.instance_id),
+            "name": format!("{SCALE_SET}_{}", vm.instance_id),
+            "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
+            "location": LOCATION,
+            "instanceId": vm.instance_id,
+            "zones": vm.zone.iter().collect::<Vec<_>>(),
+            "sku": {"name": "Standard_D2s_v5", "tier": "Standard"},
+            "properties": properties,
+        })
+    }
+
+    fn start_operation(&mut self, effect: Effect, failure: Option<(String, String)>) -> String {
+        let id = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            self.next_operation, self.next_operation
+        );
+        self.next_operation += 1;
+        self.operations.insert(
+            id.clone(),
+            Operation {
+                polls_left: self.polls_before_done,
+                effect,
+                failure,
+                done: false,
+            },
+        );
+        id
+    }
+
+    fn operation_url(&self, id: &str) -> String {
+        format!(
+            "{}/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Compute/locations/{LOCATION}/operations/{id}?api-version={API_VERSION}",
+            self.base_url
+        )
+    }
+
+    fn finish_operation(&mut self, id: &str) {
+        let Some(operation) = self.operations.get_mut(id) else {
+            return;
+        };
+        if operation.done {
+            return;
+        }
+        operation.done = true;
+        let failed = operation.failure.is_some();
+        match operation.effect.clone() {
+            Effect::Create(ids) => {
+                for vm in self
+                    .vms
+                    .values_mut()
+                    .filter(|vm| ids.contains(&vm.instance_id))
+                {
+                    if vm.provisioning == "Creating" {
+                        if failed {
+                            vm.provisioning = "Failed".into();
+                        } else {
+                            vm.provisioning = "Succeeded".into();
+                            vm.power = Some("running".into());
+                        }
+                    }
+                }
+            }
+            Effect::Delete(ids) => {
+                self.vms.retain(|_, vm| !ids.contains(&vm.instance_id));
+            }
+        }
+    }
+
+    fn allowed(&self, action: &str) -> bool {
+        let matches =
+            |pattern: &String| glob(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase());
+        self.actions.iter().any(matches) && !self.not_actions.iter().any(matches)
+    }
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head)
+                && (0..=text.len() - head.len()).any(|skip| {
+                    text.is_char_boundary(head.len() + skip)
+                        && glob(tail, &text[head.len() + skip..])
+                })
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header("x-ms-request-id", "5d3c2b1a-0f9e-4d8c-b7a6-958473625140")
+        .body(Body::from(body.to_string()))
+        .expect("response")
+}
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    json_response(status, json!({"error": {"code": code, "message": message}}))
+}
+
+fn entra_error(status: StatusCode, error: &str, description: &str, code: u32) -> Response {
+    json_response(
+        status,
+        json!({
+            "error": error,
+            "error_description": format!("{description}\r\nTrace ID: 1f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b\r\nCorrelation ID: 6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d\r\nTimestamp: 2026-01-01 00:00:00Z"),
+            "error_codes": [code],
+            "timestamp": "2026-01-01 00:00:00Z",
+            "trace_id": "1f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b",
+            "correlation_id": "6a7b8c9d-0e1f-4a2b-9c3d-4e5f6a7b8c9d",
+        }),
+    )
+}
+
+fn fault_response(
+    fault: &Fault,
+    route: Route,
+    principal: Option<&Principal>,
+    scope: &str,
+) -> Response {
+    match fault {
+        Fault::Throttle { retry_after_secs } => {
+            let mut response = arm_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "The request is being throttled as the limit has been reached for operation type - Read_30Min. For more information, see - https://aka.ms/throttling",
+            );
+            response
+                .headers_mut()
+                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+            response
+        }
+        Fault::Forbidden => forbidden(route.action(), principal, scope),
+        Fault::Unauthorized => arm_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        ),
+        Fault::ServerError => arm_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalExecutionError",
+            "An internal execution error occurred. Please retry later.",
+        ),
+        Fault::Conflict => arm_error(
+            StatusCode::CONFLICT,
+            "OperationNotAllowed",
+            "Operation 'write' is not allowed on VM scale set 'web-vmss' since another operation is in progress on it.",
+        ),
+        Fault::QuotaExceeded => quota_error(),
+        Fault::SkuNotAvailable => arm_error(
+            StatusCode::CONFLICT,
+            "SkuNotAvailable",
+            "The requested VM size Standard_D2s_v5 is currently not available in location 'westeurope' zones '2'. Please try another size or deploy to a different location or different zone.",
+        ),
+    }
+}
+
+fn quota_error() -> Response {
+    arm_error(
+        StatusCode::CONFLICT,
+        "OperationNotAllowed",
+        "Operation could not be completed as it results in exceeding approved standardDSv5Family Cores quota. Additional details - Deployment Model: Resource Manager, Location: westeurope, Current Limit: 10, Current Usage: 10, Additional Required: 2, (Minimum) New Limit Required: 12.",
+    )
+}
+
+fn forbidden(action: &str, principal: Option<&Principal>, scope: &str) -> Response {
+    let (client, object) = principal
+        .map(|p| (p.client_id.as_str(), p.object_id.as_str()))
+        .unwrap_or((CLIENT_ID, PRINCIPAL_OBJECT_ID));
+    arm_error(
+        StatusCode::FORBIDDEN,
+        "AuthorizationFailed",
+        &format!(
+            "The client '{client}' with object id '{object}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials."
+        ),
+    )
+}
+
+fn query_pairs(uri: &Uri) -> HashMap<String, String> {
+    uri.query().map(parse_form).unwrap_or_default()
+}
+
+fn parse_form(text: &str) -> HashMap<String, String> {
+    text.split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && hex(bytes[i + 1]).is_some()
+                && hex(bytes[i + 2]).is_some() =>
+            {
+                out.push(hex(bytes[i + 1]).unwrap() * 16 + hex(bytes[i + 2]).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+impl Inner {
+    fn issue_token(&mut self, audience: &str, principal: Principal) -> (String, u64) {
+        let expires = SystemTime::now() + self.token_lifetime;
+        let exp = expires.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let mut claims = json!({
+            "aud": audience,
+            "iss": format!("{}/{TENANT_ID}/v2.0", self.base_url),
+            "tid": TENANT_ID,
+            "oid": principal.object_id,
+            "appid": principal.client_id,
+            "idtyp": "app",
+            "exp": exp,
+            "jti": format!("{}", self.tokens.len() + 1),
+        });
+        if principal.managed {
+            claims["xms_mirid"] = json!(format!(
+                "/subscriptions/{SUBSCRIPTION_ID}/resourcegroups/{RESOURCE_GROUP}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/fleet-agent"
+            ));
+        }
+        let token = format!(
+            "{}.{}.c3RhbmQtaW4",
+            base64url(br#"{"alg":"RS256","typ":"JWT"}"#),
+            base64url(claims.to_string().as_bytes())
+        );
+        self.tokens.insert(token.clone(), (expires, principal));
+        (token, self.token_lifetime.as_secs())
+    }
+
+    fn take_fault(&mut self, route: Route) -> Option<Fault> {
+        self.faults.get_mut(&route).and_then(VecDeque::pop_front)
+    }
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut state = inner.lock().unwrap();
+    let path: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let query = query_pairs(&uri);
+
+    // Entra ID.
+    if let (&Method::POST, [tenant, "oauth2", "v2.0", "token"]) = (&method, path.as_slice()) {
+        state
+            .counts
+            .entry(Route::Token)
+            .and_modify(|c| *c += 1)
+            .or_insert(1);
+        return token_endpoint(
+            &mut state,
+            tenant,
+            &parse_form(&String::from_utf8_lossy(&body)),
+        );
+    }
+    if let (&Method::GET, ["metadata", "identity", "oauth2", "token"]) = (&method, path.as_slice())
+    {
+        state
+            .counts
+            .entry(Route::ManagedIdentity)
+            .and_modify(|c| *c += 1)
+            .or_insert(1);
+        return managed_identity_endpoint(&mut state, &headers, &query);
+    }
+
+    // Resource Manager.
+    let route = match (&method, path.as_slice()) {
+        (
+            &Method::GET,
+            [
+                "subscriptions",
+                _,
+                "providers",
+                "Microsoft.Compute",
+                "locations",
+                _,
+                "operations",
+                _,
+            ],
+        ) => Route::OperationStatus,
+        (
+            _,
+            [
+                "subscriptions",
+                _,
+                "resourceGroups",
+                _,
+                "providers",
+                "Microsoft.Compute",
+                "virtualMachineScaleSets",
+                _,
+                rest @ ..,
+            ],
+        ) => match (&method, rest) {
+            (&Method::GET, []) => Route::GetScaleSet,
+            (&Method::PATCH, []) => Route::UpdateScaleSet,
+            (&Method::GET, ["virtualMachines"]) => Route::ListVms,
+            (&Method::POST, ["delete"]) => Route::DeleteInstances,
+            (&Method::GET, ["providers", "Microsoft.Authorization", "permissions"]) => {
+                Route::Permissions
+            }
+            _ => {
+                return arm_error(
+                    StatusCode::NOT_FOUND,
+                    "InvalidResourceType",
+                    "The resource type could not be found in the namespace 'Microsoft.Compute' for api version '2024-07-01'.",
+                );
+            }
+        },
+        _ => {
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "InvalidResourceType",
+                "No route for this request.",
+            );
+        }
+    };
+    state
+        .counts
+        .entry(route)
+        .and_modify(|c| *c += 1)
+        .or_insert(1);
+
+    // Authentication first, as ARM does.
+    let principal = match headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        None => {
+            return arm_error(
+                StatusCode::UNAUTHORIZED,
+                "AuthenticationFailed",
+                "Authentication failed. The 'Authorization' header is missing.",
+            );
+        }
+        Some(token) => match state.tokens.get(token) {
+            Some((expires, principal)) if *expires > SystemTime::now() => principal.clone(),
+            Some(_) => {
+                return arm_error(
+                    StatusCode::UNAUTHORIZED,
+                    "ExpiredAuthenticationToken",
+                    "The access token expiry UTC time is earlier than current UTC time.",
+                );
+            }
+            None => {
+                return arm_error(
+                    StatusCode::UNAUTHORIZED,
+                    "InvalidAuthenticationToken",
+                    "The access token is invalid.",
+                );
+            }
+        },
+    };
+
+    let expected_version = if route == Route::Permissions {
+        PERMISSIONS_API_VERSION.to_owned()
+    } else {
+        state.api_version.clone()
+    };
+    match query.get("api-version") {
+        None => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            );
+        }
+        Some(version) if *version != expected_version => {
+            return arm_error(
+                StatusCode::BAD_REQUEST,
+                "NoRegisteredProviderFound",
+                &format!(
+                    "No registered resource provider found for location '{LOCATION}' and API version '{version}' for type 'virtualMachineScaleSets'. The supported api-versions are '{expected_version}'."
+                ),
+            );
+        }
+        Some(_) => {}
+    }
+
+    if path[1] != SUBSCRIPTION_ID {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            &format!("The subscription '{}' could not be found.", path[1]),
+        );
+    }
+    if route != Route::OperationStatus {
+        if path[3] != RESOURCE_GROUP {
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceGroupNotFound",
+                &format!("Resource group '{}' could not be found.", path[3]),
+            );
+        }
+        if path[7] != SCALE_SET {
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!(
+                    "The Resource 'Microsoft.Compute/virtualMachineScaleSets/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                    path[7], path[3]
+                ),
+            );
+        }
+    }
+
+    let scope = state.scale_set_id();
+    if let Some(fault) = state.take_fault(route) {
+        return fault_response(&fault, route, Some(&principal), &scope);
+    }
+    if route != Route::OperationStatus
+        && route != Route::Permissions
+        && !state.allowed(route.action())
+    {
+        return forbidden(route.action(), Some(&principal), &scope);
+    }
+
+    match route {
+        Route::GetScaleSet => {
+            let response = json_response(StatusCode::OK, state.scale_set_json());
+            if std::mem::take(&mut state.bump_etag_after_read) {
+                state.etag += 1;
+            }
+            response
+        }
+        Route::ListVms => list_vms(&state, &query),
+        Route::UpdateScaleSet => update_scale_set(&mut state, &headers, &body),
+        Route::DeleteInstances => delete_instances(&mut state, &body),
+        Route::OperationStatus => operation_status(&mut state, path[7]),
+        Route::Permissions => json_response(
+            StatusCode::OK,
+            json!({"value": [{"actions": state.actions, "notActions": state.not_actions, "dataActions": [], "notDataActions": []}]}),
+        ),
+        Route::Token | Route::ManagedIdentity => unreachable!("answered above"),
+    }
+}
+
+fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String>) -> Response {
+    if let Some(fault) = state.take_fault(Route::Token) {
+        return match fault {
+            Fault::Throttle { retry_after_secs } => {
+                let mut response = entra_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "temporarily_unavailable",
+                    "AADSTS50196: The server terminated an operation because it encountered a client request loop.",
+                    50196,
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+                response
+            }
+            _ => entra_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "temporarily_unavailable",
+                "AADSTS90033: A transient error has occurred. Please try again.",
+                90033,
+            ),
+        };
+    }
+    if tenant != TENANT_ID {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!(
+                "AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."
+            ),
+            90002,
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "AADSTS70003: The app requested an unsupported grant type.",
+            70003,
+        );
+    }
+    let client_id = form.get("client_id").cloned().unwrap_or_default();
+    let Some(scope) = form.get("scope").filter(|s| s.ends_with("/.default")) else {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier.",
+            1002012,
+        );
+    };
+    if client_id != CLIENT_ID {
+        return entra_error(
+            StatusCode::BAD_REQUEST,
+            "unauthorized_client",
+            &format!(
+                "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{TENANT_ID}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant."
+            ),
+            700016,
+        );
+    }
+    if let Some(assertion) = form.get("client_assertion") {
+        if assertion != FEDERATED_TOKEN {
+            return entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS700213: No matching federated identity record found for presented assertion subject.",
+                700213,
+            );
+        }
+    } else if form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET) {
+        return entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            &format!(
+                "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{CLIENT_ID}'."
+            ),
+            7000215,
+        );
+    }
+    let audience = scope.trim_end_matches("/.default").to_owned();
+    let (token, lifetime) = state.issue_token(
+        &audience,
+        Principal {
+            object_id: PRINCIPAL_OBJECT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            managed: false,
+        },
+    );
+    json_response(
+        StatusCode::OK,
+        json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
+    )
+}
+
+fn managed_identity_endpoint(
+    state: &mut Inner,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Response {
+    if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}),
+        );
+    }
+    let Some(resource) = query.get("resource") else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": "Required query variable 'resource' is missing"}),
+        );
+    };
+    let principal = match query.get("client_id").map(String::as_str) {
+        None => Principal {
+            object_id: MANAGED_IDENTITY_OBJECT_ID.into(),
+            client_id: MANAGED_IDENTITY_CLIENT_ID.into(),
+            managed: true,
+        },
+        Some(MANAGED_IDENTITY_CLIENT_ID) => Principal {
+            object_id: MANAGED_IDENTITY_OBJECT_ID.into(),
+            client_id: MANAGED_IDENTITY_CLIENT_ID.into(),
+            managed: true,
+        },
+        Some(_) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "invalid_request", "error_description": "Identity not found"}),
+            );
+        }
+    };
+    let (token, lifetime) = state.issue_token(resource, principal);
+    let expires_on = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + lifetime;
+    json_response(
+        StatusCode::OK,
+        json!({
+            "access_token": token,
+            "client_id": MANAGED_IDENTITY_CLIENT_ID,
+            "expires_in": lifetime.to_string(),
+            "expires_on": expires_on.to_string(),
+            "ext_expires_in": lifetime.to_string(),
+            "not_before": (expires_on - lifetime).to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+        }),
+    )
+}
+
+fn list_vms(state: &Inner, query: &HashMap<String, String>) -> Response {
+    let instance_view = query
+        .get("$expand")
+        .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
+    let skip: usize = query
+        .get("$skiptoken")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let vms: Vec<&StandinVm> = state.vms.values().collect();
+    let page: Vec<Value> = vms
+        .iter()
+        .skip(skip)
+        .take(state.page_size)
+        .map(|vm| state.vm_json(vm, instance_view))
+        .collect();
+    let mut body = json!({"value": page});
+    if skip + state.page_size < vms.len() {
+        let mut next = format!(
+            "{}{}/virtualMachines?api-version={}&$skiptoken={}",
+            state.base_url,
+            state.scale_set_id(),
+            state.api_version,
+            skip + state.page_size
+        );
+        if instance_view {
+            next.push_str("&$expand=instanceView");
+        }
+        body["nextLink"] = json!(next);
+    }
+    json_response(StatusCode::OK, body)
+}
+
+fn accepted(state: &Inner, operation: &str) -> Response {
+    let url = state.operation_url(operation);
+    let mut builder = Response::builder()
+        .status(StatusCode::ACCEPTED)
+        .header("azure-asyncoperation", &url)
+        .header("location", format!("{url}&monitor=true"))
+        .header("x-ms-request-id", operation);
+    if let Some(secs) = state.poll_retry_after {
+        builder = builder.header("retry-after", secs.to_string());
+    }
+    builder.body(Body::empty()).expect("response")
+}
+
+fn update_scale_set(state: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+    let Ok(update) = serde_json::from_slice::<Value>(body) else {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
+    };
+    if let Some(if_match) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && if_match != "*"
+        && if_match != state.etag()
+    {
+        return arm_error(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            &format!(
+                "The specified precondition 'If-Match = {if_match}' failed: the scale set's etag is {}.",
+                state.etag()
+            ),
+        );
+    }
+    let capacity = match update.pointer("/sku/capacity") {
+        None => None,
+        Some(value) => match value.as_u64().and_then(|c| u32::try_from(c).ok()) {
+            Some(c) => Some(c),
+            None => {
+                return arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidParameter",
+                    "The value of parameter sku.capacity is invalid.",
+                );
+            }
+        },
+    };
+    if let Some(c) = capacity
+        && state.quota.is_some_and(|max| c > max)
+    {
+        return quota_error();
+    }
+    state.last_update_body = Some(update.clone());
+    if let Some(Value::Object(tags)) = update.get("tags") {
+        state.tags = tags.clone();
+    }
+    state.etag += 1;
+    let Some(target) = capacity else {
+        return json_response(StatusCode::OK, state.scale_set_json());
+    };
+
+    let live: Vec<u64> = state
+        .vms
+        .iter()
+        .filter(|(_, vm)| vm.provisioning != "Deleting")
+        .map(|(id, _)| *id)
+        .collect();
+    let effect = if target as usize >= live.len() {
+        let created: Vec<String> = (live.len()..target as usize)
+            .map(|_| state.create_vm().to_string())
+            .collect();
+        Effect::Create(created)
+    } else {
+        // Scale-in by capacity: the newest unprotected VMs go.
+        let doomed: Vec<String> = live
+            .iter()
+            .rev()
+            .filter(|id| !state.vms[*id].protected)
+            .take(live.len() - target as usize)
+            .map(|id| id.to_string())
+            .collect();
+        for vm in state
+            .vms
+            .values_mut()
+            .filter(|vm| doomed.contains(&vm.instance_id))
+        {
+            vm.provisioning = "Deleting".into();
+        }
+        Effect::Delete(doomed)
+    };
+    state.capacity = target;
+    let failure = if matches!(&effect, Effect::Create(ids) if !ids.is_empty())
+        && state.allocation_failures > 0
+    {
+        state.allocation_failures -= 1;
+        Some((
+            "AllocationFailed".to_owned(),
+            "Allocation failed. We do not have sufficient capacity for the requested VM size in this region. Read more about improving likelihood of allocation success at http://aka.ms/allocation-guidance".to_owned(),
+        ))
+    } else {
+        None
+    };
+    let operation = state.start_operation(effect, failure);
+    accepted(state, &operation)
+}
+
+fn delete_instances(state: &mut Inner, body: &[u8]) -> Response {
+    let ids: Vec<String> = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("instanceIds").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    if ids.is_empty() {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            "The value of parameter instanceIds is invalid.",
+        );
+    }
+    let unknown: Vec<&String> = ids
+        .iter()
+        .filter(|id| !state.vms.values().any(|vm| &vm.instance_id == *id))
+        .collect();
+    if !unknown.is_empty() {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameter",
+            &format!(
+                "The provided instanceId {} is not an active Virtual Machine Scale Set VM instanceId.",
+                unknown[0]
+            ),
+        );
+    }
+    let mut removed = 0;
+    for vm in state
+        .vms
+        .values_mut()
+        .filter(|vm| ids.contains(&vm.instance_id))
+    {
+        if vm.provisioning != "Deleting" {
+            vm.provisioning = "Deleting".into();
+            removed += 1;
+        }
+    }
+    state.capacity = state.capacity.saturating_sub(removed);
+    state.etag += 1;
+    let operation = state.start_operation(Effect::Delete(ids), None);
+    accepted(state, &operation)
+}
+
+fn operation_status(state: &mut Inner, id: &str) -> Response {
+    let Some(operation) = state.operations.get_mut(id) else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "OperationNotFound",
+            &format!("The operation '{id}' could not be found."),
+        );
+    };
+    if !operation.done {
+        if operation.polls_left > 0 {
+            if operation.polls_left != u32::MAX {
+                operation.polls_left -= 1;
+            }
+        } else {
+            state.finish_operation(id);
+        }
+    }
+    let operation = &state.operations[id];
+    let mut body = json!({"name": id, "startTime": "2026-01-01T00:00:00Z"});
+    if !operation.done {
+        body["status"] = json!("InProgress");
+    } else if let Some((code, message)) = &operation.failure {
+        body["status"] = json!("Failed");
+        body["error"] = json!({"code": code, "message": message});
+    } else {
+        body["status"] = json!("Succeeded");
+    }
+    let mut response = json_response(StatusCode::OK, body);
+    if let Some(secs) = state.poll_retry_after {
+        response
+            .headers_mut()
+            .insert("retry-after", secs.to_string().parse().unwrap());
+    }
+    response
+}
