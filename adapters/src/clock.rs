@@ -52,7 +52,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn new() -> Self {
-        TokioClock { base_instant: tokio::time::Instant::now(), base_time: SystemTime::now() }
+        TokioClock {
+            base_instant: tokio::time::Instant::now(),
+            base_time: SystemTime::now(),
+        }
     }
 }
 

@@ -94,24 +94,40 @@ impl AdapterError {
     }
 
     pub fn authentication(message: impl Into<String>) -> Self {
-        AdapterError::Authentication { message: message.into() }
+        AdapterError::Authentication {
+            message: message.into(),
+        }
     }
     pub fn permission(action: impl Into<String>, message: impl Into<String>) -> Self {
-        AdapterError::Permission { action: action.into(), message: message.into() }
+        AdapterError::Permission {
+            action: action.into(),
+            message: message.into(),
+        }
     }
     pub fn throttled(retry_after: Option<Duration>, message: impl Into<String>) -> Self {
-        AdapterError::Throttled { retry_after, message: message.into() }
+        AdapterError::Throttled {
+            retry_after,
+            message: message.into(),
+        }
     }
     pub fn capacity(message: impl Into<String>) -> Self {
-        AdapterError::Capacity { message: message.into() }
+        AdapterError::Capacity {
+            message: message.into(),
+        }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        AdapterError::NotFound { message: message.into() }
+        AdapterError::NotFound {
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        AdapterError::Invalid { message: message.into() }
+        AdapterError::Invalid {
+            message: message.into(),
+        }
     }
     pub fn transient(message: impl Into<String>) -> Self {
-        AdapterError::Transient { message: message.into() }
+        AdapterError::Transient {
+            message: message.into(),
+        }
     }
 }

@@ -65,7 +65,11 @@ pub struct Decision {
 
 impl Decision {
     pub fn new(desired: u32, reason: impl Into<String>) -> Self {
-        Decision { desired, reason: reason.into(), plan: None }
+        Decision {
+            desired,
+            reason: reason.into(),
+            plan: None,
+        }
     }
 }
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The replay benchmark on the shared traces (BENCHMARK.md's model).
+#
+#   ./scripts/benchmark.sh           regenerate BENCHMARKS.md's tables, sweeps and plots
+#   ./scripts/benchmark.sh --check   only check the oracle against BENCHMARK.md's
+#                                    reference figures (what CI runs)
+#
+# TRACES (default ../shared/traces) names the folder holding the traces.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+traces=${TRACES:-../shared/traces}
+bin=target/release/fleetscale
+[ -x "$bin" ] || cargo build --release --quiet
+
+# name | file | column | per-instance | step | boot | reference OPT instance-minutes
+cases=(
+  "worldcup98|worldcup98_requests_per_minute.csv|count|1000|60s|180s|1469726"
+  "azure2019|azure2019_vm_fleet_cpu_mem_5min.csv|cpu_usage|60000|5m|180s|4504300"
+)
+
+for c in "${cases[@]}"; do
+  IFS='|' read -r _ file _ _ _ _ _ <<<"$c"
+  [ -f "$traces/$file" ] || { echo "missing trace $traces/$file (set TRACES to the folder holding it)" >&2; exit 1; }
+done
+
+if [ "${1:-}" = "--check" ]; then
+  failed=0
+  for c in "${cases[@]}"; do
+    IFS='|' read -r name file column per step boot expected <<<"$c"
+    json=$("$bin" replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy oracle --format json)
+    read -r opt replayed < <(python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(round(r["oracle_instance_minutes"]), round(r["instance_minutes"]))' <<<"$json")
+    if [ "$opt" = "$expected" ] && [ "$replayed" = "$expected" ]; then
+      echo "ok: $name oracle $opt instance-minutes (reference $expected), replayed through the controller: $replayed"
+    else
+      echo "FAILED: $name oracle $opt, replayed $replayed, reference $expected" >&2
+      failed=1
+    fi
+  done
+  [ "$failed" = 0 ] && echo "benchmark check: 2 passed, 0 failed" || { echo "benchmark check: failed" >&2; exit 1; }
+  exit 0
+fi
+
+mkdir -p benchmarks
+for c in "${cases[@]}"; do
+  IFS='|' read -r name file column per step boot expected <<<"$c"
+  cmd=(replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --save "benchmarks/$name-sweep.json" --plot "benchmarks/$name.svg")
+  echo "== fleetscale ${cmd[*]}" >&2
+  "$bin" "${cmd[@]}" > "benchmarks/$name.txt"
+  cat "benchmarks/$name.txt"
+done

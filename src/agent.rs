@@ -1,0 +1,195 @@
+//! Wires a configuration into running controllers: one task per fleet, the metrics
+//! server, and a clean stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleetscale_adapters::{Clock, CloudAdapter, DryRun, Metered, Retry, RetryConfig};
+use tokio::sync::watch;
+
+use crate::config::{AdapterConfig, AgentConfig, Config, FleetConfig, SignalConfig};
+use crate::controller::{ControllerParts, FleetController};
+use crate::signal::SignalSource;
+use crate::signal::prometheus::PrometheusSignal;
+use crate::signal::synthetic::SyntheticSignal;
+use crate::signal::trace::TraceSignal;
+use crate::telemetry::{self, Health, Metrics};
+
+/// How a fleet's adapter is wrapped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wiring {
+    /// Record intended actions instead of making them.
+    pub dry_run: bool,
+}
+
+/// The cloud backend a fleet's config names, without decorators.
+pub async fn build_cloud(
+    fleet: &FleetConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Box<dyn CloudAdapter>> {
+    Ok(match &fleet.adapter {
+        AdapterConfig::Mock(mock) => Box::new(fleetscale_adapters::mock::MockCloud::new(
+            mock.clone(),
+            clock,
+        )),
+    })
+}
+
+/// The backend wrapped as every fleet runs it: metered on the outside (so /metrics shows
+/// every attempt's outcome), retried, and in dry-run never mutating.
+pub fn decorate(
+    cloud: Box<dyn CloudAdapter>,
+    fleet: &str,
+    metrics: Option<&Metrics>,
+    wiring: Wiring,
+    clock: Arc<dyn Clock>,
+    boot_delay: Duration,
+) -> Box<dyn CloudAdapter> {
+    let cloud: Box<dyn CloudAdapter> = if wiring.dry_run {
+        Box::new(DryRun::new(cloud, clock, boot_delay))
+    } else {
+        cloud
+    };
+    let cloud: Box<dyn CloudAdapter> = match metrics {
+        Some(m) => Box::new(Metered::new(cloud, fleet, m.adapter.clone())),
+        None => cloud,
+    };
+    Box::new(Retry::new(cloud, RetryConfig::default()))
+}
+
+/// The signal source a fleet's config names.
+pub fn build_signal(
+    fleet: &FleetConfig,
+    clock: &dyn Clock,
+) -> anyhow::Result<Box<dyn SignalSource>> {
+    Ok(match &fleet.signal {
+        SignalConfig::Synthetic(config) => {
+            Box::new(SyntheticSignal::new(config.clone(), clock.now()))
+        }
+        SignalConfig::Trace(config) => Box::new(
+            TraceSignal::from_config(config, clock.now())
+                .with_context(|| format!("fleet {}: trace signal", fleet.name))?,
+        ),
+        SignalConfig::Prometheus(config) => Box::new(
+            PrometheusSignal::new(config)
+                .with_context(|| format!("fleet {}: prometheus signal", fleet.name))?,
+        ),
+    })
+}
+
+/// A controller for one fleet of `config`.
+pub async fn build_controller(
+    fleet: &FleetConfig,
+    agent: &AgentConfig,
+    wiring: Wiring,
+    metrics: Option<&Metrics>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<FleetController> {
+    let cloud = build_cloud(fleet, clock.clone()).await?;
+    let adapter = decorate(
+        cloud,
+        &fleet.name,
+        metrics,
+        wiring,
+        clock.clone(),
+        fleet.boot_delay,
+    );
+    let signal = build_signal(fleet, clock.as_ref())?;
+    let history_steps = (fleet.history.as_secs_f64() / agent.tick.as_secs_f64()).ceil() as usize;
+    Ok(FleetController::new(ControllerParts {
+        name: fleet.name.clone(),
+        adapter,
+        signal,
+        policy: fleet.policy.build(),
+        guards: fleet.guards.clone(),
+        clock,
+        step: agent.tick,
+        boot_delay: fleet.boot_delay,
+        metrics: metrics.cloned(),
+        history_steps,
+    }))
+}
+
+/// Runs every fleet until `shutdown` resolves; each fleet finishes the tick it is in
+/// (no call is abandoned half-way), then the metrics server stops.
+pub async fn run(
+    config: &Config,
+    wiring: Wiring,
+    clock: Arc<dyn Clock>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let health = Health::default();
+    let listener = telemetry::bind(config.agent.metrics_address).await?;
+    let address = listener.local_addr()?;
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(telemetry::serve(
+        listener,
+        metrics.clone(),
+        health.clone(),
+        wait(stopped.clone()),
+    ));
+    tracing::info!(metrics = %format!("http://{address}/metrics"), fleets = config.fleets.len(), dry_run = wiring.dry_run, "fleetscale started");
+
+    let mut tasks = Vec::new();
+    for fleet in &config.fleets {
+        let controller =
+            build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone()).await?;
+        health.set(&fleet.name, true, "starting");
+        tasks.push(tokio::spawn(run_fleet(
+            controller,
+            config.agent.tick,
+            stopped.clone(),
+            health.clone(),
+        )));
+    }
+
+    shutdown.await;
+    tracing::info!("stopping: each fleet finishes its current tick");
+    let _ = stop.send(true);
+    for task in tasks {
+        task.await.context("a fleet task panicked")?;
+    }
+    server
+        .await
+        .context("the metrics server panicked")?
+        .context("the metrics server failed")?;
+    tracing::info!("fleetscale stopped");
+    Ok(())
+}
+
+async fn wait(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// One fleet's loop: a tick every `tick`, until told to stop between ticks.
+pub async fn run_fleet(
+    mut controller: FleetController,
+    tick: Duration,
+    mut stopped: watch::Receiver<bool>,
+    health: Health,
+) {
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopped.wait_for(|stop| *stop) => break,
+            _ = interval.tick() => {}
+        }
+        // A tick runs to completion even when a stop arrives during it.
+        let report = controller.tick().await;
+        let healthy = report.error.is_none() && !controller.is_suspended();
+        let detail = match (&report.error, &report.signal_error) {
+            (Some(e), _) => e.to_string(),
+            (None, Some(e)) => format!("signal: {e}"),
+            (None, None) => format!(
+                "serving {} of {} billed; {}",
+                report.serving, report.billed, report.reason
+            ),
+        };
+        health.set(controller.name(), healthy, detail);
+    }
+    tracing::info!(fleet = %controller.name(), "fleet stopped");
+}

@@ -1,0 +1,254 @@
+//! The command line: `run`, `check`, `replay` (and `plan`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fleetscale_adapters::SystemClock;
+
+use crate::agent::{self, Wiring};
+use crate::config::Config;
+use crate::telemetry::{self, LogFormat};
+
+/// fleetscale: an autoscaling agent for virtual-machine fleets.
+///
+/// It watches how much work a fleet has, forecasts it, plans the fleet size with a
+/// dynamic program that weighs instance cost against unserved demand and boot delay, and
+/// grows or shrinks the fleet on AWS EC2, Azure VM Scale Sets or an in-memory mock.
+#[derive(Debug, Parser)]
+#[command(name = "fleetscale", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: reconcile every fleet of the config each tick until SIGINT or
+    /// SIGTERM, then stop cleanly (each fleet finishes its current call) and exit 0.
+    Run(RunArgs),
+    /// Validate a config (exit 2 listing every problem) and, unless --offline, prove each
+    /// fleet's cloud access without changing anything.
+    Check(CheckArgs),
+    /// Replay a recorded trace through the real controller on a simulated clock and report
+    /// cost and unserved demand against the oracle (the model of BENCHMARK.md).
+    Replay(ReplayArgs),
+    /// Show what the agent would do for one fleet now, acting on nothing: read the fleet
+    /// and the signal once, warm the fleet's policy from the signal's history, and print
+    /// the observation, the forecast (with its quantiles) and the planned trajectory.
+    Plan(crate::plan_cli::PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The agent's TOML config.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Decide and log as usual, but make no change to any fleet: intended launches and
+    /// removals are recorded and logged instead.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Override the config's log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The agent's TOML config.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Only validate the file; do not contact any cloud.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// CSV trace: a header row, then one row per step.
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// The value column.
+    #[arg(long)]
+    pub column: String,
+    /// How much of the column's value one instance serves at its service-level limit.
+    #[arg(long)]
+    pub per_instance: f64,
+    /// Length of one row (one step), e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub step: Duration,
+    /// Time from launch until an instance serves.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    pub boot: Duration,
+    /// A policy (dp, target-tracking, step-scaling, predictive, static-peak, oracle), or
+    /// `all` for every one of them in one table.
+    #[arg(long, default_value = "dp")]
+    pub policy: String,
+    /// The policy's knob (target-tracking: target utilisation; step-scaling: threshold;
+    /// predictive: target utilisation; dp: max_unserved). Default: the policy's default.
+    #[arg(long)]
+    pub setting: Option<f64>,
+    /// Sweep each baseline's knob and report its cheapest setting with at most 0.1 %
+    /// unserved; with --format json or csv, every setting of the sweep.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Fewest instances.
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    /// Most instances (default: unbounded).
+    #[arg(long)]
+    pub max: Option<u32>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Also draw demand, serving and billed instances to this SVG (with --sweep: dp and
+    /// the cheapest baseline at its best setting).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Also write every run's figures (the whole sweep) as JSON to this file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
+
+/// How a command ended, mapped to the process's exit code in one place.
+#[derive(Debug)]
+pub enum Failure {
+    /// The input is wrong (a config, a trace, an argument): exit 2.
+    Invalid(String),
+    /// Something failed while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Invalid(_) => 2,
+            Failure::Runtime(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Invalid(message) => write!(f, "{}", message.trim_end()),
+            Failure::Runtime(error) => write!(f, "error: {error:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Self {
+        Failure::Runtime(error)
+    }
+}
+
+pub fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| Failure::Invalid(e.to_string()))
+}
+
+pub fn execute(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+        Command::Replay(args) => crate::replay_cli::replay(args),
+        Command::Plan(args) => crate::plan_cli::plan(args),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(e.into()))
+}
+
+fn run(args: RunArgs) -> Result<(), Failure> {
+    let config = load_config(&args.config)?;
+    telemetry::init_logging(args.log_format.unwrap_or(config.agent.log_format));
+    runtime()?.block_on(async {
+        let wiring = Wiring {
+            dry_run: args.dry_run,
+        };
+        agent::run(&config, wiring, Arc::new(SystemClock), stop_signal())
+            .await
+            .map_err(Failure::Runtime)
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+fn check(args: CheckArgs) -> Result<(), Failure> {
+    let config = load_config(&args.config)?;
+    println!(
+        "{}: valid ({} fleet{})",
+        args.config.display(),
+        config.fleets.len(),
+        if config.fleets.len() == 1 { "" } else { "s" }
+    );
+    if args.offline {
+        return Ok(());
+    }
+    telemetry::init_logging(LogFormat::Text);
+    let all_ok = runtime()?.block_on(async {
+        let mut all_ok = true;
+        for fleet in &config.fleets {
+            let report = match agent::build_cloud(fleet, Arc::new(SystemClock)).await {
+                Ok(cloud) => cloud.verify_access().await.map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            };
+            match report {
+                Ok(report) => {
+                    println!(
+                        "fleet {} ({}): authenticated as {}",
+                        fleet.name,
+                        fleet.adapter.kind(),
+                        report.identity
+                    );
+                    for check in &report.checks {
+                        let verdict = if check.allowed { "allowed" } else { "DENIED" };
+                        println!("  {:<48} {verdict:<8} {}", check.permission, check.detail);
+                    }
+                    all_ok &= report.all_allowed();
+                }
+                Err(e) => {
+                    println!(
+                        "fleet {} ({}): FAILED: {e:#}",
+                        fleet.name,
+                        fleet.adapter.kind()
+                    );
+                    all_ok = false;
+                }
+            }
+        }
+        all_ok
+    });
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "access check failed for at least one fleet"
+        )))
+    }
+}

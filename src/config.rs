@@ -1,0 +1,496 @@
+//! The agent's TOML configuration: `[agent]` settings and `[[fleets]]`.
+//!
+//! Strict: unknown fields are errors, and every problem in a file is reported at once
+//! with the path of the field at fault (e.g. `fleets[1].guards.max_step_up`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::guards::GuardConfig;
+use crate::signal::prometheus::PrometheusConfig;
+use crate::signal::synthetic::SyntheticConfig;
+use crate::signal::trace::TraceConfig;
+use crate::telemetry::LogFormat;
+
+/// A whole configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub fleets: Vec<FleetConfig>,
+}
+
+/// `[agent]`: settings shared by every fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// How often each fleet is reconciled; also the step of its history. Default 60s.
+    #[serde(default = "defaults::tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// Where /metrics and /healthz listen. Default 127.0.0.1:9910 (loopback only).
+    #[serde(default = "defaults::metrics_address")]
+    pub metrics_address: SocketAddr,
+    /// `text` (default) or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            tick: defaults::tick(),
+            metrics_address: defaults::metrics_address(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[[fleets]]`: one fleet the agent scales.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    pub name: String,
+    /// Time from launch until an instance serves. Default 180s.
+    pub boot_delay: Duration,
+    /// History read from the signal at start, for the forecaster. Default 14 days.
+    pub history: Duration,
+    pub adapter: AdapterConfig,
+    pub signal: SignalConfig,
+    pub policy: fleetscale_policies::PolicyConfig,
+    pub guards: GuardConfig,
+}
+
+/// The fields of a `[[fleets]]` entry other than its sub-tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FleetHeader {
+    name: String,
+    #[serde(default = "defaults::boot_delay", with = "humantime_serde")]
+    boot_delay: Duration,
+    #[serde(default = "defaults::history", with = "humantime_serde")]
+    history: Duration,
+}
+
+/// `[fleets.adapter]`: which cloud, and its settings. `kind` selects the backend.
+#[derive(Debug, Clone)]
+pub enum AdapterConfig {
+    /// The in-memory cloud (dry-run demos, replay, tests).
+    Mock(fleetscale_adapters::mock::MockConfig),
+    /// An EC2 fleet: instances carrying the fleet's tag.
+    #[cfg(feature = "aws")]
+    Aws(fleetscale_adapters::aws::AwsConfig),
+    /// An Azure VM Scale Set.
+    #[cfg(feature = "azure")]
+    Azure(fleetscale_adapters::azure::AzureConfig),
+}
+
+impl AdapterConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdapterConfig::Mock(_) => "mock",
+            #[cfg(feature = "aws")]
+            AdapterConfig::Aws(_) => "aws",
+            #[cfg(feature = "azure")]
+            AdapterConfig::Azure(_) => "azure",
+        }
+    }
+}
+
+/// `[fleets.signal]`: where demand comes from. `kind` selects the source.
+#[derive(Debug, Clone)]
+pub enum SignalConfig {
+    /// A seeded generator (no file needed).
+    Synthetic(SyntheticConfig),
+    /// A column of a CSV trace, played as a live signal.
+    Trace(TraceConfig),
+    /// A PromQL query against a Prometheus-compatible server.
+    Prometheus(PrometheusConfig),
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+    pub fn tick() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn metrics_address() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 9910))
+    }
+    pub fn boot_delay() -> Duration {
+        Duration::from_secs(180)
+    }
+    pub fn history() -> Duration {
+        Duration::from_secs(14 * 86_400)
+    }
+}
+
+/// One thing wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field at fault, e.g. `fleets[1].guards.max_step_up`.
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{}: {n} problem{}",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            problems: vec![Problem {
+                path: "(file)".into(),
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `file` names it in errors and anchors relative paths
+    /// nowhere (they stay relative to the working directory).
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let config = parse_sections(text, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                file: file.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    pub fn fleet(&self, name: &str) -> Option<&FleetConfig> {
+        self.fleets.iter().find(|f| f.name == name)
+    }
+}
+
+fn parse_sections(text: &str, problems: &mut Vec<Problem>) -> Option<Config> {
+    let mut table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(e) => {
+            problems.push(Problem {
+                path: "(syntax)".into(),
+                message: e.to_string().trim().replace('\n', " "),
+            });
+            return None;
+        }
+    };
+    let agent = section::<AgentConfig>(table.remove("agent"), "agent", problems);
+    let fleets = match table.remove("fleets") {
+        None => {
+            problems.push(Problem {
+                path: "fleets".into(),
+                message: "no [[fleets]]: the agent has nothing to scale".into(),
+            });
+            Vec::new()
+        }
+        Some(toml::Value::Array(entries)) => entries
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, entry)| parse_fleet(entry, &format!("fleets[{i}]"), problems))
+            .collect(),
+        Some(_) => {
+            problems.push(Problem {
+                path: "fleets".into(),
+                message: "must be an array of tables ([[fleets]])".into(),
+            });
+            Vec::new()
+        }
+    };
+    for key in table.keys() {
+        problems.push(Problem {
+            path: key.clone(),
+            message: "unknown section (expected `agent` or `fleets`)".into(),
+        });
+    }
+    let mut names = HashSet::new();
+    for (i, fleet) in fleets.iter().enumerate() {
+        if !names.insert(fleet.name.as_str()) {
+            problems.push(Problem {
+                path: format!("fleets[{i}].name"),
+                message: format!("fleet {:?} is named twice", fleet.name),
+            });
+        }
+    }
+    Some(Config {
+        agent: agent?,
+        fleets,
+    })
+}
+
+fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<FleetConfig> {
+    let toml::Value::Table(mut table) = entry else {
+        problems.push(Problem {
+            path: path.into(),
+            message: "must be a table".into(),
+        });
+        return None;
+    };
+    let adapter = table.remove("adapter");
+    let signal = table.remove("signal");
+    let policy = table.remove("policy");
+    let guards = table.remove("guards");
+    let header = section::<FleetHeader>(Some(toml::Value::Table(table)), path, problems);
+    let adapter = present(adapter, &format!("{path}.adapter"), problems)
+        .and_then(|v| adapter_section(v, &format!("{path}.adapter"), problems));
+    let signal = present(signal, &format!("{path}.signal"), problems)
+        .and_then(|v| signal_section(v, &format!("{path}.signal"), problems));
+    let policy = match policy {
+        None => Some(fleetscale_policies::PolicyConfig::default()),
+        Some(v) => policy_section(v, &format!("{path}.policy"), problems),
+    };
+    let guards = required::<GuardConfig>(guards, &format!("{path}.guards"), problems);
+
+    let mut check = |sub: &str, found: Vec<(&'static str, String)>| {
+        for (field, message) in found {
+            problems.push(Problem {
+                path: format!("{path}.{sub}.{field}"),
+                message,
+            });
+        }
+    };
+    if let Some(guards) = &guards {
+        check("guards", guards.problems());
+    }
+    if let Some(signal) = &signal {
+        check("signal", signal_problems(signal));
+    }
+    if let Some(header) = &header {
+        if header.name.trim().is_empty() {
+            problems.push(Problem {
+                path: format!("{path}.name"),
+                message: "must not be empty".into(),
+            });
+        }
+        if header.boot_delay.is_zero() {
+            problems.push(Problem {
+                path: format!("{path}.boot_delay"),
+                message: "must be longer than 0s".into(),
+            });
+        }
+    }
+    let header = header?;
+    Some(FleetConfig {
+        name: header.name,
+        boot_delay: header.boot_delay,
+        history: header.history,
+        adapter: adapter?,
+        signal: signal?,
+        policy: policy?,
+        guards: guards?,
+    })
+}
+
+fn signal_problems(signal: &SignalConfig) -> Vec<(&'static str, String)> {
+    match signal {
+        SignalConfig::Synthetic(s) => s.problems(),
+        SignalConfig::Prometheus(p) => p.problems(),
+        SignalConfig::Trace(t) => {
+            let mut problems = Vec::new();
+            if !(t.per_instance.is_finite() && t.per_instance > 0.0) {
+                problems.push((
+                    "per_instance",
+                    format!("must be a positive number, not {}", t.per_instance),
+                ));
+            }
+            if !(t.speedup.is_finite() && t.speedup > 0.0) {
+                problems.push((
+                    "speedup",
+                    format!("must be a positive number, not {}", t.speedup),
+                ));
+            }
+            if t.step.is_zero() {
+                problems.push(("step", "must be longer than 0s".into()));
+            }
+            if !t.path.is_file() {
+                problems.push((
+                    "path",
+                    format!("{} is not a readable file", t.path.display()),
+                ));
+            }
+            problems
+        }
+    }
+}
+
+/// Deserializes a section that may be absent (its defaults apply), recording a problem
+/// with the full path of the field at fault.
+fn section<T: DeserializeOwned>(
+    value: Option<toml::Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let value = value.unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+    deserialize(value, path, problems)
+}
+
+/// Like [`section`], for a section that must be present.
+fn required<T: DeserializeOwned>(
+    value: Option<toml::Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    present(value, path, problems).and_then(|value| deserialize(value, path, problems))
+}
+
+fn present(value: Option<toml::Value>, path: &str, problems: &mut Vec<Problem>) -> Option<toml::Value> {
+    if value.is_none() {
+        problems.push(Problem { path: path.into(), message: "missing section".into() });
+    }
+    value
+}
+
+/// Splits a section into its selector (`kind = ...`, `name = ...`) and the rest, which
+/// is then read as the selected variant's own struct (so errors keep their field paths).
+fn selector(value: toml::Value, tag: &str, path: &str, known: &[&str], problems: &mut Vec<Problem>) -> Option<(String, toml::Value)> {
+    let toml::Value::Table(mut table) = value else {
+        problems.push(Problem { path: path.into(), message: "must be a table".into() });
+        return None;
+    };
+    let expected = known.join(", ");
+    match table.remove(tag) {
+        Some(toml::Value::String(selected)) if known.contains(&selected.as_str()) => Some((selected, toml::Value::Table(table))),
+        Some(toml::Value::String(selected)) => {
+            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("unknown {tag} {selected:?} (expected one of: {expected})") });
+            None
+        }
+        Some(other) => {
+            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("must be a string (one of: {expected}), not {other}") });
+            None
+        }
+        None => {
+            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("missing (one of: {expected})") });
+            None
+        }
+    }
+}
+
+fn adapter_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<AdapterConfig> {
+    let (kind, rest) = selector(value, "kind", path, &["mock", "aws", "azure"], problems)?;
+    match kind.as_str() {
+        "mock" => deserialize(rest, path, problems).map(AdapterConfig::Mock),
+        #[cfg(feature = "aws")]
+        "aws" => deserialize(rest, path, problems).map(AdapterConfig::Aws),
+        #[cfg(feature = "azure")]
+        "azure" => deserialize(rest, path, problems).map(AdapterConfig::Azure),
+        other => {
+            problems.push(Problem {
+                path: format!("{path}.kind"),
+                message: format!("this fleetscale was built without the `{other}` feature"),
+            });
+            None
+        }
+    }
+}
+
+fn signal_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<SignalConfig> {
+    let (kind, rest) = selector(value, "kind", path, &["synthetic", "trace", "prometheus"], problems)?;
+    match kind.as_str() {
+        "synthetic" => deserialize(rest, path, problems).map(SignalConfig::Synthetic),
+        "trace" => deserialize(rest, path, problems).map(SignalConfig::Trace),
+        _ => deserialize(rest, path, problems).map(SignalConfig::Prometheus),
+    }
+}
+
+fn policy_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<fleetscale_policies::PolicyConfig> {
+    use fleetscale_policies::PolicyConfig;
+    let (name, rest) = selector(value, "name", path, PolicyConfig::NAMES, problems)?;
+    let config = match name.as_str() {
+        "dp" => deserialize(rest, path, problems).map(PolicyConfig::Dp),
+        "target-tracking" => deserialize(rest, path, problems).map(PolicyConfig::TargetTracking),
+        "step-scaling" => deserialize(rest, path, problems).map(PolicyConfig::StepScaling),
+        "predictive" => deserialize(rest, path, problems).map(PolicyConfig::Predictive),
+        _ => deserialize(rest, path, problems).map(PolicyConfig::Static),
+    }?;
+    match config.validate() {
+        Ok(()) => Some(config),
+        Err(message) => {
+            problems.push(Problem { path: path.into(), message });
+            None
+        }
+    }
+}
+
+/// Reads `value` as a `T`. A field that fails is reported with its full path, removed,
+/// and the rest read again, so that every bad field of a section is reported at once.
+fn deserialize<T: DeserializeOwned>(mut value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
+    let mut removed: Vec<String> = Vec::new();
+    let mut failed = false;
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) => return if failed { None } else { Some(parsed) },
+            Err(e) => {
+                let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
+                let inner = e.path().to_string();
+                let full = if inner == "." || inner.is_empty() { path.to_string() } else { format!("{path}.{inner}") };
+                let message = e.into_inner().to_string().trim().replace('\n', " ");
+                // A field removed for being bad is "missing" now: that is not news.
+                let echo = message.starts_with("missing field") && removed.iter().any(|r| message.contains(&format!("`{r}`")));
+                if !echo {
+                    problems.push(Problem { path: full, message });
+                }
+                failed = true;
+                match segments.last() {
+                    Some(key) if remove_at(&mut value, &segments) => removed.push(key.clone()),
+                    _ => return None,
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the field at `segments` (map keys and `[index]`es) from `value`.
+fn remove_at(value: &mut toml::Value, segments: &[String]) -> bool {
+    let Some((last, parents)) = segments.split_last() else { return false };
+    let mut at = value;
+    for segment in parents {
+        at = match (at, segment.strip_prefix('[').and_then(|s| s.strip_suffix(']'))) {
+            (toml::Value::Array(items), Some(index)) => match index.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(item) => item,
+                None => return false,
+            },
+            (toml::Value::Table(table), None) => match table.get_mut(segment.as_str()) {
+                Some(item) => item,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match at {
+        toml::Value::Table(table) => table.remove(last.as_str()).is_some(),
+        _ => false,
+    }
+}

@@ -1,0 +1,302 @@
+//! `fleetscale replay`: choose policies, run them (two at a time), print figures, draw.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fleetscale_policies::{OraclePolicy, OracleSchedule, Policy, PolicyConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{Failure, Format, ReplayArgs};
+use crate::replay::{self, Figures, Run, Scenario};
+
+/// Policies `--policy all` runs, in table order.
+const ALL: &[&str] = &[
+    "dp",
+    "target-tracking",
+    "step-scaling",
+    "predictive",
+    "static-peak",
+    "oracle",
+];
+
+/// One policy at one setting, ready to build.
+#[derive(Debug, Clone)]
+struct Candidate {
+    name: String,
+    setting: Option<f64>,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Configured(PolicyConfig),
+    StaticPeak,
+    Oracle,
+}
+
+impl Candidate {
+    fn build(&self, scenario: &Scenario, oracle: &OracleSchedule) -> Box<dyn Policy> {
+        match &self.kind {
+            Kind::Configured(config) => config.build(),
+            Kind::StaticPeak => PolicyConfig::static_peak(&scenario.demand).build(),
+            Kind::Oracle => Box::new(OraclePolicy::from_schedule(oracle)),
+        }
+    }
+}
+
+fn candidates(args: &ReplayArgs) -> Result<Vec<Candidate>, Failure> {
+    let names: Vec<&str> = if args.policy == "all" {
+        ALL.to_vec()
+    } else {
+        vec![args.policy.as_str()]
+    };
+    let mut out = Vec::new();
+    for name in names {
+        let kind = match name {
+            "static-peak" => Kind::StaticPeak,
+            "oracle" => Kind::Oracle,
+            _ => Kind::Configured(PolicyConfig::from_name(name).ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "--policy: unknown policy {name:?} (known: {}, all)",
+                    ALL.join(", ")
+                ))
+            })?),
+        };
+        match (&kind, args.sweep, args.setting) {
+            (Kind::Configured(config), true, _)
+                if !config.sweep_settings().is_empty() && name != "dp" =>
+            {
+                for setting in config.sweep_settings() {
+                    let tuned = config
+                        .with_knob(setting)
+                        .map_err(|e| Failure::Invalid(format!("{name}: {e}")))?;
+                    out.push(Candidate {
+                        name: name.into(),
+                        setting: Some(setting),
+                        kind: Kind::Configured(tuned),
+                    });
+                }
+            }
+            (Kind::Configured(config), _, Some(setting)) => {
+                let tuned = config
+                    .with_knob(setting)
+                    .map_err(|e| Failure::Invalid(format!("--setting for {name}: {e}")))?;
+                out.push(Candidate {
+                    name: name.into(),
+                    setting: Some(setting),
+                    kind: Kind::Configured(tuned),
+                });
+            }
+            (Kind::Configured(config), _, None) => {
+                out.push(Candidate {
+                    name: name.into(),
+                    setting: Some(config.knob_value()),
+                    kind: kind.clone(),
+                });
+            }
+            _ => out.push(Candidate {
+                name: name.into(),
+                setting: None,
+                kind,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
+    let scenario = Scenario::load(
+        &args.trace,
+        &args.column,
+        args.per_instance,
+        args.step,
+        args.boot,
+        args.min,
+        args.max,
+    )
+    .map_err(|e| Failure::Invalid(format!("error: {e}")))?;
+    let candidates = candidates(&args)?;
+    let started = Instant::now();
+    let solution = fleetscale_policies::oracle::solve(
+        &scenario.demand,
+        scenario.boot_steps(),
+        scenario.min,
+        scenario.max,
+    )
+    .map_err(|e| Failure::Invalid(format!("error: {}: {e}", scenario.path.display())))?;
+    let oracle_minutes = solution.instance_minutes(scenario.step.as_secs_f64());
+    let oracle_time = started.elapsed();
+
+    let bar = progress_bar((scenario.steps() as u64 - 1) * candidates.len() as u64);
+    let runs = run_all(&scenario, &candidates, &solution, &bar);
+    bar.finish_and_clear();
+
+    let figures: Vec<Figures> = runs
+        .iter()
+        .map(|run| Figures::of(run, &scenario, oracle_minutes))
+        .collect();
+    let shown = if args.sweep && args.format == Format::Table {
+        let mut best = replay::best_settings(&figures);
+        // Policies without a knob (dp, oracle, static-peak) appear as they ran.
+        for f in &figures {
+            if !best.iter().any(|b| b.policy == f.policy) && f.setting.is_none() {
+                best.push(f.clone());
+            }
+        }
+        best
+    } else {
+        figures.clone()
+    };
+    match args.format {
+        Format::Table => {
+            print!("{}", replay::table(&shown));
+            println!(
+                "trace {}: {} steps of {:?}, boot {:?} (L = {}), oracle solved in {:.2}s",
+                scenario.path.display(),
+                scenario.steps(),
+                scenario.step,
+                scenario.boot,
+                scenario.boot_steps(),
+                oracle_time.as_secs_f64()
+            );
+            if args.sweep {
+                let missing: Vec<&str> = figures
+                    .iter()
+                    .filter(|f| f.setting.is_some() && !shown.iter().any(|s| s.policy == f.policy))
+                    .map(|f| f.policy.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    println!(
+                        "no setting kept unserved demand within {}% for: {}",
+                        replay::HEADLINE_UNSERVED_PCT,
+                        missing.join(", ")
+                    );
+                }
+            }
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&shown).expect("figures serialize")
+        ),
+        Format::Csv => print!("{}", replay::csv(&shown)),
+    }
+    if let Some(out) = &args.save {
+        let json = serde_json::to_string_pretty(&figures).expect("figures serialize");
+        std::fs::write(out, json + "\n").map_err(|e| {
+            Failure::Runtime(anyhow::anyhow!("cannot write {}: {e}", out.display()))
+        })?;
+    }
+    if let Some(out) = &args.plot {
+        let drawn = drawn_runs(&runs, &shown, args.sweep);
+        let title = scenario
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        crate::plot::svg(out, &scenario, &drawn, &title)
+            .map_err(|e| Failure::Runtime(e.context(format!("drawing {}", out.display()))))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The runs a plot shows: without a sweep, every run but the reference ones; with a
+/// sweep, dp and the cheapest baseline at its best setting (more lines are unreadable).
+fn drawn_runs<'a>(runs: &'a [Run], shown: &[Figures], sweep: bool) -> Vec<&'a Run> {
+    let reference = |policy: &str| policy == "oracle" || policy == "static-peak";
+    let chosen: Vec<&Figures> = if sweep {
+        let cheapest = shown
+            .iter()
+            .filter(|f| !reference(&f.policy) && f.policy != "dp")
+            .min_by(|a, b| a.instance_minutes.total_cmp(&b.instance_minutes));
+        shown
+            .iter()
+            .filter(|f| f.policy == "dp")
+            .chain(cheapest)
+            .collect()
+    } else {
+        shown.iter().filter(|f| !reference(&f.policy)).collect()
+    };
+    runs.iter()
+        .filter(|r| {
+            chosen
+                .iter()
+                .any(|f| f.policy == r.policy && f.setting == r.setting)
+        })
+        .collect()
+}
+
+/// Runs every candidate, two at a time (one per core), in candidate order.
+fn run_all(
+    scenario: &Scenario,
+    candidates: &[Candidate],
+    oracle: &OracleSchedule,
+    bar: &ProgressBar,
+) -> Vec<Run> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<Run>>> = Mutex::new(vec![None; candidates.len()]);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(candidates.len())
+        .max(1);
+    let progress = |n: u64| bar.inc(n);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let k = {
+                        let mut next = next.lock().expect("work queue");
+                        let k = *next;
+                        *next += 1;
+                        k
+                    };
+                    let Some(candidate) = candidates.get(k) else {
+                        break;
+                    };
+                    let policy = candidate.build(scenario, oracle);
+                    let run = match candidate.kind {
+                        Kind::StaticPeak => {
+                            let peak = scenario.peak();
+                            replay::run_from(scenario, peak, &candidate.name, None, policy, &progress)
+                        }
+                        _ => replay::run(scenario, &candidate.name, candidate.setting, policy, &progress),
+                    };
+                    results.lock().expect("results")[k] = Some(run);
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .expect("results")
+        .into_iter()
+        .map(|r| r.expect("every candidate ran"))
+        .collect()
+}
+
+/// A progress bar on stderr, drawn only on a terminal and only once a run has taken
+/// more than a second.
+fn progress_bar(total: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} replaying [{bar:40}] {percent}% {pos}/{len} steps, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let shown = bar.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        if !shown.is_finished() {
+            shown.set_draw_target(ProgressDrawTarget::stderr());
+            shown.enable_steady_tick(Duration::from_millis(200));
+        }
+    });
+    bar
+}

@@ -1,0 +1,232 @@
+//! A recorded trace (one CSV column) played as a live signal.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::{SignalError, SignalSource};
+
+/// A trace file that could not be used, naming the file and line at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: no column named {column:?} (columns: {available})")]
+    MissingColumn {
+        path: PathBuf,
+        column: String,
+        available: String,
+    },
+    #[error("{path}:{line}: {message}")]
+    BadRow {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads one column of a CSV file (with a header row) as a series of finite,
+/// non-negative numbers. Any other value is an error naming the line: nothing is skipped.
+pub fn load_column(path: &Path, column: &str) -> Result<Vec<f64>, TraceError> {
+    let io = |source| TraceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    read_column(file, path, column)
+}
+
+/// [`load_column`] over any reader; `path` only names the source in errors.
+pub fn read_column(
+    reader: impl std::io::Read,
+    path: &Path,
+    column: &str,
+) -> Result<Vec<f64>, TraceError> {
+    let mut csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(reader);
+    let bad = |line: u64, message: String| TraceError::BadRow {
+        path: path.to_owned(),
+        line,
+        message,
+    };
+    let headers = csv
+        .headers()
+        .map_err(|e| bad(1, format!("cannot read the header row: {e}")))?
+        .clone();
+    let index =
+        headers
+            .iter()
+            .position(|h| h == column)
+            .ok_or_else(|| TraceError::MissingColumn {
+                path: path.to_owned(),
+                column: column.to_owned(),
+                available: headers.iter().collect::<Vec<_>>().join(", "),
+            })?;
+    let mut values = Vec::new();
+    for record in csv.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map(|p| p.line()).unwrap_or(0);
+            bad(line, format!("malformed row: {e}"))
+        })?;
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        let cell = record.get(index).ok_or_else(|| {
+            bad(
+                line,
+                format!("row has no {column:?} column ({} fields)", record.len()),
+            )
+        })?;
+        let value: f64 = cell
+            .parse()
+            .map_err(|_| bad(line, format!("{column:?} is {cell:?}, not a number")))?;
+        if !value.is_finite() || value < 0.0 {
+            return Err(bad(
+                line,
+                format!("{column:?} is {cell}, not a finite non-negative number"),
+            ));
+        }
+        values.push(value);
+    }
+    if values.is_empty() {
+        return Err(TraceError::Invalid {
+            path: path.to_owned(),
+            message: "the trace has no data rows".into(),
+        });
+    }
+    Ok(values)
+}
+
+/// `[fleets.signal] kind = "trace"`: plays a column of a CSV trace as a live signal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceConfig {
+    /// The CSV file (relative paths are relative to the working directory).
+    pub path: PathBuf,
+    /// The value column.
+    pub column: String,
+    /// How much of the value one instance serves at its service-level limit.
+    pub per_instance: f64,
+    /// The trace's step length (one row per step).
+    #[serde(with = "humantime_serde", default = "default_trace_step")]
+    pub step: Duration,
+    /// Playback speed: 60 plays a minute of trace per second.
+    #[serde(default = "default_speedup")]
+    pub speedup: f64,
+    /// Start again from the first row after the last.
+    #[serde(default = "default_true", rename = "loop")]
+    pub repeat: bool,
+}
+
+fn default_trace_step() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_speedup() -> f64 {
+    1.0
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Plays trace values against a clock: at `now`, the latest complete row is the one that
+/// ended at or before `now`, with the trace starting at `start` and sped up by `speedup`.
+#[derive(Debug, Clone)]
+pub struct TraceSignal {
+    demand: Vec<f64>,
+    start: SystemTime,
+    /// Wall time one row lasts (the trace's step divided by the speedup).
+    row: Duration,
+    repeat: bool,
+}
+
+impl TraceSignal {
+    /// `values` are in the trace's own units; `per_instance` converts them to instances.
+    pub fn new(
+        values: &[f64],
+        per_instance: f64,
+        start: SystemTime,
+        row: Duration,
+        repeat: bool,
+    ) -> Self {
+        let demand = values.iter().map(|v| v / per_instance).collect();
+        TraceSignal {
+            demand,
+            start,
+            row,
+            repeat,
+        }
+    }
+
+    pub fn from_config(config: &TraceConfig, start: SystemTime) -> Result<Self, TraceError> {
+        let values = load_column(&config.path, &config.column)?;
+        let row = config.step.div_f64(config.speedup);
+        Ok(Self::new(
+            &values,
+            config.per_instance,
+            start,
+            row,
+            config.repeat,
+        ))
+    }
+
+    /// Completed rows at `now`.
+    fn completed(&self, now: SystemTime) -> u64 {
+        let elapsed = now.duration_since(self.start).unwrap_or_default();
+        (elapsed.as_nanos() / self.row.as_nanos().max(1)) as u64
+    }
+
+    fn value(&self, index: u64) -> Option<f64> {
+        let len = self.demand.len() as u64;
+        let index = if self.repeat { index % len } else { index };
+        self.demand.get(index as usize).copied()
+    }
+}
+
+#[async_trait]
+impl SignalSource for TraceSignal {
+    fn kind(&self) -> &'static str {
+        "trace"
+    }
+
+    async fn history(
+        &mut self,
+        now: SystemTime,
+        step: Duration,
+        steps: usize,
+        _serving: u32,
+    ) -> Result<Vec<f64>, SignalError> {
+        // Sample the row that was latest at each of the `steps` step ends before now.
+        let mut values = Vec::with_capacity(steps);
+        for back in (0..steps as u32).rev() {
+            let Some(at) = now.checked_sub(step * back) else {
+                continue;
+            };
+            if at < self.start {
+                continue;
+            }
+            let done = self.completed(at);
+            if done == 0 {
+                continue;
+            }
+            values.push(self.value(done - 1).unwrap_or(f64::NAN));
+        }
+        Ok(values)
+    }
+
+    async fn latest(&mut self, now: SystemTime, _serving: u32) -> Result<f64, SignalError> {
+        match self.completed(now) {
+            0 => Err(SignalError::Missing(
+                "the trace has not completed its first row yet".into(),
+            )),
+            done => self.value(done - 1).ok_or_else(|| {
+                SignalError::Missing(format!("the trace ended after {} rows", self.demand.len()))
+            }),
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Metrics, logs and the agent's HTTP endpoints (/metrics, /healthz).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+
+/// Every metric the agent exports, registered once. Names are documented in the README.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub desired: IntGaugeVec,
+    pub applied: IntGaugeVec,
+    pub billed: IntGaugeVec,
+    pub serving: IntGaugeVec,
+    pub demand: GaugeVec,
+    pub decisions: IntCounterVec,
+    pub guard_interventions: IntCounterVec,
+    pub signal_errors: IntCounterVec,
+    pub tick_failures: IntCounterVec,
+    pub suspended: IntGaugeVec,
+    pub stuck_replaced: IntCounterVec,
+    pub launch_shortfall: IntCounterVec,
+    pub decide_seconds: HistogramVec,
+    pub adapter: fleetscale_adapters::AdapterMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["fleet"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let desired = gauge(
+            "fleetscale_desired_instances",
+            "Fleet size the policy wants (billed instances).",
+        );
+        let applied = gauge(
+            "fleetscale_applied_instances",
+            "Fleet size after the guards.",
+        );
+        let billed = gauge(
+            "fleetscale_billed_instances",
+            "Instances billed now (booting, serving or stopping).",
+        );
+        let serving = gauge("fleetscale_serving_instances", "Instances serving now.");
+        let suspended = gauge(
+            "fleetscale_fleet_suspended",
+            "1 while the fleet is suspended after repeated failures.",
+        );
+        let demand = GaugeVec::new(
+            Opts::new(
+                "fleetscale_observed_demand_instances",
+                "Latest observed demand, in instances.",
+            ),
+            &["fleet"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(demand.clone()))
+            .expect("metric registered once");
+        let decisions = counter(
+            "fleetscale_decisions_total",
+            "Decisions by direction (up, down, none).",
+            &["fleet", "direction"],
+        );
+        let guard_interventions = counter(
+            "fleetscale_guard_interventions_total",
+            "Times a guard changed the policy's wish.",
+            &["fleet", "guard"],
+        );
+        let signal_errors = counter(
+            "fleetscale_signal_errors_total",
+            "Signal reads that failed, by reason.",
+            &["fleet", "reason"],
+        );
+        let tick_failures = counter(
+            "fleetscale_tick_failures_total",
+            "Ticks that failed on an adapter call, by error kind.",
+            &["fleet", "kind"],
+        );
+        let stuck_replaced = counter(
+            "fleetscale_stuck_instances_replaced_total",
+            "Instances removed for booting past max_boot_time.",
+            &["fleet"],
+        );
+        let launch_shortfall = counter(
+            "fleetscale_launch_shortfall_total",
+            "Instances asked for but not launched by the provider.",
+            &["fleet"],
+        );
+        let decide_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "fleetscale_decide_duration_seconds",
+                "Time the policy took to decide.",
+            )
+            .buckets(vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
+            &["fleet"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(decide_seconds.clone()))
+            .expect("metric registered once");
+        let adapter = fleetscale_adapters::AdapterMetrics::register(&registry)
+            .expect("adapter metrics registered once");
+        Metrics {
+            registry,
+            desired,
+            applied,
+            billed,
+            serving,
+            demand,
+            decisions,
+            guard_interventions,
+            signal_errors,
+            tick_failures,
+            suspended,
+            stuck_replaced,
+            launch_shortfall,
+            decide_seconds,
+            adapter,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("exposition is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-fleet health, shown at /healthz.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct FleetHealth {
+    pub fleet: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// Shared health board: each fleet task writes its own line.
+#[derive(Debug, Clone, Default)]
+pub struct Health(Arc<Mutex<Vec<FleetHealth>>>);
+
+impl Health {
+    pub fn set(&self, fleet: &str, healthy: bool, detail: impl Into<String>) {
+        let mut board = self.0.lock().expect("health lock");
+        let line = FleetHealth {
+            fleet: fleet.into(),
+            healthy,
+            detail: detail.into(),
+        };
+        match board.iter_mut().find(|h| h.fleet == fleet) {
+            Some(h) => *h = line,
+            None => board.push(line),
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<FleetHealth> {
+        self.0.lock().expect("health lock").clone()
+    }
+}
+
+/// Serves /metrics and /healthz until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    health: Health,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::{Json, Router, http::StatusCode, routing::get};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [("content-type", prometheus::TEXT_FORMAT)],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/healthz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let fleets = health.snapshot();
+                    let status = if fleets.iter().all(|f| f.healthy) {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(fleets))
+                }
+            }),
+        );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics address; an error names it.
+pub async fn bind(address: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address} for /metrics: {e}"))
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the tracing subscriber (RUST_LOG filters; default info).
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,314 @@
+//! The controller against the mock cloud, on a paused tokio clock: each test drives ticks
+//! and asserts on what the cloud and the reports show.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use fleetscale::controller::{Action, ControllerParts, FleetController, TickReport};
+use fleetscale::guards::GuardConfig;
+use fleetscale::signal::trace::TraceSignal;
+use fleetscale::signal::{SignalError, SignalSource};
+use fleetscale::telemetry::Metrics;
+use fleetscale_adapters::mock::{MockCloud, MockConfig};
+use fleetscale_adapters::{CloudAdapter, Clock, DryRun, InstanceState, TokioClock};
+use fleetscale_policies::PolicyConfig;
+
+const TICK: Duration = Duration::from_secs(60);
+const BOOT: Duration = Duration::from_secs(180);
+
+/// A trace signal that can be switched off, to stage an outage.
+#[derive(Debug)]
+struct Switchable {
+    inner: TraceSignal,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait]
+impl SignalSource for Switchable {
+    fn kind(&self) -> &'static str {
+        "switchable"
+    }
+    async fn history(&mut self, now: SystemTime, step: Duration, steps: usize, serving: u32) -> Result<Vec<f64>, SignalError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SignalError::Unavailable("switched off".into()));
+        }
+        self.inner.history(now, step, steps, serving).await
+    }
+    async fn latest(&mut self, now: SystemTime, serving: u32) -> Result<f64, SignalError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(SignalError::Unavailable("switched off".into()));
+        }
+        self.inner.latest(now, serving).await
+    }
+}
+
+struct Rig {
+    mock: MockCloud,
+    controller: FleetController,
+    signal_down: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+fn mock_config(initial: u32) -> MockConfig {
+    MockConfig { initial_size: initial, ..MockConfig::for_replay(BOOT) }
+}
+
+fn target_tracking(rho: f64) -> PolicyConfig {
+    PolicyConfig::from_name("target-tracking").unwrap().with_knob(rho).unwrap()
+}
+
+/// A controller over `adapter` (normally the rig's mock) playing `demand`, in instances,
+/// one value per tick.
+fn rig_with(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, mock: MockCloud, adapter: Box<dyn CloudAdapter>, clock: Arc<dyn Clock>) -> Rig {
+    let signal_down = Arc::new(AtomicBool::new(false));
+    let signal = Switchable { inner: TraceSignal::new(demand, 1.0, clock.now(), TICK, false), down: signal_down.clone() };
+    let metrics = Metrics::new();
+    let controller = FleetController::new(ControllerParts {
+        name: "web".into(),
+        adapter,
+        signal: Box::new(signal),
+        policy: policy.build(),
+        guards,
+        clock,
+        step: TICK,
+        boot_delay: BOOT,
+        metrics: Some(metrics.clone()),
+        history_steps: 60,
+    });
+    Rig { mock, controller, signal_down, metrics }
+}
+
+fn rig(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, initial: u32) -> Rig {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mock = MockCloud::new(mock_config(initial), clock.clone());
+    rig_with(demand, guards, policy, mock.clone(), Box::new(mock), clock)
+}
+
+/// Advances the paused clock by a tick and runs one.
+async fn step(rig: &mut Rig) -> TickReport {
+    tokio::time::advance(TICK).await;
+    rig.controller.tick().await
+}
+
+async fn billed(mock: &MockCloud) -> u32 {
+    mock.read_fleet().await.unwrap().billed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_up_under_rising_load_and_serves_it() {
+    let demand: Vec<f64> = (0..40).map(|t| 2.0 + t.min(20) as f64).collect();
+    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 2);
+    let mut sizes = Vec::new();
+    for _ in 0..35 {
+        let report = step(&mut rig).await;
+        assert!(report.error.is_none(), "{report:?}");
+        sizes.push(report.billed);
+    }
+    assert!(sizes.windows(2).all(|w| w[1] >= w[0]), "never shrinks while load rises: {sizes:?}");
+    let fleet = rig.mock.read_fleet().await.unwrap();
+    // 22 instances of demand at rho 0.8 want 28, all serving by now.
+    assert_eq!(fleet.serving(), 28, "{fleet:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scales_in_only_after_the_stabilisation_window() {
+    let demand = [vec![20.0; 10], vec![4.0; 30]].concat();
+    let guards = GuardConfig { scale_down_stabilisation: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let mut rig = rig(&demand, guards, target_tracking(0.8), 25);
+    for _ in 0..10 {
+        step(&mut rig).await;
+    }
+    assert_eq!(billed(&rig.mock).await, 25);
+    // Demand 4 is seen from the 11th tick; the window holds 25 for ten minutes.
+    let mut shrunk_at = None;
+    for k in 11..=30 {
+        let report = step(&mut rig).await;
+        if matches!(report.action, Action::Shrink { .. }) && shrunk_at.is_none() {
+            shrunk_at = Some(k);
+        }
+        if k < 20 {
+            assert_eq!(report.applied, Some(25), "tick {k}: {report:?}");
+        }
+    }
+    let shrunk_at = shrunk_at.expect("it scales in eventually");
+    assert!(shrunk_at >= 20, "scaled in at tick {shrunk_at}, inside the window");
+    assert_eq!(billed(&rig.mock).await, 5);
+    let stabilised = rig.metrics.guard_interventions.with_label_values(&["web", "stabilisation"]).get();
+    assert!(stabilised >= 5, "{stabilised}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_leaves_bounds_or_exceeds_step_limits() {
+    // A rough load: seeded noise with bursts.
+    let demand: Vec<f64> = (0..200u64)
+        .map(|t| {
+            let noise = ((t.wrapping_mul(2_654_435_761) % 1000) as f64) / 1000.0;
+            if t % 50 < 5 { 40.0 * noise + 20.0 } else { 10.0 * noise }
+        })
+        .collect();
+    let guards = GuardConfig { min: 3, max: 12, max_step_up: Some(2), max_step_down: Some(1), ..GuardConfig::with_max(12) };
+    let mut rig = rig(&demand, guards, target_tracking(0.6), 3);
+    let mut previous = billed(&rig.mock).await;
+    for _ in 0..190 {
+        let report = step(&mut rig).await;
+        let now = billed(&rig.mock).await;
+        assert!((3..=12).contains(&now), "{now} outside [3, 12]");
+        assert!(now <= previous + 2 && now + 1 >= previous, "{previous} -> {now}: {report:?}");
+        previous = now;
+    }
+    let guards_fired = rig.metrics.guard_interventions.with_label_values(&["web", "max_step_up"]).get()
+        + rig.metrics.guard_interventions.with_label_values(&["web", "max"]).get();
+    assert!(guards_fired > 0, "the load must have pushed against the limits");
+}
+
+#[tokio::test(start_paused = true)]
+async fn holds_through_a_signal_outage_then_follows_again() {
+    let demand = [vec![20.0; 10], vec![2.0; 30]].concat();
+    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 25);
+    for _ in 0..5 {
+        step(&mut rig).await;
+    }
+    rig.signal_down.store(true, Ordering::SeqCst);
+    for _ in 0..15 {
+        let report = step(&mut rig).await;
+        assert!(report.signal_error.is_some());
+        assert_eq!(report.action, Action::None, "{report:?}");
+        assert_eq!(billed(&rig.mock).await, 25, "held: no scale-in without a signal");
+    }
+    let errors = rig.metrics.signal_errors.with_label_values(&["web", "unavailable"]).get();
+    assert_eq!(errors, 15);
+    rig.signal_down.store(false, Ordering::SeqCst);
+    for _ in 0..10 {
+        step(&mut rig).await;
+    }
+    assert_eq!(billed(&rig.mock).await, 3, "back to following demand 2 at rho 0.8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn backs_off_suspends_and_recovers_when_the_cloud_fails() {
+    let demand = vec![10.0; 80];
+    let guards = GuardConfig { failure_limit: 3, suspend_for: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let mut rig = rig(&demand, guards, target_tracking(0.8), 2);
+    rig.mock.faults().set_error_rate(1.0);
+    let mut attempts = 0;
+    for _ in 0..12 {
+        let report = step(&mut rig).await;
+        if report.error.is_some() {
+            attempts += 1;
+        }
+    }
+    // Three failures suspend the fleet; while suspended it does not call again (the fleet
+    // read still fails each tick, but no grow is attempted).
+    assert!(rig.controller.is_suspended());
+    assert_eq!(rig.metrics.suspended.with_label_values(&["web"]).get(), 1);
+    assert!(attempts >= 3);
+    assert_eq!(rig.mock.calls().grow, 0);
+    rig.mock.faults().set_error_rate(0.0);
+    for _ in 0..15 {
+        step(&mut rig).await;
+    }
+    assert!(!rig.controller.is_suspended());
+    assert_eq!(rig.metrics.suspended.with_label_values(&["web"]).get(), 0);
+    assert_eq!(billed(&rig.mock).await, 13, "recovered and scaled to demand 10 at rho 0.8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn replaces_instances_stuck_booting() {
+    let demand = vec![8.0; 60];
+    let guards = GuardConfig { max_boot_time: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let mut rig = rig(&demand, guards, target_tracking(0.8), 2);
+    rig.mock.faults().set_never_boot_rate(1.0);
+    step(&mut rig).await; // launches 8 that will never boot
+    rig.mock.faults().set_never_boot_rate(0.0);
+    let mut replaced = false;
+    for _ in 0..20 {
+        let report = step(&mut rig).await;
+        replaced |= matches!(report.action, Action::ReplaceStuck { removed: 8 });
+    }
+    assert!(replaced, "stuck instances were removed");
+    assert_eq!(rig.metrics.stuck_replaced.with_label_values(&["web"]).get(), 8);
+    let fleet = rig.mock.read_fleet().await.unwrap();
+    assert_eq!(fleet.serving(), 10, "replacements booted: {fleet:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn scale_in_removes_booting_first_and_never_a_protected_instance() {
+    // Demand jumps then collapses before the new instances have booted.
+    let demand = [vec![4.0; 3], vec![16.0; 1], vec![1.0; 20]].concat();
+    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 5);
+    let initial = rig.mock.read_fleet().await.unwrap();
+    let protected = initial.instances.iter().map(|i| i.id.clone()).max().unwrap();
+    rig.mock.protect(&protected);
+    for _ in 0..4 {
+        step(&mut rig).await;
+    }
+    let before = rig.mock.read_fleet().await.unwrap();
+    assert!(before.booting() > 0, "{before:?}");
+    // The collapse is seen now; target tracking's window delays it 5 minutes.
+    for _ in 0..7 {
+        step(&mut rig).await;
+    }
+    let after = rig.mock.read_fleet().await.unwrap();
+    assert!(after.instances.iter().any(|i| i.id == protected), "the protected instance stays");
+    let launched_later: Vec<_> = before.instances.iter().filter(|i| i.state == InstanceState::Pending).map(|i| &i.id).collect();
+    for id in launched_later {
+        assert!(!after.instances.iter().any(|i| &i.id == id), "booting instance {id} should go first");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_makes_no_mutating_call() {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mock = MockCloud::new(mock_config(2), clock.clone());
+    let adapter = Box::new(DryRun::new(mock.clone(), clock.clone(), BOOT));
+    let demand: Vec<f64> = (0..30).map(|t| if t < 15 { 2.0 + t as f64 } else { 1.0 }).collect();
+    let mut rig = rig_with(&demand, GuardConfig::with_max(100), target_tracking(0.8), mock.clone(), adapter, clock);
+    let mut intended = 0;
+    for _ in 0..28 {
+        let report = step(&mut rig).await;
+        if matches!(report.action, Action::Grow { .. } | Action::Shrink { .. }) {
+            intended += 1;
+        }
+    }
+    assert!(intended >= 2, "the dry run intended to scale both ways");
+    let calls = mock.calls();
+    assert_eq!((calls.grow, calls.shrink), (0, 0), "{calls:?}");
+    assert_eq!(billed(&mock).await, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_grow_response_or_a_restart_never_launches_twice() {
+    let demand = vec![12.0; 20];
+    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 2);
+    // The provider launches, but the answer never reaches us.
+    rig.mock.faults().lose_next_responses(1);
+    let report = step(&mut rig).await;
+    assert!(report.error.is_some(), "{report:?}");
+    assert_eq!(billed(&rig.mock).await, 15);
+    // A fresh controller (a restarted agent) on the same cloud reads what is there.
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut restarted = rig_with(&demand, GuardConfig::with_max(100), target_tracking(0.8), rig.mock.clone(), Box::new(rig.mock.clone()), clock);
+    for _ in 0..3 {
+        let report = step(&mut restarted).await;
+        assert_eq!(report.action, Action::None, "{report:?}");
+    }
+    assert_eq!(billed(&rig.mock).await, 15);
+    assert_eq!(rig.mock.calls().grow, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_fleet_loop_stops_between_ticks_when_told() {
+    let rig = rig(&[5.0; 100], GuardConfig::with_max(100), target_tracking(0.8), 2);
+    let mock = rig.mock.clone();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let health = fleetscale::telemetry::Health::default();
+    let task = tokio::spawn(fleetscale::agent::run_fleet(rig.controller, TICK, stopped, health.clone()));
+    tokio::time::sleep(TICK * 5 + Duration::from_secs(1)).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
+    assert!(mock.calls().read_fleet >= 5);
+    assert_eq!(billed(&mock).await, 7);
+    assert!(health.snapshot()[0].healthy);
+}
