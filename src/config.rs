@@ -107,7 +107,7 @@ pub enum SignalConfig {
     /// A column of a CSV trace, played as a live signal.
     Trace(TraceConfig),
     /// A PromQL query against a Prometheus-compatible server.
-    Prometheus(PrometheusConfig),
+    Prometheus(Box<PrometheusConfig>),
 }
 
 mod defaults {

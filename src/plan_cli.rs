@@ -113,7 +113,8 @@ pub fn plan(args: PlanArgs) -> Result<(), Failure> {
     let report = runtime.block_on(build_report(fleet, &config.agent, args.horizon))?;
     match args.format {
         PlanFormat::Json => {
-            let text = serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?;
+            let text =
+                serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.into()))?;
             println!("{text}");
         }
         PlanFormat::Table => print!("{}", table(&report)),
@@ -122,18 +123,33 @@ pub fn plan(args: PlanArgs) -> Result<(), Failure> {
 }
 
 /// Reads the fleet and the signal once and asks the policy, acting on nothing.
-pub async fn build_report(fleet: &FleetConfig, agent_config: &AgentConfig, horizon: usize) -> anyhow::Result<PlanReport> {
+pub async fn build_report(
+    fleet: &FleetConfig,
+    agent_config: &AgentConfig,
+    horizon: usize,
+) -> anyhow::Result<PlanReport> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let now = clock.now();
     let step = agent_config.tick;
     let cloud = agent::build_cloud(fleet, clock.clone()).await?;
     // Dry-run: whatever happens below, no launch or removal reaches the cloud.
-    let cloud = agent::decorate(cloud, &fleet.name, None, Wiring { dry_run: true }, clock.clone(), fleet.boot_delay);
-    let state = cloud.read_fleet().await.with_context(|| format!("fleet {}: cannot read the fleet", fleet.name))?;
+    let cloud = agent::decorate(
+        cloud,
+        &fleet.name,
+        None,
+        Wiring { dry_run: true },
+        clock.clone(),
+        fleet.boot_delay,
+    );
+    let state = cloud
+        .read_fleet()
+        .await
+        .with_context(|| format!("fleet {}: cannot read the fleet", fleet.name))?;
     let (serving, billed, booting) = (state.serving(), state.billed(), state.booting());
 
     let mut signal = agent::build_signal(fleet, clock.as_ref())?;
-    let steps = ((fleet.history.as_secs_f64() / step.as_secs_f64()).ceil() as usize).clamp(1, MAX_HISTORY);
+    let steps =
+        ((fleet.history.as_secs_f64() / step.as_secs_f64()).ceil() as usize).clamp(1, MAX_HISTORY);
     let demand = signal
         .history(now, step, steps, serving)
         .await
@@ -154,10 +170,19 @@ pub async fn build_report(fleet: &FleetConfig, agent_config: &AgentConfig, horiz
         step,
         boot_steps,
     };
-    let latest_demand = observation.latest_demand().filter(|_| demand.last().is_some_and(|d| d.is_finite()));
+    let latest_demand = observation
+        .latest_demand()
+        .filter(|_| demand.last().is_some_and(|d| d.is_finite()));
     let mut policy = fleet.policy.build();
     let decision = policy.decide(&observation);
-    let guarded = guards::apply(&fleet.guards, &mut GuardState::default(), now, billed, decision.desired, latest_demand.is_some());
+    let guarded = guards::apply(
+        &fleet.guards,
+        &mut GuardState::default(),
+        now,
+        billed,
+        decision.desired,
+        latest_demand.is_some(),
+    );
     let would = match guarded.applied.cmp(&billed) {
         std::cmp::Ordering::Greater => format!("grow by {}", guarded.applied - billed),
         std::cmp::Ordering::Less => format!("shrink by {}", billed - guarded.applied),
@@ -183,7 +208,11 @@ pub async fn build_report(fleet: &FleetConfig, agent_config: &AgentConfig, horiz
             policy: policy.name().to_string(),
             desired: decision.desired,
             applied: guarded.applied,
-            guards: guarded.interventions.iter().map(|i| format!("{} {}->{}", i.guard.as_str(), i.from, i.to)).collect(),
+            guards: guarded
+                .interventions
+                .iter()
+                .map(|i| format!("{} {}->{}", i.guard.as_str(), i.from, i.to))
+                .collect(),
             would,
             reason: decision.reason.clone(),
             expected_cost: decision.plan.as_ref().map(|p| p.expected_cost),
@@ -203,7 +232,8 @@ fn forecast_steps(
     step: Duration,
     horizon: usize,
 ) -> (&'static str, Vec<ForecastStep>) {
-    let at = |ahead: usize| humantime::format_rfc3339_seconds(now + step * ahead as u32).to_string();
+    let at =
+        |ahead: usize| humantime::format_rfc3339_seconds(now + step * ahead as u32).to_string();
     if let Some(plan) = &decision.plan {
         let steps = plan.trajectory.len().max(plan.forecast.len());
         let rows = (0..steps)
@@ -224,7 +254,12 @@ fn forecast_steps(
     let rows = (0..horizon)
         .filter_map(|k| {
             let value = seasonal.forecast(seen + k as u64)?;
-            Some(ForecastStep { ahead: k + 1, at: at(k + 1), demand: vec![(0.5, value)], planned: None })
+            Some(ForecastStep {
+                ahead: k + 1,
+                at: at(k + 1),
+                demand: vec![(0.5, value)],
+                planned: None,
+            })
         })
         .collect();
     ("seasonal", rows)
@@ -237,25 +272,51 @@ pub fn table(report: &PlanReport) -> String {
     let o = &report.observation;
     let d = &report.decision;
     let number = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
-    let _ = writeln!(out, "fleet {} at {} (step {}s); nothing is changed", report.fleet, report.at, report.step_seconds);
+    let _ = writeln!(
+        out,
+        "fleet {} at {} (step {}s); nothing is changed",
+        report.fleet, report.at, report.step_seconds
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "observation");
-    let _ = writeln!(out, "  signal          {} ({} of {} steps of history hold a value)", o.signal, o.history_values, o.history_steps);
-    let _ = writeln!(out, "  latest demand   {} instances", number(o.latest_demand));
-    let _ = writeln!(out, "  fleet           {} serving, {} booting, {} billed (bounds {}..={})", o.serving, o.booting, o.billed, o.min, o.max);
+    let _ = writeln!(
+        out,
+        "  signal          {} ({} of {} steps of history hold a value)",
+        o.signal, o.history_values, o.history_steps
+    );
+    let _ = writeln!(
+        out,
+        "  latest demand   {} instances",
+        number(o.latest_demand)
+    );
+    let _ = writeln!(
+        out,
+        "  fleet           {} serving, {} booting, {} billed (bounds {}..={})",
+        o.serving, o.booting, o.billed, o.min, o.max
+    );
     let _ = writeln!(out);
     let _ = writeln!(out, "decision ({})", d.policy);
     let _ = writeln!(out, "  desired         {}", d.desired);
-    let guards = if d.guards.is_empty() { String::new() } else { format!(" ({})", d.guards.join(", ")) };
+    let guards = if d.guards.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", d.guards.join(", "))
+    };
     let _ = writeln!(out, "  after guards    {}{guards}", d.applied);
     let _ = writeln!(out, "  would           {}", d.would);
     let _ = writeln!(out, "  reason          {}", d.reason);
     if let (Some(cost), Some(unserved)) = (d.expected_cost, d.expected_unserved) {
-        let _ = writeln!(out, "  expected        cost {cost:.2} instance-steps, unserved {unserved:.3} instance-steps");
+        let _ = writeln!(
+            out,
+            "  expected        cost {cost:.2} instance-steps, unserved {unserved:.3} instance-steps"
+        );
     }
     let _ = writeln!(out);
     if report.forecast.is_empty() {
-        let _ = writeln!(out, "forecast: none (the history is too short for a seasonal forecast: at least a day is needed)");
+        let _ = writeln!(
+            out,
+            "forecast: none (the history is too short for a seasonal forecast: at least a day is needed)"
+        );
         return out;
     }
     let source = match report.forecast_source {
@@ -279,7 +340,12 @@ pub fn table(report: &PlanReport) -> String {
             line.push_str(&format!(" {:>9}", number(value)));
         }
         if report.forecast_source == "policy" {
-            line.push_str(&format!(" {:>8}", row.planned.map(|p| p.to_string()).unwrap_or_else(|| "-".into())));
+            line.push_str(&format!(
+                " {:>8}",
+                row.planned
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into())
+            ));
         }
         let _ = writeln!(out, "{line}");
     }

@@ -242,19 +242,19 @@ impl PrometheusConfig {
                 "give a bearer token or basic_auth, not both".into(),
             ));
         }
-        if let Some(env) = &self.bearer_token_env {
-            if env.is_empty() {
-                problems.push((
-                    "bearer_token_env",
-                    "must name an environment variable".into(),
-                ));
-            }
+        if self
+            .bearer_token_env
+            .as_ref()
+            .is_some_and(|env| env.is_empty())
+        {
+            problems.push((
+                "bearer_token_env",
+                "must name an environment variable".into(),
+            ));
         }
         let mut file = |field: &'static str, path: &Option<PathBuf>| {
-            if let Some(path) = path {
-                if !path.is_file() {
-                    problems.push((field, format!("{} is not a readable file", path.display())));
-                }
+            if let Some(path) = path.as_ref().filter(|p| !p.is_file()) {
+                problems.push((field, format!("{} is not a readable file", path.display())));
             }
         };
         file("bearer_token_file", &self.bearer_token_file);

@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const INSTALL: &str = "install it with `apt-get install prometheus` (the README's test command does)";
+const INSTALL: &str =
+    "install it with `apt-get install prometheus` (the README's test command does)";
 
 /// The path of a tool of the Debian `prometheus` package; a missing tool fails the test.
 pub fn tool(name: &str) -> PathBuf {
@@ -28,7 +29,10 @@ pub fn tool(name: &str) -> PathBuf {
         Some(path) => path,
         None => {
             let fallback = PathBuf::from("/usr/bin").join(name);
-            assert!(fallback.is_file(), "`{name}` was not found on PATH nor in /usr/bin: {INSTALL}");
+            assert!(
+                fallback.is_file(),
+                "`{name}` was not found on PATH nor in /usr/bin: {INSTALL}"
+            );
             fallback
         }
     }
@@ -36,7 +40,11 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// How to start a Prometheus server.
@@ -52,6 +60,8 @@ pub struct PrometheusOptions {
     pub web_config: Option<String>,
     /// Serve https (the web config has a `tls_server_config`).
     pub tls: bool,
+    /// A whole `prometheus.yml` to use instead of the one made from `scrape_targets`.
+    pub config: Option<String>,
 }
 
 /// A running `prometheus` process. Killed on drop; its folder is removed then.
@@ -64,7 +74,7 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(options: PrometheusOptions) -> Prometheus {
-        let binary = tool("prometheus");
+        tool("prometheus");
         let dir = tempfile::tempdir().expect("temporary folder");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -72,7 +82,12 @@ impl Prometheus {
             let input = dir.path().join("backfill.om");
             std::fs::write(&input, text).unwrap();
             let output = Command::new(tool("promtool"))
-                .args(["tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=24h"])
+                .args([
+                    "tsdb",
+                    "create-blocks-from",
+                    "openmetrics",
+                    "--max-block-duration=24h",
+                ])
                 .arg(&input)
                 .arg(&data)
                 .output()
@@ -92,18 +107,27 @@ impl Prometheus {
             interval.as_millis()
         );
         if !options.scrape_targets.is_empty() {
-            let targets: Vec<String> = options.scrape_targets.iter().map(|t| format!("'{t}'")).collect();
+            let targets: Vec<String> = options
+                .scrape_targets
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect();
             config.push_str(&format!(
                 "scrape_configs:\n  - job_name: exporter\n    static_configs:\n      - targets: [{}]\n",
                 targets.join(", ")
             ));
         }
+        let config = options.config.clone().unwrap_or(config);
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         if let Some(web) = &options.web_config {
             std::fs::write(dir.path().join("web.yml"), web).unwrap();
         }
-        let _ = binary;
-        let mut server = Prometheus { child: None, port: free_port(), dir, options };
+        let mut server = Prometheus {
+            child: None,
+            port: free_port(),
+            dir,
+            options,
+        };
         server.launch();
         server
     }
@@ -113,25 +137,43 @@ impl Prometheus {
     pub fn launch(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log_path = self.log_path();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
         let mut command = Command::new(tool("prometheus"));
         command
-            .arg(format!("--config.file={}", self.dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", self.dir.path().join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                self.dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
             .arg("--storage.tsdb.retention.time=30d")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if self.options.web_config.is_some() {
-            command.arg(format!("--web.config.file={}", self.dir.path().join("web.yml").display()));
+            command.arg(format!(
+                "--web.config.file={}",
+                self.dir.path().join("web.yml").display()
+            ));
         }
         let mark = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-        self.child = Some(command.spawn().unwrap_or_else(|e| panic!("cannot start prometheus: {e}: {INSTALL}")));
+        self.child = Some(
+            command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start prometheus: {e}: {INSTALL}")),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = std::fs::read(&log_path).unwrap_or_default();
-            let since = String::from_utf8_lossy(&text[(mark as usize).min(text.len())..]).to_string();
+            let since =
+                String::from_utf8_lossy(&text[(mark as usize).min(text.len())..]).to_string();
             if since.contains("Server is ready to receive web requests") {
                 return;
             }
@@ -139,7 +181,10 @@ impl Prometheus {
                 self.child = None;
                 panic!("prometheus exited ({status}) before it was ready:\n{since}");
             }
-            assert!(Instant::now() < deadline, "prometheus was not ready within 60s:\n{since}");
+            assert!(
+                Instant::now() < deadline,
+                "prometheus was not ready within 60s:\n{since}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -178,21 +223,37 @@ impl Prometheus {
                 .ok();
             if let Some(answer) = answer {
                 let body: serde_json::Value = answer.json().await.unwrap_or_default();
-                if body["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                if body["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+                {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "{query:?} returned nothing within {within:?}\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{query:?} returned nothing within {within:?}\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// The server's own count of requests to an API handler (e.g. `/api/v1/query_range`).
     pub async fn requests_to(&self, handler: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.address())).await.unwrap().text().await.unwrap();
-        let needle = format!("prometheus_http_requests_total{{code=\"200\",handler=\"{handler}\"}}");
+        let text = reqwest::get(format!("{}/metrics", self.address()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let needle =
+            format!("prometheus_http_requests_total{{code=\"200\",handler=\"{handler}\"}}");
         text.lines()
-            .find_map(|line| line.strip_prefix(&needle).map(|v| v.trim().parse::<f64>().unwrap()))
+            .find_map(|line| {
+                line.strip_prefix(&needle)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
             .unwrap_or(0.0)
     }
 }
@@ -205,7 +266,13 @@ impl Drop for Prometheus {
 
 /// An OpenMetrics gauge `name` with one sample per `step` from `end - span` to `end`,
 /// valued `value(unix seconds)`, for [`PrometheusOptions::backfill`].
-pub fn openmetrics_gauge(name: &str, end: SystemTime, span: Duration, step: Duration, value: impl Fn(f64) -> f64) -> String {
+pub fn openmetrics_gauge(
+    name: &str,
+    end: SystemTime,
+    span: Duration,
+    step: Duration,
+    value: impl Fn(f64) -> f64,
+) -> String {
     let end = end.duration_since(UNIX_EPOCH).unwrap().as_secs();
     let start = end - span.as_secs();
     let mut text = format!("# HELP {name} Backfilled test load.\n# TYPE {name} gauge\n");
@@ -241,7 +308,16 @@ impl Exporter {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Exporter { address, body: shared, task }
+        Exporter {
+            address,
+            body: shared,
+            task,
+        }
+    }
+
+    /// The shared text, for a task that updates it on its own.
+    pub fn body(&self) -> Arc<Mutex<String>> {
+        self.body.clone()
     }
 
     pub fn set(&self, body: &str) {
@@ -306,7 +382,11 @@ impl StandIn {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        StandIn { address, seen, task }
+        StandIn {
+            address,
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -332,27 +412,45 @@ pub struct TestPki {
 
 impl TestPki {
     pub fn create(dir: &Path, name: &str) -> TestPki {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose, ExtendedKeyUsagePurpose};
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, format!("fleetscale test CA {name}"));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("fleetscale test CA {name}"));
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
 
         let issue = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose, common_name: &str| {
             let key = KeyPair::generate().unwrap();
             let mut params = CertificateParams::new(sans).unwrap();
-            params.distinguished_name.push(DnType::CommonName, common_name);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, common_name);
             params.extended_key_usages = vec![usage];
             let cert = params.signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
         };
-        let (server_cert, server_key) =
-            issue(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "prometheus");
-        let (client_cert, client_key) = issue(vec![], ExtendedKeyUsagePurpose::ClientAuth, "fleetscale");
+        let (server_cert, server_key) = issue(
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            "prometheus",
+        );
+        let (client_cert, client_key) =
+            issue(vec![], ExtendedKeyUsagePurpose::ClientAuth, "fleetscale");
         let write = |file: &str, text: &str| {
             let path = dir.join(format!("{name}-{file}"));
-            std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+            std::fs::File::create(&path)
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             path
         };
         TestPki {
