@@ -381,6 +381,62 @@ async fn plan_prints_a_forecast_built_from_the_backfilled_history() {
         assert!(table.contains(needle), "{needle:?} missing from:\n{table}");
     }
 
+    // The DP planner: its own forecast, with quantiles, and the planned trajectory.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("name = \"predictive\"", "name = \"dp\"");
+    std::fs::write(&path, text).unwrap();
+    let report: serde_json::Value = serde_json::from_str(&plan("json")).expect("json");
+    assert_eq!(report["forecast_source"], "policy", "{report}");
+    assert_eq!(report["decision"]["policy"], "dp");
+    let forecast = report["forecast"].as_array().expect("a forecast");
+    assert!(forecast.len() >= 12, "{report}");
+    for step in forecast {
+        let ahead = step["ahead"].as_f64().unwrap();
+        let quantiles: Vec<(f64, f64)> = step["demand"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|pair| (pair[0].as_f64().unwrap(), pair[1].as_f64().unwrap()))
+            .collect();
+        assert!(quantiles.len() >= 3, "+{ahead}: {quantiles:?}");
+        assert!(
+            quantiles
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "+{ahead}: {quantiles:?}"
+        );
+        let median = quantiles
+            .iter()
+            .find(|(q, _)| *q == 0.5)
+            .expect("a median")
+            .1;
+        let expected = daily(now_s + 60.0 * ahead) / 20.0;
+        assert!(
+            (median - expected).abs() < 0.5,
+            "+{ahead}: dp forecast {median}, load {expected}"
+        );
+        assert!(
+            step["planned"].as_u64().is_some(),
+            "+{ahead}: no planned size"
+        );
+    }
+    let desired = report["decision"]["desired"].as_u64().unwrap() as f64;
+    let demand_now = daily(now_s) / 20.0;
+    assert!(
+        desired >= demand_now.floor(),
+        "desired {desired} for a demand of {demand_now}"
+    );
+    let table = plan("table");
+    for needle in [
+        "decision (dp)",
+        "forecast and plan (the policy's)",
+        "q0.5",
+        "planned",
+    ] {
+        assert!(table.contains(needle), "{needle:?} missing from:\n{table}");
+    }
+
     // A fleet that does not exist: exit 2, naming the fleets there are.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_fleetscale"))
         .args(["plan", "--config"])
