@@ -20,7 +20,7 @@ fn a_minimal_config_takes_the_public_cloud_and_the_default_chain() {
     assert_eq!(config.arm_endpoint, PUBLIC_ARM_ENDPOINT);
     assert_eq!(config.authority_host, PUBLIC_AUTHORITY_HOST);
     assert_eq!(config.credential, CredentialConfig::Default);
-    assert_eq!(config.operation_timeout, Duration::from_secs(600));
+    assert_eq!(config.operation_timeout, Duration::from_secs(90));
     assert_eq!(config.poll_interval, Duration::from_secs(5));
     assert_eq!(config.request_timeout, Duration::from_secs(30));
     assert_eq!(config.validate(), Ok(()));

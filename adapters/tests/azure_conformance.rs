@@ -51,3 +51,26 @@ async fn the_suite_passes_with_operations_that_take_several_polls() {
     let fleet = fleet(&standin);
     conformance::run_all(&fleet, &StandinHarness(&standin)).await;
 }
+
+#[tokio::test]
+async fn the_suite_passes_through_the_retry_decorator_with_throttling() {
+    let standin = ArmStandin::start(1).await;
+    standin.fail_next(
+        arm_standin::Route::GetScaleSet,
+        arm_standin::Fault::Throttle {
+            retry_after_secs: 0,
+        },
+        3,
+    );
+    standin.fail_next(
+        arm_standin::Route::UpdateScaleSet,
+        arm_standin::Fault::LoseAnswer,
+        1,
+    );
+    let config = fleetscale_adapters::RetryConfig {
+        initial_backoff: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    let adapter = fleetscale_adapters::Retry::new(fleet(&standin), config);
+    conformance::run_all(&adapter, &StandinHarness(&standin)).await;
+}

@@ -21,7 +21,7 @@ pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// subscription_id = "00000000-0000-0000-0000-000000000000"
 /// resource_group = "web-rg"
 /// scale_set = "web-vmss"
-/// operation_timeout = "10m"
+/// operation_timeout = "90s"
 ///
 /// [fleets.adapter.credential]
 /// kind = "client-secret"
@@ -52,8 +52,10 @@ pub struct AzureConfig {
     /// `managed identity`, `Azure CLI` (see [`CredentialConfig`]).
     #[serde(default)]
     pub credential: CredentialConfig,
-    /// How long a capacity change or a deletion is followed before the call gives up
-    /// waiting for it (the change itself goes on in Azure). Default 10 minutes.
+    /// How long a grow or shrink follows Azure's operation before it returns anyway. A
+    /// failure reported within it is the call's error; after it, the call returns what it
+    /// started (new VMs read as pending, deleted ones as stopping) and Azure goes on. Keep
+    /// it below the retry decorator's attempt timeout (2 minutes by default). Default 90 s.
     #[serde(default = "default_operation_timeout", with = "humantime_serde")]
     pub operation_timeout: Duration,
     /// Pause between polls of a long-running operation when Azure names none
@@ -136,7 +138,7 @@ fn default_authority_host() -> String {
     PUBLIC_AUTHORITY_HOST.to_owned()
 }
 fn default_operation_timeout() -> Duration {
-    Duration::from_secs(600)
+    Duration::from_secs(90)
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(5)

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use super::config::AzureConfig;
 use super::credential::{AzureEnvironment, FleetCredential, identity_from_token};
 use super::errors::{ArmErrorPolicy, to_adapter_error};
-use super::operation::{ArmHttp, Follow, Operation};
+use super::operation::{ArmHttp, Ended, Follow, Operation};
 use super::permissions::{
     self, DELETE_INSTANCES, PERMISSIONS_API_VERSION, PermissionsPage, READ, READ_VMS, WRITE,
 };
@@ -263,8 +263,9 @@ impl ScaleSetFleet {
                         "changing the capacity of scale set {} to {}",
                         self.config.scale_set, record.target
                     );
-                    self.follow(&what, WRITE).run(operation).await?;
-                    self.update_remembered(&mark.token, |r| r.finished = true);
+                    if self.follow(&what, WRITE).run(operation).await? == Ended::Succeeded {
+                        self.update_remembered(&mark.token, |r| r.finished = true);
+                    }
                 }
                 Since::Instances(record.before)
             }
@@ -522,8 +523,9 @@ impl CloudAdapter for ScaleSetFleet {
             "changing the capacity of scale set {} from {current} to {target}",
             c.scale_set
         );
-        self.follow(&what, WRITE).run(&operation).await?;
-        self.update_remembered(&mark.token, |r| r.finished = true);
+        if self.follow(&what, WRITE).run(&operation).await? == Ended::Succeeded {
+            self.update_remembered(&mark.token, |r| r.finished = true);
+        }
 
         let vms = self.vms().await?;
         Ok(GrowOutcome {

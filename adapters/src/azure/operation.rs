@@ -103,13 +103,23 @@ pub(crate) struct Follow<'a> {
     pub action: &'a str,
 }
 
+/// How following an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Azure reports the operation succeeded.
+    Succeeded,
+    /// The timeout passed first. The operation goes on in Azure: instances it creates
+    /// read as pending, instances it deletes as stopping, until it ends.
+    StillRunning,
+}
+
 impl Follow<'_> {
-    /// Polls until the operation ends: `Ok` when it succeeded; its mapped error when it
-    /// failed; a transient error when the timeout passes first (the operation goes on in
-    /// Azure). Transient and throttled poll failures are waited out until the deadline.
-    pub(crate) async fn run(&self, operation: &Operation) -> Result<(), AdapterError> {
+    /// Polls until the operation ends or the timeout passes: its mapped error when it
+    /// failed. Transient and throttled poll failures are waited out until the deadline; a
+    /// slow operation is not a failed call (Azure often takes minutes to boot VMs).
+    pub(crate) async fn run(&self, operation: &Operation) -> Result<Ended, AdapterError> {
         let (url, mut wait) = match operation {
-            Operation::Done => return Ok(()),
+            Operation::Done => return Ok(Ended::Succeeded),
             Operation::StatusDocument { url, first_wait }
             | Operation::Location { url, first_wait } => {
                 (url.clone(), first_wait.unwrap_or(self.poll_interval))
@@ -120,11 +130,14 @@ impl Follow<'_> {
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(AdapterError::transient(format!(
-                    "{} had not finished after {} ({polls} polls of {url}); it goes on in Azure",
+                tracing::warn!(
+                    operation = %url,
+                    polls,
+                    "{} had not finished after {}; it goes on in Azure",
                     self.what,
                     humantime::format_duration(self.timeout)
-                )));
+                );
+                return Ok(Ended::StillRunning);
             }
             tokio::time::sleep(wait.min(deadline - now)).await;
             polls += 1;
@@ -144,14 +157,14 @@ impl Follow<'_> {
             match operation {
                 Operation::Location { .. } => {
                     if answer.status != 202 {
-                        return Ok(());
+                        return Ok(Ended::Succeeded);
                     }
                 }
                 _ => {
                     let status: serde_json::Value =
                         serde_json::from_slice(&answer.body).unwrap_or_default();
                     match status.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                        s if s.eq_ignore_ascii_case("Succeeded") => return Ok(()),
+                        s if s.eq_ignore_ascii_case("Succeeded") => return Ok(Ended::Succeeded),
                         s if s.eq_ignore_ascii_case("Failed")
                             || s.eq_ignore_ascii_case("Canceled") =>
                         {

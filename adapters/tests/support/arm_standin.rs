@@ -97,6 +97,8 @@ pub enum Fault {
     QuotaExceeded,
     /// 409 SkuNotAvailable.
     SkuNotAvailable,
+    /// The request is carried out, then its answer is lost (502 from a gateway).
+    LoseAnswer,
 }
 
 /// One VM of the scale set.
@@ -609,6 +611,11 @@ fn fault_response(
             "Operation 'write' is not allowed on VM scale set 'web-vmss' since another operation is in progress on it.",
         ),
         Fault::QuotaExceeded => quota_error(),
+        Fault::LoseAnswer => arm_error(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            "The answer was lost.",
+        ),
         Fault::SkuNotAvailable => arm_error(
             StatusCode::CONFLICT,
             "SkuNotAvailable",
@@ -901,9 +908,11 @@ async fn handle(
     }
 
     let scope = state.scale_set_id();
-    if let Some(fault) = state.take_fault(route) {
-        return fault_response(&fault, route, Some(&principal), &scope);
-    }
+    let lose_answer = match state.take_fault(route) {
+        Some(Fault::LoseAnswer) => true,
+        Some(fault) => return fault_response(&fault, route, Some(&principal), &scope),
+        None => false,
+    };
     if route != Route::OperationStatus
         && route != Route::Permissions
         && !state.allowed(route.action())
@@ -911,7 +920,7 @@ async fn handle(
         return forbidden(route.action(), Some(&principal), &scope);
     }
 
-    match route {
+    let response = match route {
         Route::GetScaleSet => {
             let response = json_response(StatusCode::OK, state.scale_set_json());
             if std::mem::take(&mut state.bump_etag_after_read) {
@@ -928,7 +937,15 @@ async fn handle(
             json!({"value": [{"actions": state.actions, "notActions": state.not_actions, "dataActions": [], "notDataActions": []}]}),
         ),
         Route::Token | Route::ManagedIdentity => unreachable!("answered above"),
+    };
+    if lose_answer {
+        return arm_error(
+            StatusCode::BAD_GATEWAY,
+            "BadGateway",
+            "The gateway did not receive a response from 'Microsoft.Compute' within the specified time period.",
+        );
     }
+    response
 }
 
 fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String>) -> Response {
