@@ -75,7 +75,9 @@ async fn fourteen_backfilled_days_are_read_back_in_chunks_and_warm_the_forecaste
     );
 
     // Each step holds the newest backfilled sample at or before it, in instances.
-    let (start_s, end_s, now_s) = (unix(end) - span.as_secs_f64(), unix(end), unix(now));
+    // Times go to the server rounded to the millisecond.
+    let now_s = (unix(now) * 1000.0).round() / 1000.0;
+    let (start_s, end_s) = (unix(end) - span.as_secs_f64(), unix(end));
     let mut compared = 0;
     for (k, value) in history.iter().enumerate() {
         let at = now_s - 60.0 * (steps - 1 - k) as f64;
