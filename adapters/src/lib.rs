@@ -7,6 +7,8 @@
 //! conformance suite ([`conformance`], feature `conformance`) runs against every backend
 //! and every decorator.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
 pub mod clock;
