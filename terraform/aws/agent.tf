@@ -1,0 +1,74 @@
+# The fleetscale agent on its own VM: a hardened systemd service (examples/fleetscale.service)
+# whose config is rendered here, authenticated by the VM's instance profile.
+
+locals {
+  agent_config_vars = {
+    tick                = var.agent_tick
+    agent_port          = local.agent_port
+    fleet_name          = var.fleet_name
+    boot_delay          = var.boot_delay
+    region              = var.region
+    fleet_tag_key       = local.fleet_tag_key
+    subnets             = jsonencode(aws_subnet.private[*].id)
+    launch_template_id  = aws_launch_template.fleet.id
+    fleet_instance_name = "${var.name}-${var.fleet_name}"
+    prometheus_url      = "http://${local.monitor_ip}:${local.prometheus_port}"
+    per_instance_rps    = var.instance_capacity_rps
+    max_unserved        = var.max_unserved
+    min_instances       = var.min_instances
+    max_instances       = var.max_instances
+    max_step_up         = var.max_step_up
+  }
+
+  agent_config = templatefile("${path.module}/templates/fleetscale.toml.tftpl", local.agent_config_vars)
+
+  agent_cloud_init_vars = {
+    config         = indent(6, local.agent_config)
+    unit           = indent(6, file("${path.module}/../../examples/fleetscale.service"))
+    install_script = indent(6, file("${path.module}/../shared/fleetscale-install.sh"))
+    binary_url     = var.agent_binary_url
+    binary_sha256  = var.agent_binary_sha256
+    git_url        = var.agent_git_url
+    git_branch     = var.agent_git_branch
+    cargo_features = "aws"
+  }
+}
+
+resource "aws_instance" "agent" {
+  #checkov:skip=CKV_AWS_126: detailed monitoring costs extra; the agent's own metrics are scraped by Prometheus.
+  ami                         = data.aws_ami.vm.id
+  instance_type               = var.agent_instance_type
+  subnet_id                   = aws_subnet.private[0].id
+  private_ip                  = local.agent_ip
+  vpc_security_group_ids      = [aws_security_group.agent.id]
+  iam_instance_profile        = aws_iam_instance_profile.agent.name
+  associate_public_ip_address = false
+  ebs_optimized               = true
+  monitoring                  = false
+  user_data_base64            = base64gzip(templatefile("${path.module}/../shared/cloud-init/agent.yaml.tftpl", local.agent_cloud_init_vars))
+  # A new config means a new agent VM: cloud-init writes the config at first boot only.
+  user_data_replace_on_change = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  root_block_device {
+    volume_size           = var.root_volume_size
+    volume_type           = "gp3"
+    encrypted             = true
+    delete_on_termination = true
+  }
+
+  tags = { Name = "${var.name}-agent" }
+
+  # Destroyed before the fleet's clean-up runs, so that nothing launches more instances.
+  depends_on = [
+    terraform_data.fleet_cleanup,
+    aws_iam_role_policy.agent_scaling,
+    aws_route_table_association.private,
+    aws_nat_gateway.demo,
+  ]
+}

@@ -1,0 +1,65 @@
+locals {
+  ssm_forward = "aws ssm start-session --region ${var.region} --target ${aws_instance.monitor.id} --document-name AWS-StartPortForwardingSession"
+  ssm_run     = "aws ssm send-command --region ${var.region} --instance-ids ${aws_instance.monitor.id} --document-name AWS-RunShellScript --query Command.CommandId --output text"
+  ssm_agent   = "aws ssm start-session --region ${var.region} --target ${aws_instance.agent.id} --document-name AWS-StartInteractiveCommand"
+}
+
+output "prometheus_url" {
+  description = "Prometheus, on your machine while `prometheus_tunnel_command` runs (nothing is exposed to the internet)."
+  value       = "http://localhost:${local.prometheus_port}"
+}
+
+output "prometheus_tunnel_command" {
+  description = "Forwards localhost:9090 to Prometheus through SSM Session Manager."
+  value       = "${local.ssm_forward} --parameters '{\"portNumber\":[\"${local.prometheus_port}\"],\"localPortNumber\":[\"${local.prometheus_port}\"]}'"
+}
+
+output "grafana_url" {
+  description = "Grafana with the fleetscale dashboard, on your machine while `grafana_tunnel_command` runs (enable_grafana)."
+  value       = var.enable_grafana ? "http://localhost:${local.grafana_port}" : null
+}
+
+output "grafana_tunnel_command" {
+  description = "Forwards localhost:3000 to Grafana through SSM Session Manager."
+  value       = var.enable_grafana ? "${local.ssm_forward} --parameters '{\"portNumber\":[\"${local.grafana_port}\"],\"localPortNumber\":[\"${local.grafana_port}\"]}'" : null
+}
+
+output "agent_status_url" {
+  description = "The agent's health (each fleet's state as JSON) inside the VPC; only Prometheus's VM may reach it. `agent_status_command` prints it from your machine."
+  value       = "http://${local.agent_ip}:${local.agent_port}/healthz"
+}
+
+output "agent_status_command" {
+  description = "Prints the agent's /healthz, from the agent's VM, through SSM Session Manager."
+  value       = "${local.ssm_agent} --parameters '{\"command\":[\"curl -s http://127.0.0.1:${local.agent_port}/healthz\"]}'"
+}
+
+output "agent_journal_command" {
+  description = "Follows the agent's journal (one line per decision) through SSM Session Manager."
+  value       = "${local.ssm_agent} --parameters '{\"command\":[\"sudo journalctl -u fleetscale -f\"]}'"
+}
+
+output "load_start_command" {
+  description = "Starts the load generator on the monitoring VM: the demo trace's shape, replayed against the load balancer (arguments in /etc/default/fleetscale-load there)."
+  value       = "${local.ssm_run} --parameters '{\"commands\":[\"systemctl start fleetscale-load\"]}'"
+}
+
+output "load_stop_command" {
+  description = "Stops the load generator."
+  value       = "${local.ssm_run} --parameters '{\"commands\":[\"systemctl stop fleetscale-load\"]}'"
+}
+
+output "load_balancer_url" {
+  description = "The fleet's internal load balancer (reachable from the monitoring VM)."
+  value       = "http://${aws_lb.fleet.dns_name}/"
+}
+
+output "fleet_instances_command" {
+  description = "Lists the fleet's instances as EC2 sees them."
+  value       = "aws ec2 describe-instances --region ${var.region} --filters 'Name=tag:${local.fleet_tag_key},Values=${var.fleet_name}' 'Name=instance-state-name,Values=pending,running,shutting-down' --query 'Reservations[].Instances[].[InstanceId,State.Name,Placement.AvailabilityZone,LaunchTime]' --output table"
+}
+
+output "agent_config" {
+  description = "The agent's config as rendered into /etc/fleetscale/fleetscale.toml."
+  value       = local.agent_config
+}
