@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces=${TRACES:-../shared/traces}
-bin=target/release/fleetscale
+bin=${FLEETSCALE_BIN:-target/release/fleetscale}
 [ -x "$bin" ] || cargo build --release --quiet
 
 # name | file | column | per-instance | step | boot | reference OPT instance-minutes
@@ -45,6 +45,17 @@ for c in "${cases[@]}"; do
   IFS='|' read -r name file column per step boot expected <<<"$c"
   cmd=(replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --save "benchmarks/$name-sweep.json" --plot "benchmarks/$name.svg")
   echo "== fleetscale ${cmd[*]}" >&2
+  start=$(date +%s.%N)
   "$bin" "${cmd[@]}" > "benchmarks/$name.txt"
+  echo "$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)")" > "benchmarks/$name.seconds"
+  printf '%s\n' "fleetscale ${cmd[*]}" | sed "s|$traces|../shared/traces|g" > "benchmarks/$name.command"
   cat "benchmarks/$name.txt"
 done
+
+# The planner's speed (criterion), unless SKIP_CRITERION is set.
+if [ -z "${SKIP_CRITERION:-}" ]; then
+  cargo bench -p fleetscale-policies --bench planner -- --noplot 2>/dev/null | grep -E '^[a-z].*|time:' > benchmarks/criterion.txt || true
+fi
+
+python3 scripts/write-benchmarks.py > BENCHMARKS.md
+echo "wrote BENCHMARKS.md" >&2

@@ -33,6 +33,17 @@ pub async fn build_cloud(
             mock.clone(),
             clock,
         )),
+        #[cfg(feature = "aws")]
+        AdapterConfig::Aws(aws) => Box::new(
+            fleetscale_adapters::aws::Ec2Fleet::connect(&fleet.name, aws)
+                .await
+                .with_context(|| format!("fleet {}: connecting to EC2", fleet.name))?,
+        ),
+        #[cfg(feature = "azure")]
+        AdapterConfig::Azure(azure) => Box::new(
+            fleetscale_adapters::azure::ScaleSetFleet::new(azure.clone())
+                .with_context(|| format!("fleet {}: connecting to Azure", fleet.name))?,
+        ),
     })
 }
 
