@@ -52,6 +52,12 @@ for c in "${cases[@]}"; do
   cat "benchmarks/$name.txt"
 done
 
+# One dp replay of the whole worldcup98 trace on its own, timed.
+IFS='|' read -r name file column per step boot expected <<<"${cases[0]}"
+start=$(date +%s.%N)
+"$bin" replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy dp > /dev/null
+python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$start" "$(date +%s.%N)" > benchmarks/dp-alone.seconds
+
 # The planner's speed (criterion), unless SKIP_CRITERION is set.
 if [ -z "${SKIP_CRITERION:-}" ]; then
   cargo bench -p fleetscale-policies --bench planner -- --noplot 2>/dev/null | grep -E '^[a-z].*|time:' > benchmarks/criterion.txt || true

@@ -48,6 +48,13 @@ for name, title in traces:
               f"{r['decide_ms_p99']:.4f} | {r['wall_s']:.2f} |")
     print(f"\nOracle (perfect foresight, nothing unserved): {rows[0]['oracle_instance_minutes']:,.0f} instance-minutes.\n")
     print(f"![{name}: demand, serving and billed instances for dp and the cheapest baseline](benchmarks/{name}.svg)\n")
+alone = bench / "dp-alone.seconds"
+if alone.exists():
+    print("## Replay speed\n")
+    print("The whole worldcup98 trace (125,300 steps) replayed with `--policy dp` alone, release build:")
+    print(f"{alone.read_text().strip()} s of wall time (`fleetscale replay --trace ../shared/traces/worldcup98_requests_per_minute.csv "
+          "--column count --per-instance 1000 --step 60s --boot 180s --policy dp`). The per-policy wall times in the tables")
+    print("above are from runs sharing the two cores with another run.\n")
 criterion = bench / "criterion.txt"
 if criterion.exists() and criterion.read_text().strip():
     print("## Planner speed (criterion)\n")

@@ -365,46 +365,101 @@ fn required<T: DeserializeOwned>(
     present(value, path, problems).and_then(|value| deserialize(value, path, problems))
 }
 
-fn present(value: Option<toml::Value>, path: &str, problems: &mut Vec<Problem>) -> Option<toml::Value> {
+fn present(
+    value: Option<toml::Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<toml::Value> {
     if value.is_none() {
-        problems.push(Problem { path: path.into(), message: "missing section".into() });
+        problems.push(Problem {
+            path: path.into(),
+            message: "missing section".into(),
+        });
     }
     value
 }
 
 /// Splits a section into its selector (`kind = ...`, `name = ...`) and the rest, which
 /// is then read as the selected variant's own struct (so errors keep their field paths).
-fn selector(value: toml::Value, tag: &str, path: &str, known: &[&str], problems: &mut Vec<Problem>) -> Option<(String, toml::Value)> {
+fn selector(
+    value: toml::Value,
+    tag: &str,
+    path: &str,
+    known: &[&str],
+    problems: &mut Vec<Problem>,
+) -> Option<(String, toml::Value)> {
     let toml::Value::Table(mut table) = value else {
-        problems.push(Problem { path: path.into(), message: "must be a table".into() });
+        problems.push(Problem {
+            path: path.into(),
+            message: "must be a table".into(),
+        });
         return None;
     };
     let expected = known.join(", ");
     match table.remove(tag) {
-        Some(toml::Value::String(selected)) if known.contains(&selected.as_str()) => Some((selected, toml::Value::Table(table))),
+        Some(toml::Value::String(selected)) if known.contains(&selected.as_str()) => {
+            Some((selected, toml::Value::Table(table)))
+        }
         Some(toml::Value::String(selected)) => {
-            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("unknown {tag} {selected:?} (expected one of: {expected})") });
+            problems.push(Problem {
+                path: format!("{path}.{tag}"),
+                message: format!("unknown {tag} {selected:?} (expected one of: {expected})"),
+            });
             None
         }
         Some(other) => {
-            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("must be a string (one of: {expected}), not {other}") });
+            problems.push(Problem {
+                path: format!("{path}.{tag}"),
+                message: format!("must be a string (one of: {expected}), not {other}"),
+            });
             None
         }
         None => {
-            problems.push(Problem { path: format!("{path}.{tag}"), message: format!("missing (one of: {expected})") });
+            problems.push(Problem {
+                path: format!("{path}.{tag}"),
+                message: format!("missing (one of: {expected})"),
+            });
             None
         }
     }
 }
 
-fn adapter_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<AdapterConfig> {
+fn adapter_section(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<AdapterConfig> {
     let (kind, rest) = selector(value, "kind", path, &["mock", "aws", "azure"], problems)?;
     match kind.as_str() {
         "mock" => deserialize(rest, path, problems).map(AdapterConfig::Mock),
         #[cfg(feature = "aws")]
-        "aws" => deserialize(rest, path, problems).map(AdapterConfig::Aws),
+        "aws" => deserialize::<fleetscale_adapters::aws::AwsConfig>(rest, path, problems).and_then(
+            |aws| {
+                let found = aws.validate();
+                let ok = found.is_empty();
+                for p in found {
+                    problems.push(Problem {
+                        path: format!("{path}.{}", p.field),
+                        message: p.message,
+                    });
+                }
+                ok.then_some(AdapterConfig::Aws(aws))
+            },
+        ),
         #[cfg(feature = "azure")]
-        "azure" => deserialize(rest, path, problems).map(AdapterConfig::Azure),
+        "azure" => deserialize::<fleetscale_adapters::azure::AzureConfig>(rest, path, problems)
+            .and_then(|azure| match azure.validate() {
+                Ok(()) => Some(AdapterConfig::Azure(azure)),
+                Err(found) => {
+                    for p in found {
+                        problems.push(Problem {
+                            path: format!("{path}.{}", p.field),
+                            message: p.message,
+                        });
+                    }
+                    None
+                }
+            }),
         other => {
             problems.push(Problem {
                 path: format!("{path}.kind"),
@@ -415,8 +470,18 @@ fn adapter_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) 
     }
 }
 
-fn signal_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<SignalConfig> {
-    let (kind, rest) = selector(value, "kind", path, &["synthetic", "trace", "prometheus"], problems)?;
+fn signal_section(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<SignalConfig> {
+    let (kind, rest) = selector(
+        value,
+        "kind",
+        path,
+        &["synthetic", "trace", "prometheus"],
+        problems,
+    )?;
     match kind.as_str() {
         "synthetic" => deserialize(rest, path, problems).map(SignalConfig::Synthetic),
         "trace" => deserialize(rest, path, problems).map(SignalConfig::Trace),
@@ -424,7 +489,11 @@ fn signal_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -
     }
 }
 
-fn policy_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<fleetscale_policies::PolicyConfig> {
+fn policy_section(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<fleetscale_policies::PolicyConfig> {
     use fleetscale_policies::PolicyConfig;
     let (name, rest) = selector(value, "name", path, PolicyConfig::NAMES, problems)?;
     let config = match name.as_str() {
@@ -437,7 +506,10 @@ fn policy_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -
     match config.validate() {
         Ok(()) => Some(config),
         Err(message) => {
-            problems.push(Problem { path: path.into(), message });
+            problems.push(Problem {
+                path: path.into(),
+                message,
+            });
             None
         }
     }
@@ -445,7 +517,11 @@ fn policy_section(value: toml::Value, path: &str, problems: &mut Vec<Problem>) -
 
 /// Reads `value` as a `T`. A field that fails is reported with its full path, removed,
 /// and the rest read again, so that every bad field of a section is reported at once.
-fn deserialize<T: DeserializeOwned>(mut value: toml::Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
+fn deserialize<T: DeserializeOwned>(
+    mut value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
     let mut removed: Vec<String> = Vec::new();
     let mut failed = false;
     for _ in 0..64 {
@@ -454,12 +530,20 @@ fn deserialize<T: DeserializeOwned>(mut value: toml::Value, path: &str, problems
             Err(e) => {
                 let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();
                 let inner = e.path().to_string();
-                let full = if inner == "." || inner.is_empty() { path.to_string() } else { format!("{path}.{inner}") };
+                let full = if inner == "." || inner.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
                 let message = e.into_inner().to_string().trim().replace('\n', " ");
                 // A field removed for being bad is "missing" now: that is not news.
-                let echo = message.starts_with("missing field") && removed.iter().any(|r| message.contains(&format!("`{r}`")));
+                let echo = message.starts_with("missing field")
+                    && removed.iter().any(|r| message.contains(&format!("`{r}`")));
                 if !echo {
-                    problems.push(Problem { path: full, message });
+                    problems.push(Problem {
+                        path: full,
+                        message,
+                    });
                 }
                 failed = true;
                 match segments.last() {
@@ -474,14 +558,21 @@ fn deserialize<T: DeserializeOwned>(mut value: toml::Value, path: &str, problems
 
 /// Removes the field at `segments` (map keys and `[index]`es) from `value`.
 fn remove_at(value: &mut toml::Value, segments: &[String]) -> bool {
-    let Some((last, parents)) = segments.split_last() else { return false };
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
     let mut at = value;
     for segment in parents {
-        at = match (at, segment.strip_prefix('[').and_then(|s| s.strip_suffix(']'))) {
-            (toml::Value::Array(items), Some(index)) => match index.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(item) => item,
-                None => return false,
-            },
+        at = match (
+            at,
+            segment.strip_prefix('[').and_then(|s| s.strip_suffix(']')),
+        ) {
+            (toml::Value::Array(items), Some(index)) => {
+                match index.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                    Some(item) => item,
+                    None => return false,
+                }
+            }
             (toml::Value::Table(table), None) => match table.get_mut(segment.as_str()) {
                 Some(item) => item,
                 None => return false,

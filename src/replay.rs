@@ -147,7 +147,9 @@ pub fn run_from(
         .enable_time()
         .build()
         .expect("a current-thread runtime");
-    runtime.block_on(run_async(scenario, initial, name, setting, policy, progress))
+    runtime.block_on(run_async(
+        scenario, initial, name, setting, policy, progress,
+    ))
 }
 
 async fn run_async(

@@ -259,9 +259,22 @@ fn run_all(
                     let run = match candidate.kind {
                         Kind::StaticPeak => {
                             let peak = scenario.peak();
-                            replay::run_from(scenario, peak, &candidate.name, None, policy, &progress)
+                            replay::run_from(
+                                scenario,
+                                peak,
+                                &candidate.name,
+                                None,
+                                policy,
+                                &progress,
+                            )
                         }
-                        _ => replay::run(scenario, &candidate.name, candidate.setting, policy, &progress),
+                        _ => replay::run(
+                            scenario,
+                            &candidate.name,
+                            candidate.setting,
+                            policy,
+                            &progress,
+                        ),
                     };
                     results.lock().expect("results")[k] = Some(run);
                 }

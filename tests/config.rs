@@ -83,7 +83,12 @@ fn every_problem_is_reported_with_its_path() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
-    assert!(text.contains("fleets[1].adapter.kind: unknown kind \"gcp\" (expected one of: mock, aws, azure)"), "{text}");
+    assert!(
+        text.contains(
+            "fleets[1].adapter.kind: unknown kind \"gcp\" (expected one of: mock, aws, azure)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("agent.colour: unknown field"), "{text}");
 }
 

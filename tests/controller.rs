@@ -12,7 +12,7 @@ use fleetscale::signal::trace::TraceSignal;
 use fleetscale::signal::{SignalError, SignalSource};
 use fleetscale::telemetry::Metrics;
 use fleetscale_adapters::mock::{MockCloud, MockConfig};
-use fleetscale_adapters::{CloudAdapter, Clock, DryRun, InstanceState, TokioClock};
+use fleetscale_adapters::{Clock, CloudAdapter, DryRun, InstanceState, TokioClock};
 use fleetscale_policies::PolicyConfig;
 
 const TICK: Duration = Duration::from_secs(60);
@@ -30,7 +30,13 @@ impl SignalSource for Switchable {
     fn kind(&self) -> &'static str {
         "switchable"
     }
-    async fn history(&mut self, now: SystemTime, step: Duration, steps: usize, serving: u32) -> Result<Vec<f64>, SignalError> {
+    async fn history(
+        &mut self,
+        now: SystemTime,
+        step: Duration,
+        steps: usize,
+        serving: u32,
+    ) -> Result<Vec<f64>, SignalError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(SignalError::Unavailable("switched off".into()));
         }
@@ -52,18 +58,34 @@ struct Rig {
 }
 
 fn mock_config(initial: u32) -> MockConfig {
-    MockConfig { initial_size: initial, ..MockConfig::for_replay(BOOT) }
+    MockConfig {
+        initial_size: initial,
+        ..MockConfig::for_replay(BOOT)
+    }
 }
 
 fn target_tracking(rho: f64) -> PolicyConfig {
-    PolicyConfig::from_name("target-tracking").unwrap().with_knob(rho).unwrap()
+    PolicyConfig::from_name("target-tracking")
+        .unwrap()
+        .with_knob(rho)
+        .unwrap()
 }
 
 /// A controller over `adapter` (normally the rig's mock) playing `demand`, in instances,
 /// one value per tick.
-fn rig_with(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, mock: MockCloud, adapter: Box<dyn CloudAdapter>, clock: Arc<dyn Clock>) -> Rig {
+fn rig_with(
+    demand: &[f64],
+    guards: GuardConfig,
+    policy: PolicyConfig,
+    mock: MockCloud,
+    adapter: Box<dyn CloudAdapter>,
+    clock: Arc<dyn Clock>,
+) -> Rig {
     let signal_down = Arc::new(AtomicBool::new(false));
-    let signal = Switchable { inner: TraceSignal::new(demand, 1.0, clock.now(), TICK, false), down: signal_down.clone() };
+    let signal = Switchable {
+        inner: TraceSignal::new(demand, 1.0, clock.now(), TICK, false),
+        down: signal_down.clone(),
+    };
     let metrics = Metrics::new();
     let controller = FleetController::new(ControllerParts {
         name: "web".into(),
@@ -77,7 +99,12 @@ fn rig_with(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, mock: Moc
         metrics: Some(metrics.clone()),
         history_steps: 60,
     });
-    Rig { mock, controller, signal_down, metrics }
+    Rig {
+        mock,
+        controller,
+        signal_down,
+        metrics,
+    }
 }
 
 fn rig(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, initial: u32) -> Rig {
@@ -106,7 +133,10 @@ async fn scales_up_under_rising_load_and_serves_it() {
         assert!(report.error.is_none(), "{report:?}");
         sizes.push(report.billed);
     }
-    assert!(sizes.windows(2).all(|w| w[1] >= w[0]), "never shrinks while load rises: {sizes:?}");
+    assert!(
+        sizes.windows(2).all(|w| w[1] >= w[0]),
+        "never shrinks while load rises: {sizes:?}"
+    );
     let fleet = rig.mock.read_fleet().await.unwrap();
     // 22 instances of demand at rho 0.8 want 28, all serving by now.
     assert_eq!(fleet.serving(), 28, "{fleet:?}");
@@ -115,7 +145,10 @@ async fn scales_up_under_rising_load_and_serves_it() {
 #[tokio::test(start_paused = true)]
 async fn scales_in_only_after_the_stabilisation_window() {
     let demand = [vec![20.0; 10], vec![4.0; 30]].concat();
-    let guards = GuardConfig { scale_down_stabilisation: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let guards = GuardConfig {
+        scale_down_stabilisation: Duration::from_secs(600),
+        ..GuardConfig::with_max(100)
+    };
     let mut rig = rig(&demand, guards, target_tracking(0.8), 25);
     for _ in 0..10 {
         step(&mut rig).await;
@@ -133,9 +166,16 @@ async fn scales_in_only_after_the_stabilisation_window() {
         }
     }
     let shrunk_at = shrunk_at.expect("it scales in eventually");
-    assert!(shrunk_at >= 20, "scaled in at tick {shrunk_at}, inside the window");
+    assert!(
+        shrunk_at >= 20,
+        "scaled in at tick {shrunk_at}, inside the window"
+    );
     assert_eq!(billed(&rig.mock).await, 5);
-    let stabilised = rig.metrics.guard_interventions.with_label_values(&["web", "stabilisation"]).get();
+    let stabilised = rig
+        .metrics
+        .guard_interventions
+        .with_label_values(&["web", "stabilisation"])
+        .get();
     assert!(stabilised >= 5, "{stabilised}");
 }
 
@@ -145,28 +185,57 @@ async fn never_leaves_bounds_or_exceeds_step_limits() {
     let demand: Vec<f64> = (0..200u64)
         .map(|t| {
             let noise = ((t.wrapping_mul(2_654_435_761) % 1000) as f64) / 1000.0;
-            if t % 50 < 5 { 40.0 * noise + 20.0 } else { 10.0 * noise }
+            if t % 50 < 5 {
+                40.0 * noise + 20.0
+            } else {
+                10.0 * noise
+            }
         })
         .collect();
-    let guards = GuardConfig { min: 3, max: 12, max_step_up: Some(2), max_step_down: Some(1), ..GuardConfig::with_max(12) };
+    let guards = GuardConfig {
+        min: 3,
+        max: 12,
+        max_step_up: Some(2),
+        max_step_down: Some(1),
+        ..GuardConfig::with_max(12)
+    };
     let mut rig = rig(&demand, guards, target_tracking(0.6), 3);
     let mut previous = billed(&rig.mock).await;
     for _ in 0..190 {
         let report = step(&mut rig).await;
         let now = billed(&rig.mock).await;
         assert!((3..=12).contains(&now), "{now} outside [3, 12]");
-        assert!(now <= previous + 2 && now + 1 >= previous, "{previous} -> {now}: {report:?}");
+        assert!(
+            now <= previous + 2 && now + 1 >= previous,
+            "{previous} -> {now}: {report:?}"
+        );
         previous = now;
     }
-    let guards_fired = rig.metrics.guard_interventions.with_label_values(&["web", "max_step_up"]).get()
-        + rig.metrics.guard_interventions.with_label_values(&["web", "max"]).get();
-    assert!(guards_fired > 0, "the load must have pushed against the limits");
+    let guards_fired = rig
+        .metrics
+        .guard_interventions
+        .with_label_values(&["web", "max_step_up"])
+        .get()
+        + rig
+            .metrics
+            .guard_interventions
+            .with_label_values(&["web", "max"])
+            .get();
+    assert!(
+        guards_fired > 0,
+        "the load must have pushed against the limits"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn holds_through_a_signal_outage_then_follows_again() {
     let demand = [vec![20.0; 10], vec![2.0; 30]].concat();
-    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 25);
+    let mut rig = rig(
+        &demand,
+        GuardConfig::with_max(100),
+        target_tracking(0.8),
+        25,
+    );
     for _ in 0..5 {
         step(&mut rig).await;
     }
@@ -175,21 +244,37 @@ async fn holds_through_a_signal_outage_then_follows_again() {
         let report = step(&mut rig).await;
         assert!(report.signal_error.is_some());
         assert_eq!(report.action, Action::None, "{report:?}");
-        assert_eq!(billed(&rig.mock).await, 25, "held: no scale-in without a signal");
+        assert_eq!(
+            billed(&rig.mock).await,
+            25,
+            "held: no scale-in without a signal"
+        );
     }
-    let errors = rig.metrics.signal_errors.with_label_values(&["web", "unavailable"]).get();
+    let errors = rig
+        .metrics
+        .signal_errors
+        .with_label_values(&["web", "unavailable"])
+        .get();
     assert_eq!(errors, 15);
     rig.signal_down.store(false, Ordering::SeqCst);
     for _ in 0..10 {
         step(&mut rig).await;
     }
-    assert_eq!(billed(&rig.mock).await, 3, "back to following demand 2 at rho 0.8");
+    assert_eq!(
+        billed(&rig.mock).await,
+        3,
+        "back to following demand 2 at rho 0.8"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn backs_off_suspends_and_recovers_when_the_cloud_fails() {
     let demand = vec![10.0; 80];
-    let guards = GuardConfig { failure_limit: 3, suspend_for: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let guards = GuardConfig {
+        failure_limit: 3,
+        suspend_for: Duration::from_secs(600),
+        ..GuardConfig::with_max(100)
+    };
     let mut rig = rig(&demand, guards, target_tracking(0.8), 2);
     rig.mock.faults().set_error_rate(1.0);
     let mut attempts = 0;
@@ -211,13 +296,20 @@ async fn backs_off_suspends_and_recovers_when_the_cloud_fails() {
     }
     assert!(!rig.controller.is_suspended());
     assert_eq!(rig.metrics.suspended.with_label_values(&["web"]).get(), 0);
-    assert_eq!(billed(&rig.mock).await, 13, "recovered and scaled to demand 10 at rho 0.8");
+    assert_eq!(
+        billed(&rig.mock).await,
+        13,
+        "recovered and scaled to demand 10 at rho 0.8"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn replaces_instances_stuck_booting() {
     let demand = vec![8.0; 60];
-    let guards = GuardConfig { max_boot_time: Duration::from_secs(600), ..GuardConfig::with_max(100) };
+    let guards = GuardConfig {
+        max_boot_time: Duration::from_secs(600),
+        ..GuardConfig::with_max(100)
+    };
     let mut rig = rig(&demand, guards, target_tracking(0.8), 2);
     rig.mock.faults().set_never_boot_rate(1.0);
     step(&mut rig).await; // launches 8 that will never boot
@@ -228,7 +320,10 @@ async fn replaces_instances_stuck_booting() {
         replaced |= matches!(report.action, Action::ReplaceStuck { removed: 8 });
     }
     assert!(replaced, "stuck instances were removed");
-    assert_eq!(rig.metrics.stuck_replaced.with_label_values(&["web"]).get(), 8);
+    assert_eq!(
+        rig.metrics.stuck_replaced.with_label_values(&["web"]).get(),
+        8
+    );
     let fleet = rig.mock.read_fleet().await.unwrap();
     assert_eq!(fleet.serving(), 10, "replacements booted: {fleet:?}");
 }
@@ -239,7 +334,12 @@ async fn scale_in_removes_booting_first_and_never_a_protected_instance() {
     let demand = [vec![4.0; 3], vec![16.0; 1], vec![1.0; 20]].concat();
     let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 5);
     let initial = rig.mock.read_fleet().await.unwrap();
-    let protected = initial.instances.iter().map(|i| i.id.clone()).max().unwrap();
+    let protected = initial
+        .instances
+        .iter()
+        .map(|i| i.id.clone())
+        .max()
+        .unwrap();
     rig.mock.protect(&protected);
     for _ in 0..4 {
         step(&mut rig).await;
@@ -251,10 +351,21 @@ async fn scale_in_removes_booting_first_and_never_a_protected_instance() {
         step(&mut rig).await;
     }
     let after = rig.mock.read_fleet().await.unwrap();
-    assert!(after.instances.iter().any(|i| i.id == protected), "the protected instance stays");
-    let launched_later: Vec<_> = before.instances.iter().filter(|i| i.state == InstanceState::Pending).map(|i| &i.id).collect();
+    assert!(
+        after.instances.iter().any(|i| i.id == protected),
+        "the protected instance stays"
+    );
+    let launched_later: Vec<_> = before
+        .instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Pending)
+        .map(|i| &i.id)
+        .collect();
     for id in launched_later {
-        assert!(!after.instances.iter().any(|i| &i.id == id), "booting instance {id} should go first");
+        assert!(
+            !after.instances.iter().any(|i| &i.id == id),
+            "booting instance {id} should go first"
+        );
     }
 }
 
@@ -263,8 +374,17 @@ async fn dry_run_makes_no_mutating_call() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mock = MockCloud::new(mock_config(2), clock.clone());
     let adapter = Box::new(DryRun::new(mock.clone(), clock.clone(), BOOT));
-    let demand: Vec<f64> = (0..30).map(|t| if t < 15 { 2.0 + t as f64 } else { 1.0 }).collect();
-    let mut rig = rig_with(&demand, GuardConfig::with_max(100), target_tracking(0.8), mock.clone(), adapter, clock);
+    let demand: Vec<f64> = (0..30)
+        .map(|t| if t < 15 { 2.0 + t as f64 } else { 1.0 })
+        .collect();
+    let mut rig = rig_with(
+        &demand,
+        GuardConfig::with_max(100),
+        target_tracking(0.8),
+        mock.clone(),
+        adapter,
+        clock,
+    );
     let mut intended = 0;
     for _ in 0..28 {
         let report = step(&mut rig).await;
@@ -289,7 +409,14 @@ async fn a_lost_grow_response_or_a_restart_never_launches_twice() {
     assert_eq!(billed(&rig.mock).await, 15);
     // A fresh controller (a restarted agent) on the same cloud reads what is there.
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let mut restarted = rig_with(&demand, GuardConfig::with_max(100), target_tracking(0.8), rig.mock.clone(), Box::new(rig.mock.clone()), clock);
+    let mut restarted = rig_with(
+        &demand,
+        GuardConfig::with_max(100),
+        target_tracking(0.8),
+        rig.mock.clone(),
+        Box::new(rig.mock.clone()),
+        clock,
+    );
     for _ in 0..3 {
         let report = step(&mut restarted).await;
         assert_eq!(report.action, Action::None, "{report:?}");
@@ -300,14 +427,27 @@ async fn a_lost_grow_response_or_a_restart_never_launches_twice() {
 
 #[tokio::test(start_paused = true)]
 async fn the_fleet_loop_stops_between_ticks_when_told() {
-    let rig = rig(&[5.0; 100], GuardConfig::with_max(100), target_tracking(0.8), 2);
+    let rig = rig(
+        &[5.0; 100],
+        GuardConfig::with_max(100),
+        target_tracking(0.8),
+        2,
+    );
     let mock = rig.mock.clone();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let health = fleetscale::telemetry::Health::default();
-    let task = tokio::spawn(fleetscale::agent::run_fleet(rig.controller, TICK, stopped, health.clone()));
+    let task = tokio::spawn(fleetscale::agent::run_fleet(
+        rig.controller,
+        TICK,
+        stopped,
+        health.clone(),
+    ));
     tokio::time::sleep(TICK * 5 + Duration::from_secs(1)).await;
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), task).await.expect("stops promptly").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops promptly")
+        .unwrap();
     assert!(mock.calls().read_fleet >= 5);
     assert_eq!(billed(&mock).await, 7);
     assert!(health.snapshot()[0].healthy);

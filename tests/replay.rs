@@ -48,7 +48,14 @@ fn static_peak_on_a_step_up() {
     assert_eq!(f.unserved_pct, 0.0);
     assert_eq!(f.actions, 1);
     // As the benchmark counts static-peak: the peak from the first step.
-    let run = replay::run_from(&s, s.peak(), "static-peak", None, PolicyConfig::static_peak(&s.demand).build(), &|_| {});
+    let run = replay::run_from(
+        &s,
+        s.peak(),
+        "static-peak",
+        None,
+        PolicyConfig::static_peak(&s.demand).build(),
+        &|_| {},
+    );
     assert_eq!(run.billed, vec![5; 20]);
     assert_eq!(Figures::of(&run, &s, 1.0).actions, 0);
 }
@@ -201,7 +208,12 @@ fn bad_traces_name_the_file_and_line() {
 fn json_output_has_every_figure_for_every_policy() {
     let trace: String = std::iter::once("t,rps\n".to_string())
         // Flat at first: the oracle's schedule assumes launches before the first decision.
-        .chain((0..400).map(|t| format!("{t},{}\n", 40.0 + 30.0 * ((t.max(10) - 10) as f64 / 30.0).sin())))
+        .chain((0..400).map(|t| {
+            format!(
+                "{t},{}\n",
+                40.0 + 30.0 * ((t.max(10) - 10) as f64 / 30.0).sin()
+            )
+        }))
         .collect();
     let output = replay_cli(&trace, &["--policy", "all", "--format", "json"]);
     assert!(

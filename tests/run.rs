@@ -8,17 +8,27 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn get(url: &str) -> Option<(u16, String)> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
     let response = client.get(url).send().ok()?;
     Some((response.status().as_u16(), response.text().ok()?))
 }
 
 fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 #[test]
@@ -36,7 +46,13 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     std::fs::write(&path, config).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["run", "--config", path.to_str().unwrap(), "--log-format", "json"])
+        .args([
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -47,7 +63,9 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     let mut metrics = String::new();
     while started.elapsed() < Duration::from_secs(20) {
         if let Some((200, text)) = get(&format!("{url}/metrics")) {
-            if metric(&text, "fleetscale_decisions_total").is_some() && metric(&text, "fleetscale_serving_instances{fleet=\"web\"}").unwrap_or(0.0) > 0.0 {
+            if metric(&text, "fleetscale_decisions_total").is_some()
+                && metric(&text, "fleetscale_serving_instances{fleet=\"web\"}").unwrap_or(0.0) > 0.0
+            {
                 metrics = text;
                 if started.elapsed() > Duration::from_secs(6) {
                     break;
@@ -66,34 +84,66 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
         "fleetscale_adapter_call_duration_seconds_bucket{",
         "fleetscale_decide_duration_seconds_bucket{",
     ] {
-        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
     }
     // The fleet follows the load: what serves is close to what is wanted.
-    let demand = metric(&metrics, "fleetscale_observed_demand_instances{fleet=\"web\"}").unwrap();
+    let demand = metric(
+        &metrics,
+        "fleetscale_observed_demand_instances{fleet=\"web\"}",
+    )
+    .unwrap();
     let serving = metric(&metrics, "fleetscale_serving_instances{fleet=\"web\"}").unwrap();
-    assert!(serving >= demand * 0.7 && serving <= demand * 2.5 + 2.0, "demand {demand}, serving {serving}");
+    assert!(
+        serving >= demand * 0.7 && serving <= demand * 2.5 + 2.0,
+        "demand {demand}, serving {serving}"
+    );
     let (status, health) = get(&format!("{url}/healthz")).expect("healthz answers");
     assert_eq!(status, 200, "{health}");
     assert!(health.contains("\"fleet\":\"web\""), "{health}");
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "did not stop within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let mut log = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("SIGTERM received") && log.contains("fleetscale stopped"), "{log}");
+    assert!(
+        log.contains("SIGTERM received") && log.contains("fleetscale stopped"),
+        "{log}"
+    );
     // One JSON line per decision, with the documented fields.
-    let decision = log.lines().find(|l| l.contains("\"applied\"")).expect("a decision line");
+    let decision = log
+        .lines()
+        .find(|l| l.contains("\"applied\""))
+        .expect("a decision line");
     let line: serde_json::Value = serde_json::from_str(decision).expect("JSON log line");
-    for field in ["fleet", "observed", "serving", "billed", "desired", "applied", "action", "message"] {
+    for field in [
+        "fleet", "observed", "serving", "billed", "desired", "applied", "action", "message",
+    ] {
         assert!(line.get(field).is_some(), "{field} missing in {decision}");
     }
 }

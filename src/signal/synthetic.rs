@@ -262,12 +262,16 @@ mod tests {
         );
         // Crowds that start over 100 days at 2 a day: about 200 expected.
         let seed = signal.config.seed;
-        let starts = (0..2400u64).filter(|h| uniform(seed ^ 0xF1A5_C0DE, *h) < 2.0 / 24.0).count();
+        let starts = (0..2400u64)
+            .filter(|h| uniform(seed ^ 0xF1A5_C0DE, *h) < 2.0 / 24.0)
+            .count();
         assert!((150..250).contains(&starts), "{starts} crowds");
         // Each one lifts demand above the calm level.
         let lifted = (0..2400u64)
             .filter(|h| uniform(seed ^ 0xF1A5_C0DE, *h) < 2.0 / 24.0)
-            .filter(|h| (0..120).any(|m| signal.flash_crowd(*h as f64 * 3600.0 + m as f64 * 60.0) > 1.5))
+            .filter(|h| {
+                (0..120).any(|m| signal.flash_crowd(*h as f64 * 3600.0 + m as f64 * 60.0) > 1.5)
+            })
             .count();
         assert_eq!(lifted, starts);
         let peak = (0..144_000)

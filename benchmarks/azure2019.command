@@ -1,0 +1,1 @@
+fleetscale replay --trace ../shared/traces/azure2019_vm_fleet_cpu_mem_5min.csv --column cpu_usage --per-instance 60000 --step 5m --boot 180s --policy all --sweep --save benchmarks/azure2019-sweep.json --plot benchmarks/azure2019.svg
