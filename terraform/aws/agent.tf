@@ -31,6 +31,7 @@ locals {
     git_url        = var.agent_git_url
     git_branch     = var.agent_git_branch
     cargo_features = "aws"
+    platform_setup = local.install_ssm_agent
   }
 }
 

@@ -43,6 +43,10 @@ locals {
   monitor_ip = cidrhost(aws_subnet.private[0].cidr_block, 10)
   agent_ip   = cidrhost(aws_subnet.private[0].cidr_block, 11)
 
+  # Session Manager needs its agent on the VM; Debian's images do not ship it, so it is
+  # installed at first boot from AWS's regional download bucket.
+  install_ssm_agent = "curl -fsSL --retry 5 -o /tmp/amazon-ssm-agent.deb https://s3.${var.region}.amazonaws.com/amazon-ssm-${var.region}/latest/debian_amd64/amazon-ssm-agent.deb && dpkg -i /tmp/amazon-ssm-agent.deb"
+
   prometheus_port = 9090
   grafana_port    = 3000
   agent_port      = 9910

@@ -20,6 +20,7 @@ locals {
     dashboard         = indent(6, file("${path.module}/../../examples/grafana-dashboard.json"))
     load_args         = local.load_args
     enable_grafana    = var.enable_grafana
+    platform_setup    = local.install_ssm_agent
   }
 }
 

@@ -39,6 +39,11 @@ output "agent_journal_command" {
   value       = "${local.ssm_agent} --parameters '{\"command\":[\"sudo journalctl -u fleetscale -f\"]}'"
 }
 
+output "agent_check_command" {
+  description = "Runs `fleetscale check` on the agent's VM: the identity its instance profile authenticates as, and a DryRun probe of each permission the policy grants."
+  value       = "${local.ssm_agent} --parameters '{\"command\":[\"fleetscale check --config /etc/fleetscale/fleetscale.toml\"]}'"
+}
+
 output "load_start_command" {
   description = "Starts the load generator on the monitoring VM: the demo trace's shape, replayed against the load balancer (arguments in /etc/default/fleetscale-load there)."
   value       = "${local.ssm_run} --parameters '{\"commands\":[\"systemctl start fleetscale-load\"]}'"
