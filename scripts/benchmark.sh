@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 traces=${TRACES:-../shared/traces}
-bin=${FLEETSCALE_BIN:-target/release/fleetscale}
+bin=${FLEETSCALE_BIN:-${CARGO_TARGET_DIR:-target}/release/fleetscale}
 [ -x "$bin" ] || cargo build --release --quiet
 
 # name | file | column | per-instance | step | boot | reference OPT instance-minutes
