@@ -40,6 +40,13 @@ fn every_credential_kind_parses() {
                secret_file = "/run/secrets/azure""#,
             "client-secret",
         ),
+        (
+            r#"kind = "client-certificate"
+               tenant_id = "8f2b7a3c-1d4e-4f5a-9b6c-7d8e9f0a1b2c"
+               client_id = "3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+               certificate_file = "/etc/fleetscale/azure.pem""#,
+            "client-certificate",
+        ),
         (r#"kind = "managed-identity""#, "managed-identity"),
         (
             r#"kind = "managed-identity"

@@ -256,20 +256,158 @@ async fn the_default_chain_lists_what_it_tried_when_nothing_is_available() {
     }
 }
 
+/// A test-only certificate and its RSA key (made with `openssl req -x509 -newkey rsa:2048
+/// -nodes`), its SHA-1 thumbprint as Entra ID's `x5t`, and its public key (PKCS #1 DER,
+/// base64) to check assertion signatures.
+const TEST_CERTIFICATE_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIDFzCCAf+gAwIBAgIUPHMLUFIDk489zoMGbvGN1ctWYX4wDQYJKoZIhvcNAQEL\nBQAwGjEYMBYGA1UEAwwPZmxlZXRzY2FsZS10ZXN0MCAXDTI2MTEyMzA2NTcwOVoY\nDzIxMjYxMDMwMDY1NzA5WjAaMRgwFgYDVQQDDA9mbGVldHNjYWxlLXRlc3QwggEi\nMA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQClB8EafgxwtaiZPTYdG2gJp6wY\nUn/mww1eCZ1JfZBCaaPk6b85lM8KJsSbr5GwBWnD5lAGASjiN4cZRl7FCVLwmDdD\nposiFluA9YFyl4w8jtm+vulE3mvYki1JPPdSGBfsTrbSCcFqhlG5lzyw6bGuBNQM\n1gMi3/aPPEVFTfvfXsWXQBsL9KcALhxoF+kkWhJ7wCWLqCl8IDnYmvLq8uofStdv\nwp7s/yGo8pxBR86iWmdgJlkyShvLTCWUnMpv36ja0ku+iVaNPSxzh0m0ENN82AiZ\nP4sTujZWPw2T/1QYd2Ib1QtZ0lbDMK71F6EjJOolJhz1GkxQLJifd6qlBiYrAgMB\nAAGjUzBRMB0GA1UdDgQWBBSKxrDcqjSItWipuxhI4Zi/IAu+EDAfBgNVHSMEGDAW\ngBSKxrDcqjSItWipuxhI4Zi/IAu+EDAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3\nDQEBCwUAA4IBAQBSAdG6rLEI/eYP0nrZK2uOo0zoV8qvasJYroc2pjeoRTs9wKK/\nW8GFkE7CRpkaDuwMg17keufULiQsw8J7ddNVidhsOcqwRNq20uS4JnMoEd/21bPU\n/tHt/Aj856idS7tJOgqHZdcWaA5NANJF2IKo68URrH5rdzWNawZn0z+8RQzvea2r\n1oQY24aNxW4G3c3xv3qpv+GfCcoL4gb1ExPV7wUr0208YibJQXZEWG5OgGuRhvIv\nNcyzbwgddcLhJgU5is+J4Vfz9FNkbb9E+u+Qv9D/oH0MVmMElHboNW4YPEJgMEQd\nZMPr3mtZPqSmBZHA0+KJUtXD6JIQAbNy2e5g\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQClB8EafgxwtaiZ\nPTYdG2gJp6wYUn/mww1eCZ1JfZBCaaPk6b85lM8KJsSbr5GwBWnD5lAGASjiN4cZ\nRl7FCVLwmDdDposiFluA9YFyl4w8jtm+vulE3mvYki1JPPdSGBfsTrbSCcFqhlG5\nlzyw6bGuBNQM1gMi3/aPPEVFTfvfXsWXQBsL9KcALhxoF+kkWhJ7wCWLqCl8IDnY\nmvLq8uofStdvwp7s/yGo8pxBR86iWmdgJlkyShvLTCWUnMpv36ja0ku+iVaNPSxz\nh0m0ENN82AiZP4sTujZWPw2T/1QYd2Ib1QtZ0lbDMK71F6EjJOolJhz1GkxQLJif\nd6qlBiYrAgMBAAECggEABtghfBXKMkp2aZSOT/q4/92CV6fkQg/I2COR8GBSwU5c\nS7weACdZxtQAx2wqoKA42LUOkJEvvuIKqlOuzoEqfWvyrs2Ta6B9vwVvju8WE9Tg\n1vZX+lE3K840LptmrnLtWxGQp3lcGizj6syI6dVnVw5ANSATFTkwopQfU1Z+oa7d\nei5FTWSJDjw49vhUcnRa9fWsyFE7KLy/ufu+psCKhCBqD1vqev3vw0M6qrX+Z7jW\nWHkAkyoWp2wO9+EU3993T+BrLWgZ6ixVwTHPcXPOJ9DwWORxdStqTPzKqUOzDKjZ\ntDZ2ez7M8LOB3Kb/WMeTRjWifYty2Efmf7N7tEDvUQKBgQDPuuoNjYdgEKMgCK4L\nssajIcBdjybz4x/sR8p0MQvYeBirE1cI/azdEcOdqR2ORPjUsPrLM+eX3RxXTPEg\nr+eKomDdqzApYKqQyIR5oQ1EqWVpsV4xm5pN/y/eXSGeCgR2bqOzP9mmoeBgrzDr\nzcqZjHqBdfwMNDeUFW0Jryn8vwKBgQDLYMli2+AklD/maLXVpX3TuaIW6mtoRe/e\n69lJ70nYg1E8xVjDb5CMb7hTXkWmHQdV544p85XFJ2KhQ7XDp9NGB33DbOTTS0EM\njFjW7NhE1KnMghV+/fnn7Obn0LvGOQfj2mMCazppuap72C/MJcu19jTdsWtybjTN\nklTnb921lQKBgQCC+t1XfFTOqs7ghPiRIcGD3OU5WOj7wMtBJacvCjno3RjYzdIE\nNkeIAQpx389mBHFNUuZfuDOgGugi1732mVOKo4YmXyl3/Z6uufBl7Lm8AH+UXCUD\nbJSn927Ma7alurVDo9GOVYU8PzeGXxCerly/4sbf2G/7lfUxZy0gfRUhawKBgQCQ\nNumW+GNQjO9i6w1FmjxHTnLp3QCcyDr30DYcf1nV9gg9F5OBwjK14uLJ+ydYS21Q\nNQpSJTAmxW7i+6iAPRlLpzQ+x5DbY5mU1FCK1xfkdwiQxA2KJ352Pz7dUt5UCUzW\n/Z0HshGRtt51Qy9hi8uQFC4Yph6S3iMDQqiCFIkaoQKBgAMHle0i8TW6P1eBtcCR\n03IZSjiZ+UnyOXleuGDG0Nl+6CvACn0loJTov2gnlgqrJZcvC9QMV3dcCOmAt1AJ\nZ2eZQuBXvqsIULyK6uZrxoUhMShnfAb/Yvto5aEn5ThdUllpKUZewuANGaIfAuJV\n18Oh0+4IVQLc289OnI3iVbOp\n-----END PRIVATE KEY-----\n";
+const TEST_CERTIFICATE_X5T: &str = "FmQQsnHsK0S_s5HIEhkosB7dWvs";
+const TEST_PUBLIC_KEY_DER: &str = "MIIBCgKCAQEApQfBGn4McLWomT02HRtoCaesGFJ/5sMNXgmdSX2QQmmj5Om/OZTPCibEm6+RsAVpw+ZQBgEo4jeHGUZexQlS8Jg3Q6aLIhZbgPWBcpeMPI7Zvr7pRN5r2JItSTz3UhgX7E620gnBaoZRuZc8sOmxrgTUDNYDIt/2jzxFRU37317Fl0AbC/SnAC4caBfpJFoSe8Ali6gpfCA52Jry6vLqH0rXb8Ke7P8hqPKcQUfOolpnYCZZMkoby0wllJzKb9+o2tJLvolWjT0sc4dJtBDTfNgImT+LE7o2Vj8Nk/9UGHdiG9ULWdJWwzCu9RehIyTqJSYc9RpMUCyYn3eqpQYmKwIDAQAB";
+
 #[tokio::test]
-async fn a_certificate_in_the_environment_is_refused_with_a_reason() {
+async fn a_client_certificate_signs_an_assertion_entra_id_accepts() {
     let standin = ArmStandin::start(1).await;
+    standin.trust_certificate(TEST_CERTIFICATE_X5T);
+    let path = scratch_file("certificate.pem", TEST_CERTIFICATE_PEM);
+    let config = config_with(
+        &standin,
+        CredentialConfig::ClientCertificate {
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            certificate_file: path,
+        },
+    );
+    let fleet = ScaleSetFleet::with_environment(config, AzureEnvironment::empty()).unwrap();
+    assert_eq!(fleet.read_fleet().await.unwrap().target_size, Some(1));
+    assert!(
+        fleet
+            .verify_access()
+            .await
+            .unwrap()
+            .identity
+            .contains("client certificate credential")
+    );
+
+    // The assertion is signed with the certificate's key (RS256).
+    let assertions = standin.assertions();
+    assert_eq!(assertions.len(), 1, "the token is cached");
+    let (signing_input, signature) = assertions[0].rsplit_once('.').unwrap();
+    let public_key = azure_core_base64(TEST_PUBLIC_KEY_DER);
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        public_key,
+    )
+    .verify(signing_input.as_bytes(), &azure_core_base64_url(signature))
+    .expect("the assertion's signature verifies with the certificate's public key");
+}
+
+#[tokio::test]
+async fn a_certificate_the_application_does_not_know_is_refused() {
+    let standin = ArmStandin::start(1).await;
+    let path = scratch_file("unregistered.pem", TEST_CERTIFICATE_PEM);
+    let config = config_with(
+        &standin,
+        CredentialConfig::ClientCertificate {
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            certificate_file: path,
+        },
+    );
+    let error = ScaleSetFleet::with_environment(config, AzureEnvironment::empty())
+        .unwrap()
+        .read_fleet()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{error}");
+    assert!(
+        error.to_string().contains("client certificate credential"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("401"), "{error}");
+}
+
+#[tokio::test]
+async fn a_certificate_from_the_environment_is_used_by_the_default_chain() {
+    let standin = ArmStandin::start(1).await;
+    standin.trust_certificate(TEST_CERTIFICATE_X5T);
+    let path = scratch_file("env-certificate.pem", TEST_CERTIFICATE_PEM);
     let config = config_with(&standin, CredentialConfig::Default);
     let env = AzureEnvironment::empty()
         .with_var("AZURE_TENANT_ID", TENANT_ID)
         .with_var("AZURE_CLIENT_ID", CLIENT_ID)
-        .with_var("AZURE_CLIENT_CERTIFICATE_PATH", "/etc/fleetscale/cert.pem")
+        .with_var("AZURE_CLIENT_CERTIFICATE_PATH", path.display().to_string())
         .with_managed_identity_endpoint(closed_endpoint());
-    let error = ScaleSetFleet::with_environment(config, env)
+    let fleet = ScaleSetFleet::with_environment(config, env).unwrap();
+    let report = fleet.verify_access().await.unwrap();
+    assert!(
+        report
+            .identity
+            .contains("client certificate credential from the environment"),
+        "{}",
+        report.identity
+    );
+}
+
+#[tokio::test]
+async fn a_file_without_a_key_is_named_in_the_error() {
+    let standin = ArmStandin::start(1).await;
+    let certificate_only = TEST_CERTIFICATE_PEM
+        .split("-----BEGIN PRIVATE KEY-----")
+        .next()
+        .unwrap();
+    let path = scratch_file("no-key.pem", certificate_only);
+    let config = config_with(
+        &standin,
+        CredentialConfig::ClientCertificate {
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            certificate_file: path.clone(),
+        },
+    );
+    let error = ScaleSetFleet::with_environment(config, AzureEnvironment::empty())
         .unwrap()
         .read_fleet()
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Authentication);
-    assert!(error.to_string().contains("certificate"), "{error}");
+    assert!(
+        error.to_string().contains("no unencrypted PRIVATE KEY"),
+        "{error}"
+    );
+    assert_eq!(standin.count(Route::Token), 0);
+}
+
+fn azure_core_base64(text: &str) -> Vec<u8> {
+    decode(text, false)
+}
+
+fn azure_core_base64_url(text: &str) -> Vec<u8> {
+    decode(text, true)
+}
+
+/// Standard or URL-safe base64, padded or not.
+fn decode(text: &str, url_safe: bool) -> Vec<u8> {
+    let alphabet: &[u8] = if url_safe {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let digits: Vec<u32> = text
+        .bytes()
+        .filter(|b| *b != b'=')
+        .map(|b| {
+            alphabet
+                .iter()
+                .position(|a| *a == b)
+                .expect("a base64 digit") as u32
+        })
+        .collect();
+    let mut out = Vec::new();
+    for chunk in digits.chunks(4) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, d)| n | d << (18 - 6 * i));
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    out
 }

@@ -72,7 +72,8 @@ pub struct AzureConfig {
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CredentialConfig {
     /// The first credential found, in this order: the environment (`AZURE_TENANT_ID`,
-    /// `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET`, or `AZURE_CLIENT_CERTIFICATE_PATH`);
+    /// `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET`, or `AZURE_CLIENT_CERTIFICATE_PATH` naming a
+    /// PEM file with the certificate and its unencrypted key);
     /// workload identity (`AZURE_FEDERATED_TOKEN_FILE`, set by AKS); the managed
     /// identity of the VM, App Service or container the agent runs on (user-assigned when
     /// `AZURE_CLIENT_ID` is set); the Azure CLI's signed-in account. Once one has issued a
@@ -93,6 +94,15 @@ pub enum CredentialConfig {
         /// A file holding the secret (surrounding white space is ignored).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret_file: Option<PathBuf>,
+    },
+    /// A service principal's certificate.
+    ClientCertificate {
+        /// The directory (tenant) id or domain.
+        tenant_id: String,
+        /// The application (client) id.
+        client_id: String,
+        /// A PEM file holding the certificate and its unencrypted RSA private key.
+        certificate_file: PathBuf,
     },
     /// The managed identity of the machine the agent runs on.
     ManagedIdentity {
@@ -124,6 +134,7 @@ impl CredentialConfig {
         match self {
             CredentialConfig::Default => "default",
             CredentialConfig::ClientSecret { .. } => "client-secret",
+            CredentialConfig::ClientCertificate { .. } => "client-certificate",
             CredentialConfig::ManagedIdentity { .. } => "managed-identity",
             CredentialConfig::WorkloadIdentity { .. } => "workload-identity",
             CredentialConfig::AzureCli => "azure-cli",
@@ -255,6 +266,27 @@ impl AzureConfig {
                         problem("credential.secret_file", "is empty".to_owned())
                     }
                     _ => {}
+                }
+            }
+            CredentialConfig::ClientCertificate {
+                tenant_id,
+                client_id,
+                certificate_file,
+            } => {
+                if !is_tenant(tenant_id) {
+                    problem(
+                        "credential.tenant_id",
+                        format!("`{tenant_id}` is not a tenant id (a GUID) or domain"),
+                    );
+                }
+                if !is_guid(client_id) {
+                    problem(
+                        "credential.client_id",
+                        format!("`{client_id}` is not an application (client) id (a GUID)"),
+                    );
+                }
+                if certificate_file.as_os_str().is_empty() {
+                    problem("credential.certificate_file", "is empty".to_owned());
                 }
             }
             CredentialConfig::ManagedIdentity { client_id } => {

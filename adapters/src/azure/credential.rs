@@ -21,6 +21,7 @@ use azure_core::{HttpClient, Method, Request, Url};
 use azure_identity::{AzureCliCredential, ClientSecretCredential, WorkloadIdentityCredential};
 use time::OffsetDateTime;
 
+use super::certificate::ClientCertificateCredential;
 use super::config::{AzureConfig, CredentialConfig};
 use super::errors::{CredentialFailure, CredentialFailureKind, chain, find};
 
@@ -166,6 +167,11 @@ impl FleetCredential {
                     secret_file.as_ref(),
                 )]
             }
+            CredentialConfig::ClientCertificate {
+                tenant_id,
+                client_id,
+                certificate_file,
+            } => vec![build.client_certificate(tenant_id, client_id, certificate_file)],
             CredentialConfig::ManagedIdentity { client_id } => {
                 vec![build.managed_identity(client_id.clone(), false)]
             }
@@ -456,6 +462,29 @@ impl Builder<'_> {
         }
     }
 
+    fn client_certificate(&self, tenant_id: &str, client_id: &str, path: &PathBuf) -> Source {
+        let description = format!(
+            "client certificate credential (client id {client_id}, tenant {tenant_id}, certificate {})",
+            path.display()
+        );
+        let credential = match ClientCertificateCredential::from_file(
+            self.http.clone(),
+            self.authority.clone(),
+            tenant_id,
+            client_id,
+            path,
+        ) {
+            Ok(credential) => Availability::Ready(Arc::new(credential)),
+            Err(why) => Availability::Misconfigured(why),
+        };
+        Source {
+            description,
+            credential,
+            final_on_failure: true,
+            probe_timeout: None,
+        }
+    }
+
     /// `AZURE_CLIENT_SECRET` (or a certificate) with `AZURE_TENANT_ID` and `AZURE_CLIENT_ID`.
     fn environment(&self) -> Source {
         let tenant = self.env.var("AZURE_TENANT_ID");
@@ -481,16 +510,32 @@ impl Builder<'_> {
             };
         }
         if let Some(path) = self.env.var("AZURE_CLIENT_CERTIFICATE_PATH") {
-            return Source {
-                description: format!("client certificate credential from the environment ({path})"),
-                credential: Availability::Misconfigured(
-                    "this build of fleetscale does not sign certificate assertions (it carries no \
-                     OpenSSL); use a client secret, workload identity or a managed identity"
-                        .to_owned(),
-                ),
-                final_on_failure: true,
-                probe_timeout: None,
+            let mut source = match (tenant, client) {
+                (Some(tenant), Some(client)) => {
+                    self.client_certificate(tenant, client, &PathBuf::from(path))
+                }
+                _ => Source {
+                    description: String::new(),
+                    credential: Availability::Misconfigured(
+                        "AZURE_CLIENT_CERTIFICATE_PATH is set, but AZURE_TENANT_ID and AZURE_CLIENT_ID must be set too".to_owned(),
+                    ),
+                    final_on_failure: true,
+                    probe_timeout: None,
+                },
             };
+            source.description = format!(
+                "client certificate credential from the environment (AZURE_CLIENT_ID {}, AZURE_TENANT_ID {}, certificate {path})",
+                client.unwrap_or("unset"),
+                tenant.unwrap_or("unset")
+            );
+            if self.env.var("AZURE_CLIENT_CERTIFICATE_PASSWORD").is_some() {
+                source.credential = Availability::Misconfigured(
+                    "password-protected certificates are not supported: give a PEM file with the \
+                     certificate and its unencrypted private key"
+                        .to_owned(),
+                );
+            }
+            return source;
         }
         Source {
             description: "environment".to_owned(),

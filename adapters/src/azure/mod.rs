@@ -3,8 +3,8 @@
 //!
 //! [`ScaleSetFleet`] manages one scale set through `azure_mgmt_compute` (API version
 //! 2024-07-01) with an Entra ID identity from `azure_identity`: a service principal's
-//! client secret, workload identity, a managed identity, or the Azure CLI's account
-//! ([`CredentialConfig`]).
+//! client secret or certificate, workload identity, a managed identity, or the Azure CLI's
+//! account ([`CredentialConfig`]).
 //!
 //! Errors map to the adapter's kinds: 401 and a refused token request → authentication;
 //! 403 `AuthorizationFailed` → permission, naming the action; 429 → throttled with
@@ -38,6 +38,7 @@
 //! `Microsoft.ManagedIdentity/userAssignedIdentities/assign/action` on those resources,
 //! as Azure's 403 message then names.
 
+mod certificate;
 mod config;
 mod credential;
 mod errors;

@@ -159,6 +159,8 @@ struct Inner {
     page_size: usize,
     last_update_body: Option<Value>,
     bump_etag_after_read: bool,
+    trusted_thumbprints: Vec<String>,
+    assertions: Vec<String>,
 }
 
 /// The running stand-in. Dropping it stops the server.
@@ -200,6 +202,8 @@ impl ArmStandin {
             page_size: 50,
             last_update_body: None,
             bump_etag_after_read: false,
+            trusted_thumbprints: Vec::new(),
+            assertions: Vec::new(),
         }));
         {
             let mut state = inner.lock().unwrap();
@@ -325,6 +329,18 @@ impl ArmStandin {
     /// Forgets every issued token: Resource Manager answers 401 to them.
     pub fn revoke_tokens(&self) {
         self.with(|s| s.tokens.clear())
+    }
+
+    /// Trusts client assertions signed by the certificate with this SHA-1 thumbprint
+    /// (base64url, the JWT's `x5t`) for [`CLIENT_ID`]. The stand-in checks the assertion's
+    /// header and claims; the test can check its signature ([`ArmStandin::assertions`]).
+    pub fn trust_certificate(&self, x5t: &str) {
+        self.with(|s| s.trusted_thumbprints.push(x5t.to_owned()))
+    }
+
+    /// Every client assertion presented to the token endpoint.
+    pub fn assertions(&self) -> Vec<String> {
+        self.with(|s| s.assertions.clone())
     }
 
     /// Sets a tag on the scale set.
@@ -1009,7 +1025,11 @@ fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String
         );
     }
     if let Some(assertion) = form.get("client_assertion") {
-        if assertion != FEDERATED_TOKEN {
+        state.assertions.push(assertion.clone());
+        if let Some(refusal) = certificate_refusal(state, tenant, assertion) {
+            return refusal;
+        }
+        if assertion != FEDERATED_TOKEN && !is_signed_assertion(assertion) {
             return entra_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
@@ -1040,6 +1060,95 @@ fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String
         StatusCode::OK,
         json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}),
     )
+}
+
+/// A JWT with an `x5t` header: a certificate's assertion rather than a federated token.
+fn is_signed_assertion(assertion: &str) -> bool {
+    jwt_part(assertion, 0).is_some_and(|header| header.get("x5t").is_some())
+}
+
+fn jwt_part(token: &str, index: usize) -> Option<Value> {
+    let part = token.split('.').nth(index)?;
+    serde_json::from_slice(&base64url_decode(part)?).ok()
+}
+
+/// Entra ID's checks of a certificate assertion, short of its signature: a trusted
+/// thumbprint, RS256, issuer and subject the client, audience this tenant's token
+/// endpoint, not expired.
+fn certificate_refusal(state: &Inner, tenant: &str, assertion: &str) -> Option<Response> {
+    if !is_signed_assertion(assertion) {
+        return None;
+    }
+    let header = jwt_part(assertion, 0)?;
+    let claims = jwt_part(assertion, 1).unwrap_or_default();
+    let x5t = header["x5t"].as_str().unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let audience = format!("{}/{tenant}/oauth2/v2.0/token", state.base_url);
+    let refuse = |code: u32, why: &str| {
+        Some(entra_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            &format!("AADSTS{code}: {why}"),
+            code,
+        ))
+    };
+    if !state.trusted_thumbprints.iter().any(|t| t == x5t) {
+        return refuse(
+            700027,
+            "The certificate with identifier used to sign the client assertion is not registered on application.",
+        );
+    }
+    if header["alg"] != "RS256" {
+        return refuse(
+            5002738,
+            "Invalid JWT token. Unsupported key for the signing algorithm.",
+        );
+    }
+    if claims["iss"] != CLIENT_ID || claims["sub"] != CLIENT_ID {
+        return refuse(
+            700021,
+            "Client assertion application identifier doesn't match 'client_id' parameter.",
+        );
+    }
+    if claims["aud"] != audience.as_str() {
+        return refuse(
+            700212,
+            "No matching federated identity record found for presented assertion audience.",
+        );
+    }
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= now) {
+        return refuse(
+            700024,
+            "Client assertion is not within its valid time range.",
+        );
+    }
+    None
+}
+
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes: Vec<u8> = text.bytes().filter(|b| *b != b'=').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, b) in chunk.iter().enumerate() {
+            n |= value(*b)? << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..chunk.len()]);
+    }
+    Some(out)
 }
 
 fn managed_identity_endpoint(
