@@ -462,7 +462,12 @@ impl Builder<'_> {
         }
     }
 
-    fn client_certificate(&self, tenant_id: &str, client_id: &str, path: &PathBuf) -> Source {
+    fn client_certificate(
+        &self,
+        tenant_id: &str,
+        client_id: &str,
+        path: &std::path::Path,
+    ) -> Source {
         let description = format!(
             "client certificate credential (client id {client_id}, tenant {tenant_id}, certificate {})",
             path.display()
