@@ -12,7 +12,50 @@
 //! off: retry and backoff are the [`crate::Retry`] decorator's job, so that a refused
 //! key is reported once instead of being retried.
 //!
-//! The least-privilege IAM policy for the agent is `terraform/aws/fleetscale-agent-policy.json`.
+//! # The IAM policy
+//!
+//! The least-privilege policy for the agent is `terraform/aws/fleetscale-agent-policy.json`
+//! (load it verbatim, e.g. Terraform's `file()`, not `templatefile()`). It compares the
+//! fleet tag of every launch, tag-on-launch and termination with the agent principal's
+//! own `fleetscale:fleet` tag (`${aws:PrincipalTag/fleetscale:fleet}`), so tag the role
+//! or user with its fleet's name; it never allows tagging an existing instance, launching
+//! one that carries `fleetscale:protected`, or terminating one that does. One principal
+//! manages one fleet. It grants no `iam:PassRole`: a launch template with an instance
+//! profile needs one more statement, `iam:PassRole` on that role's ARN with the condition
+//! `iam:PassedToService = ec2.amazonaws.com`. If the config changes `fleet_tag_key` or
+//! `protection_tag_key`, change the keys in the policy too.
+//!
+//! The local emulator enforces which actions the policy allows but not its conditions, so
+//! `tests/aws_policy.rs` checks them statically. On a real account, confirm them with the
+//! IAM policy simulator (expect `allowed`, then `implicitDeny`):
+//!
+//! ```text
+//! ROLE=arn:aws:iam::123456789012:role/fleetscale-agent
+//! ARN=arn:aws:ec2:eu-west-1:123456789012
+//! sim() { aws iam simulate-principal-policy --policy-source-arn "$ROLE" \
+//!   --query 'EvaluationResults[].[EvalActionName,EvalDecision]' --output text "$@"; }
+//! tag() { echo "ContextKeyName=$1,ContextKeyValues=$2,ContextKeyType=string"; }
+//! ME=$(tag aws:PrincipalTag/fleetscale:fleet web)
+//! sim --action-names ec2:RunInstances --resource-arns "$ARN:instance/*" \
+//!   --context-entries "$ME" "$(tag aws:RequestTag/fleetscale:fleet web)"     # allowed
+//! sim --action-names ec2:RunInstances --resource-arns "$ARN:instance/*" \
+//!   --context-entries "$ME" "$(tag aws:RequestTag/fleetscale:fleet batch)"   # implicitDeny
+//! sim --action-names ec2:CreateTags --resource-arns "$ARN:instance/*" \
+//!   --context-entries "$ME" "$(tag aws:RequestTag/fleetscale:fleet web)" \
+//!   "$(tag ec2:CreateAction RunInstances)"                                   # allowed
+//! sim --action-names ec2:CreateTags --resource-arns "$ARN:instance/i-0abc" \
+//!   --context-entries "$ME" "$(tag aws:RequestTag/fleetscale:fleet web)"     # implicitDeny
+//! sim --action-names ec2:TerminateInstances --resource-arns "$ARN:instance/i-0abc" \
+//!   --context-entries "$ME" "$(tag ec2:ResourceTag/fleetscale:fleet web)"    # allowed
+//! sim --action-names ec2:TerminateInstances --resource-arns "$ARN:instance/i-0abc" \
+//!   --context-entries "$ME" "$(tag ec2:ResourceTag/fleetscale:fleet batch)"  # implicitDeny
+//! sim --action-names ec2:TerminateInstances --resource-arns "$ARN:instance/i-0abc" \
+//!   --context-entries "$ME" "$(tag ec2:ResourceTag/fleetscale:fleet web)" \
+//!   "$(tag ec2:ResourceTag/fleetscale:protected true)"                       # implicitDeny
+//! ```
+//!
+//! `fleetscale check` then proves, with DryRun calls, that the credentials reach each
+//! permission for this fleet's launch template, subnets and tags.
 
 mod access;
 mod config;

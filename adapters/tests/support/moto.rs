@@ -151,6 +151,9 @@ impl Moto {
         std::fs::create_dir_all(&dir).expect("create the emulator's temp dir");
         std::fs::write(dir.join("sitecustomize.py"), SITECUSTOMIZE).expect("write sitecustomize");
         std::fs::write(dir.join("policy.json"), &options.policy).expect("write policy");
+        for file in ["empty-config", "empty-credentials"] {
+            std::fs::write(dir.join(file), "").expect("write empty AWS files");
+        }
 
         let mut attempt = 0;
         let (child, endpoint) = loop {
