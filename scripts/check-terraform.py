@@ -540,10 +540,11 @@ def check_aws_policy(module, problems):
             problems.add(where, f"the policy compares tags with aws:PrincipalTag/{key}, "
                                 f"but aws_iam_role.{role} has no tag {key}")
     # The adapter's tests load the same file.
-    tests = [p for p in (repo / "adapters/tests").rglob("*.rs")
+    tests = [p for d in ("adapters/tests", "tests") for p in (repo / d).rglob("*.rs")
              if "terraform/aws/fleetscale-agent-policy.json" in p.read_text(encoding="utf-8")]
     if not tests:
-        problems.add(where, "no test under adapters/tests loads terraform/aws/fleetscale-agent-policy.json")
+        problems.add(where, "no test under adapters/tests or tests/ loads "
+                            "terraform/aws/fleetscale-agent-policy.json")
     if len(problems.items) == before:
         problems.ok(f"{where}: the agent's instance profile (role {role}, tagged "
                     f"{', '.join(sorted(principal_tags))}) holds exactly {AWS_POLICY}, "
