@@ -2,6 +2,8 @@
 # template into the private subnets (balancing the zones), tags them
 # `fleetscale:fleet = <fleet_name>`, and terminates them.
 
+# Every VM's image: the newest official Debian 12 image (Debian's own AWS account), or
+# var.ami_id.
 data "aws_ami" "vm" {
   most_recent = true
   owners      = var.ami_id == null ? ["136693071363"] : null

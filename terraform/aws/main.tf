@@ -8,32 +8,8 @@ data "aws_availability_zones" "available" {
   }
 }
 
-data "aws_caller_identity" "current" {}
-
-# The newest official Debian 12 image (Debian's own AWS account).
-data "aws_ami" "debian" {
-  most_recent = true
-  owners      = ["136693071363"]
-
-  filter {
-    name   = "name"
-    values = ["debian-12-amd64-*"]
-  }
-
-  filter {
-    name   = "architecture"
-    values = ["x86_64"]
-  }
-
-  filter {
-    name   = "virtualization-type"
-    values = ["hvm"]
-  }
-}
-
 locals {
-  zones  = slice(data.aws_availability_zones.available.names, 0, var.zone_count)
-  ami_id = coalesce(var.ami_id, data.aws_ami.debian.id)
+  zones = slice(data.aws_availability_zones.available.names, 0, var.zone_count)
 
   # The tag that makes an instance part of the fleet, as the agent's policy expects it.
   fleet_tag_key = "fleetscale:fleet"
