@@ -220,15 +220,15 @@ pub fn apply(
     if size < current && since(state.last_change).is_some_and(|d| d < config.scale_down_cooldown) {
         set(&mut size, Guard::ScaleDownCooldown, current);
     }
-    if let Some(step) = config.max_step_up {
-        if size > current.saturating_add(step) {
-            set(&mut size, Guard::MaxStepUp, current.saturating_add(step));
-        }
+    if let Some(step) = config.max_step_up
+        && size > current.saturating_add(step)
+    {
+        set(&mut size, Guard::MaxStepUp, current.saturating_add(step));
     }
-    if let Some(step) = config.max_step_down {
-        if size < current.saturating_sub(step) {
-            set(&mut size, Guard::MaxStepDown, current.saturating_sub(step));
-        }
+    if let Some(step) = config.max_step_down
+        && size < current.saturating_sub(step)
+    {
+        set(&mut size, Guard::MaxStepDown, current.saturating_sub(step));
     }
     // Bounds last: they win over everything, including a hold.
     if size > config.max {
