@@ -185,7 +185,11 @@ async fn stopping_instances_count_against_the_quota_until_gone() {
     };
     let cloud = on_clock(config, &clock);
     let id = cloud.inspect().instances[0].id.clone();
-    let removed = cloud.shrink(std::slice::from_ref(&id)).await.unwrap().removed;
+    let removed = cloud
+        .shrink(std::slice::from_ref(&id))
+        .await
+        .unwrap()
+        .removed;
     assert_eq!(removed, std::slice::from_ref(&id));
     assert_eq!(cloud.inspect().instances[0].state, InstanceState::Stopping);
     assert_eq!(
