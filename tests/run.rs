@@ -62,14 +62,13 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     let started = Instant::now();
     let mut metrics = String::new();
     while started.elapsed() < Duration::from_secs(20) {
-        if let Some((200, text)) = get(&format!("{url}/metrics")) {
-            if metric(&text, "fleetscale_decisions_total").is_some()
-                && metric(&text, "fleetscale_serving_instances{fleet=\"web\"}").unwrap_or(0.0) > 0.0
-            {
-                metrics = text;
-                if started.elapsed() > Duration::from_secs(6) {
-                    break;
-                }
+        if let Some((200, text)) = get(&format!("{url}/metrics"))
+            && metric(&text, "fleetscale_decisions_total").is_some()
+            && metric(&text, "fleetscale_serving_instances{fleet=\"web\"}").unwrap_or(0.0) > 0.0
+        {
+            metrics = text;
+            if started.elapsed() > Duration::from_secs(6) {
+                break;
             }
         }
         std::thread::sleep(Duration::from_millis(250));
