@@ -217,10 +217,9 @@ impl Solver {
         for (t, stage) in stages.iter().enumerate() {
             let (lo, hi) = self.ranges[t];
             let n = (hi - lo) as usize + 1;
-            self.costs.clear();
+            // Both are wholly written before they are read: resizing only keeps memory.
             self.costs.resize(n, 0.0);
             stage_cost(t, lo, &mut self.costs);
-            self.next_values.clear();
             self.next_values.resize(n, 0.0);
             let step = StageStep {
                 prev: &self.values,
@@ -579,7 +578,82 @@ mod tests {
         })
     }
 
+    /// The cheapest cost by the plain O(T * N^2) recursion over sizes.
+    fn quadratic(initial: u32, stages: &[Stage], l: f64, cost: &[Vec<f64>]) -> Option<f64> {
+        let width = cost[0].len();
+        let mut value: Vec<Option<f64>> = (0..width)
+            .map(|s| (s as u32 == initial).then_some(0.0))
+            .collect();
+        for (t, st) in stages.iter().enumerate() {
+            value = (0..width as u32)
+                .map(|s| {
+                    if s < st.lo || s > st.hi {
+                        return None;
+                    }
+                    let best = (0..width as u32)
+                        .filter_map(|p| {
+                            let v = value[p as usize]?;
+                            let ok =
+                                (s <= p || s - p <= st.max_up) && (s >= p || p - s <= st.max_down);
+                            ok.then(|| v + l * f64::from(s.saturating_sub(p)))
+                        })
+                        .min_by(f64::total_cmp)?;
+                    Some(best + cost[t][s as usize])
+                })
+                .collect();
+        }
+        value.into_iter().flatten().min_by(f64::total_cmp)
+    }
+
+    /// Wide programs, whose minima span several blocks, with integer costs (exact sums).
+    fn wide_problem() -> impl Strategy<Value = (u32, Vec<Stage>, f64, Vec<Vec<f64>>)> {
+        const WIDTH: u32 = 70;
+        (1usize..5, 0u32..WIDTH, 0u32..6).prop_flat_map(|(t, initial, l)| {
+            let stage = (
+                0..WIDTH,
+                0..WIDTH,
+                prop_oneof![Just(u32::MAX), 0u32..30],
+                prop_oneof![Just(u32::MAX), 0u32..30],
+            )
+                .prop_map(|(a, b, up, down)| Stage {
+                    lo: a.min(b),
+                    hi: a.max(b),
+                    max_up: up,
+                    max_down: down,
+                });
+            (
+                Just(initial),
+                prop::collection::vec(stage, t),
+                Just(f64::from(l)),
+                prop::collection::vec(prop::collection::vec(0u32..40, WIDTH as usize), t),
+            )
+                .prop_map(|(i, st, l, c)| {
+                    let c = c
+                        .into_iter()
+                        .map(|row| row.into_iter().map(f64::from).collect());
+                    (i, st, l, c.collect())
+                })
+        })
+    }
+
     proptest! {
+        #[test]
+        fn wide_programs_equal_the_quadratic_recursion((initial, stages, l, cost) in wide_problem()) {
+            let got = solve(initial, &stages, l, |t, lo, out| {
+                for (i, c) in out.iter_mut().enumerate() {
+                    *c = cost[t][lo as usize + i];
+                }
+            });
+            match (got, quadratic(initial, &stages, l, &cost)) {
+                (Ok(sol), Some(best)) => {
+                    prop_assert_eq!(sol.cost, best);
+                    prop_assert_eq!(path_cost(initial, &sol.sizes, l, &cost), best);
+                }
+                (Err(DpError::Unreachable { .. }), None) => {}
+                (got, want) => prop_assert!(false, "solver {got:?}, recursion {want:?}"),
+            }
+        }
+
         #[test]
         fn equals_brute_force((initial, stages, l, cost) in problem()) {
             let got = solve(initial, &stages, l, |t, lo, out| {

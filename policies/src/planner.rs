@@ -816,6 +816,7 @@ impl Policy for DpPlanner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn config_defaults_and_errors() {
@@ -849,6 +850,32 @@ mod tests {
             DpConfig::default().horizon_steps(Duration::from_secs(60), 30),
             120
         );
+    }
+
+    proptest! {
+        #[test]
+        fn stage_costs_match_direct_sums(
+            mut points in prop::collection::vec(0.0f64..60.0, 1..8),
+            lo in 0u32..40,
+            cap in 0u32..60,
+            penalty in 1.0f64..500.0,
+        ) {
+            points.sort_by(f64::total_cmp);
+            let weights = vec![1.0 / points.len() as f64; points.len()];
+            let mut out = vec![0.0; 50];
+            fill_stage_costs(&points, &weights, lo, cap, penalty, &mut out);
+            for (i, &got) in out.iter().enumerate() {
+                let kept = lo + i as u32;
+                let x = f64::from(kept.min(cap));
+                let short: f64 = points
+                    .iter()
+                    .zip(&weights)
+                    .map(|(d, w)| w * (d - x).max(0.0))
+                    .sum();
+                let want = f64::from(kept) + penalty * short;
+                prop_assert!((got - want).abs() <= 1e-9 * want.max(1.0), "{kept}: {got} vs {want}");
+            }
+        }
     }
 
     #[test]
