@@ -7,6 +7,7 @@ pub mod baselines;
 pub mod dp;
 pub mod forecast;
 pub mod oracle;
+pub mod outage;
 pub mod planner;
 mod policy;
 mod registry;

@@ -24,6 +24,7 @@ use serde::Deserialize;
 
 use crate::dp::{DpError, Solver, Stage};
 use crate::forecast::{AdaptiveForecaster, ForecastSettings, Forecaster};
+use crate::outage::OutageWatch;
 use crate::{Decision, Observation, Plan, Policy};
 
 /// Settings of the `dp` policy.
@@ -43,6 +44,12 @@ pub struct DpConfig {
     /// unserved demand and corrects that penalty from the unserved demand it observes;
     /// see [`ServiceTarget`].
     pub max_unserved: f64,
+    /// When demand collapses far below both the last hour and the same time a day
+    /// earlier (an outage), keep capacity for its earlier level for at most this long,
+    /// so that returning traffic finds the fleet serving (default 2 hours; "0s": never).
+    /// See [`crate::outage`].
+    #[serde(with = "humantime_serde")]
+    pub outage_hold: Duration,
 }
 
 impl Default for DpConfig {
@@ -50,6 +57,7 @@ impl Default for DpConfig {
         DpConfig {
             horizon: None,
             max_unserved: 0.001,
+            outage_hold: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -639,6 +647,7 @@ struct PlannerState {
     forecaster: AdaptiveForecaster,
     target: ServiceTarget,
     booting: BootingCohorts,
+    outage: OutageWatch,
     /// Highest demand seen, halving over a week.
     recent_peak: f64,
     peak_decay: f64,
@@ -695,6 +704,7 @@ impl DpPlanner {
                     obs.boot_steps,
                 ),
                 booting: BootingCohorts::default(),
+                outage: OutageWatch::new(step_secs, self.config.outage_hold.as_secs_f64()),
                 recent_peak: 0.0,
                 peak_decay: 0.5f64.powf(step_secs / (7.0 * 86_400.0)),
                 steps_seen: obs.steps_seen.saturating_sub(obs.demand.len() as u64),
@@ -711,6 +721,7 @@ impl DpPlanner {
         let first_step = obs.steps_seen.saturating_sub(obs.demand.len() as u64);
         for i in from..obs.demand.len() {
             state.forecaster.observe(obs.demand[i]);
+            state.outage.observe(obs.demand[i]);
             let serving = obs.serving_history.get(i).copied().unwrap_or(f64::NAN);
             state
                 .target
@@ -759,6 +770,14 @@ impl Policy for DpPlanner {
             &self.demand[first_launch_stage * m..(first_launch_stage + 1) * m],
             &self.weights,
         );
+        // After the penalty, which is calibrated on the forecast alone.
+        let recovery = state
+            .outage
+            .recovery()
+            .map(|(level, left)| (level.min(ceiling), left));
+        if let Some((level, left)) = recovery {
+            OutageWatch::hold(&mut self.demand, m, level, left);
+        }
         let input = PlanInput {
             pool: obs.serving.saturating_add(obs.booting),
             arrivals: &self.arrivals,
@@ -800,6 +819,13 @@ impl Policy for DpPlanner {
             penalty.calibration,
             plan.expected_unserved,
         );
+        let reason = match recovery {
+            Some((level, left)) => format!(
+                "{reason}; outage: holding capacity for {level:.1} (the demand before it fell) \
+                 for up to {left} more steps"
+            ),
+            None => reason,
+        };
         Decision {
             desired: plan.desired_billed.clamp(obs.min.min(obs.max), obs.max),
             reason,
@@ -828,6 +854,7 @@ mod tests {
         let bad = DpConfig {
             max_unserved: 0.0,
             horizon: Some(Duration::ZERO),
+            ..DpConfig::default()
         };
         let errors = bad.validate().unwrap_err();
         assert_eq!(

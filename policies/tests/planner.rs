@@ -314,6 +314,42 @@ fn dp_serves_a_daily_cycle_cheaply() {
 }
 
 #[test]
+fn dp_keeps_capacity_through_a_short_outage_and_lets_a_long_one_go() {
+    // Two days of the cycle; on the second, the traffic stops for 30 minutes.
+    let mut demand = daily_cycle();
+    let (from, to) = (1440 + 600, 1440 + 630);
+    let level = demand[from - 1];
+    for d in &mut demand[from..to] {
+        *d *= 0.02;
+    }
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    let (_, _, desired) = replay(&mut dp, &demand, 3, 1, u32::MAX);
+    // desired[t - 1] is the size decided at step t. Through the outage the fleet stays
+    // near its level before it, so the returning traffic finds it serving.
+    let held = desired[from + 5..to - 1].iter().copied().min().unwrap();
+    assert!(
+        f64::from(held) >= 0.9 * level,
+        "held {held} through the outage, level {level:.1}"
+    );
+    let recovered: f64 = (to..to + 5)
+        .map(|t| (demand[t] - f64::from(desired[t - 1])).max(0.0))
+        .sum();
+    assert!(recovered < 1.0, "unserved on return: {recovered:.1}");
+
+    // The same fall, lasting the rest of the trace: after the hold the fleet follows
+    // demand down.
+    let mut demand = daily_cycle();
+    for d in &mut demand[from..] {
+        *d *= 0.02;
+    }
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    let (_, _, desired) = replay(&mut dp, &demand, 3, 1, u32::MAX);
+    let hold = DpConfig::default().outage_hold.as_secs() as usize / 60;
+    let late = desired[from + hold + 30..].iter().copied().max().unwrap();
+    assert!(late <= 3, "still {late} instances long after the fall");
+}
+
+#[test]
 fn dp_keeps_bounds_through_gaps_and_spikes() {
     let mut demand = daily_cycle();
     demand.truncate(600);
@@ -383,7 +419,7 @@ fn dp_starts_from_nothing_and_from_a_long_history() {
 fn config_reports_bad_fields() {
     let errors = DpPlanner::new(DpConfig {
         max_unserved: 1.5,
-        horizon: None,
+        ..DpConfig::default()
     })
     .unwrap_err();
     assert_eq!(errors[0].field, "max_unserved");
