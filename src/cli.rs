@@ -2,13 +2,13 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetscale_adapters::SystemClock;
 
 use crate::agent::{self, Wiring};
-use crate::config::Config;
+use crate::config::{Config, FleetConfig};
 use crate::telemetry::{self, LogFormat};
 
 /// fleetscale: an autoscaling agent for virtual-machine fleets.
@@ -29,7 +29,7 @@ pub enum Command {
     /// SIGTERM, then stop cleanly (each fleet finishes its current call) and exit 0.
     Run(RunArgs),
     /// Validate a config (exit 2 listing every problem) and, unless --offline, prove each
-    /// fleet's cloud access without changing anything.
+    /// fleet's cloud access without changing anything and read its signal once.
     Check(CheckArgs),
     /// Replay a recorded trace through the real controller on a simulated clock and report
     /// cost and unserved demand against the oracle (the model of BENCHMARK.md).
@@ -59,7 +59,7 @@ pub struct CheckArgs {
     /// The agent's TOML config.
     #[arg(long, short)]
     pub config: PathBuf,
-    /// Only validate the file; do not contact any cloud.
+    /// Only validate the file; contact no cloud and no signal source.
     #[arg(long)]
     pub offline: bool,
 }
@@ -199,6 +199,18 @@ pub async fn stop_signal() {
     }
 }
 
+/// Reads a fleet's signal once and describes its latest value.
+async fn check_signal(fleet: &FleetConfig, serving: Option<u32>) -> anyhow::Result<String> {
+    let mut signal = agent::build_signal(fleet, &SystemClock)?;
+    let value = signal
+        .latest(SystemTime::now(), serving.unwrap_or(1))
+        .await?;
+    Ok(match serving {
+        Some(n) => format!("latest demand {value:.2} instances ({n} serving)"),
+        None => format!("latest demand {value:.2} instances (serving count unknown: 1 assumed)"),
+    })
+}
+
 fn check(args: CheckArgs) -> Result<(), Failure> {
     let config = load_config(&args.config)?;
     println!(
@@ -214,9 +226,10 @@ fn check(args: CheckArgs) -> Result<(), Failure> {
     let all_ok = runtime()?.block_on(async {
         let mut all_ok = true;
         for fleet in &config.fleets {
-            let report = match agent::build_cloud(fleet, Arc::new(SystemClock)).await {
+            let cloud = agent::build_cloud(fleet, Arc::new(SystemClock)).await;
+            let report = match &cloud {
                 Ok(cloud) => cloud.verify_access().await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
             };
             match report {
                 Ok(report) => {
@@ -241,6 +254,19 @@ fn check(args: CheckArgs) -> Result<(), Failure> {
                     all_ok = false;
                 }
             }
+            // The signal, read once as the controller would: a utilisation signal needs
+            // the serving count, so the fleet is read first (when the cloud allows it).
+            let serving = match &cloud {
+                Ok(cloud) => cloud.read_fleet().await.map(|f| f.serving()).ok(),
+                Err(_) => None,
+            };
+            match check_signal(fleet, serving).await {
+                Ok(line) => println!("  signal ({}): {line}", fleet.signal.kind()),
+                Err(e) => {
+                    println!("  signal ({}): FAILED: {e:#}", fleet.signal.kind());
+                    all_ok = false;
+                }
+            }
         }
         all_ok
     });
@@ -248,7 +274,7 @@ fn check(args: CheckArgs) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(Failure::Runtime(anyhow::anyhow!(
-            "access check failed for at least one fleet"
+            "the check failed for at least one fleet (cloud access or signal)"
         )))
     }
 }

@@ -110,6 +110,16 @@ pub enum SignalConfig {
     Prometheus(Box<PrometheusConfig>),
 }
 
+impl SignalConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SignalConfig::Synthetic(_) => "synthetic",
+            SignalConfig::Trace(_) => "trace",
+            SignalConfig::Prometheus(_) => "prometheus",
+        }
+    }
+}
+
 mod defaults {
     use std::net::SocketAddr;
     use std::time::Duration;

@@ -166,3 +166,55 @@ fn check_offline_accepts_the_demo_config() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("valid (1 fleet)"));
 }
+
+#[test]
+fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signal() {
+    // The demo config: the mock cloud and a synthetic signal, both always reachable.
+    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
+        .args(["check", "--config", "examples/dry-run.toml"])
+        .current_dir(repo())
+        .output()
+        .expect("fleetscale runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("fleet web (mock): authenticated as"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("signal (synthetic): latest demand") && stdout.contains("(10 serving)"),
+        "{stdout}"
+    );
+
+    // The Prometheus example with its server on a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(repo().join("examples/prometheus.toml"))
+        .unwrap()
+        .replace(
+            "http://127.0.0.1:9090",
+            &format!("http://127.0.0.1:{closed}"),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("prometheus.toml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .current_dir(repo())
+        .output()
+        .expect("fleetscale runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("fleet web (mock): authenticated as"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("signal (prometheus): FAILED") && stdout.contains("unavailable"),
+        "{stdout}"
+    );
+}
