@@ -167,16 +167,23 @@ fn check_offline_accepts_the_demo_config() {
     assert!(String::from_utf8_lossy(&output.stdout).contains("valid (1 fleet)"));
 }
 
-#[test]
-fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signal() {
-    // The demo config: the mock cloud and a synthetic signal, both always reachable.
+/// `fleetscale check` (online) on a config: its exit code and standard output.
+fn check_online(config: &Path) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["check", "--config", "examples/dry-run.toml"])
+        .args(["check", "--config"])
+        .arg(config)
         .current_dir(repo())
         .output()
         .expect("fleetscale runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.code(), stdout)
+}
+
+#[test]
+fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signal() {
+    // The demo config: the mock cloud and a synthetic signal, both always reachable.
+    let (code, stdout) = check_online(Path::new("examples/dry-run.toml"));
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("fleet web (mock): authenticated as"),
         "{stdout}"
@@ -201,18 +208,8 @@ fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signa
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("prometheus.toml");
     std::fs::write(&path, text).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .current_dir(repo())
-        .output()
-        .expect("fleetscale runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("fleet web (mock): authenticated as"),
-        "{stdout}"
-    );
+    let (code, stdout) = check_online(&path);
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("signal (prometheus): FAILED") && stdout.contains("unavailable"),
         "{stdout}"

@@ -551,13 +551,19 @@ mod tests {
         total
     }
 
-    fn limit() -> impl Strategy<Value = u32> {
-        prop_oneof![Just(u32::MAX), 0u32..4]
-    }
-
-    fn problem() -> impl Strategy<Value = (u32, Vec<Stage>, f64, Vec<Vec<f64>>)> {
-        (1usize..6, 0u32..7, 0u32..5).prop_flat_map(|(t, initial, l)| {
-            let stage = (0u32..7, 0u32..7, limit(), limit()).prop_map(|(a, b, up, down)| Stage {
+    /// Programs over sizes `0..width`: up to `max_stages` stages with random bounds, step
+    /// limits below `max_limit` or none, integer costs below `max_cost` (so that sums are
+    /// exact and ties are real) and a launch cost below `max_launch`.
+    fn programs(
+        width: u32,
+        max_stages: usize,
+        max_limit: u32,
+        max_cost: u32,
+        max_launch: u32,
+    ) -> impl Strategy<Value = (u32, Vec<Stage>, f64, Vec<Vec<f64>>)> {
+        let limit = move || prop_oneof![Just(u32::MAX), 0..max_limit];
+        (1..max_stages, 0..width, 0..max_launch).prop_flat_map(move |(t, initial, l)| {
+            let stage = (0..width, 0..width, limit(), limit()).prop_map(|(a, b, up, down)| Stage {
                 lo: a.min(b),
                 hi: a.max(b),
                 max_up: up,
@@ -567,7 +573,7 @@ mod tests {
                 Just(initial),
                 prop::collection::vec(stage, t),
                 Just(f64::from(l)),
-                prop::collection::vec(prop::collection::vec(0u32..20, 7), t),
+                prop::collection::vec(prop::collection::vec(0..max_cost, width as usize), t),
             )
                 .prop_map(|(i, st, l, c)| {
                     let c = c
@@ -605,78 +611,49 @@ mod tests {
         value.into_iter().flatten().min_by(f64::total_cmp)
     }
 
-    /// Wide programs, whose minima span several blocks, with integer costs (exact sums).
-    fn wide_problem() -> impl Strategy<Value = (u32, Vec<Stage>, f64, Vec<Vec<f64>>)> {
-        const WIDTH: u32 = 70;
-        (1usize..5, 0u32..WIDTH, 0u32..6).prop_flat_map(|(t, initial, l)| {
-            let stage = (
-                0..WIDTH,
-                0..WIDTH,
-                prop_oneof![Just(u32::MAX), 0u32..30],
-                prop_oneof![Just(u32::MAX), 0u32..30],
-            )
-                .prop_map(|(a, b, up, down)| Stage {
-                    lo: a.min(b),
-                    hi: a.max(b),
-                    max_up: up,
-                    max_down: down,
-                });
-            (
-                Just(initial),
-                prop::collection::vec(stage, t),
-                Just(f64::from(l)),
-                prop::collection::vec(prop::collection::vec(0u32..40, WIDTH as usize), t),
-            )
-                .prop_map(|(i, st, l, c)| {
-                    let c = c
-                        .into_iter()
-                        .map(|row| row.into_iter().map(f64::from).collect());
-                    (i, st, l, c.collect())
-                })
-        })
+    /// The solver's answer against a reference optimum (None: no feasible plan).
+    fn agrees(
+        initial: u32,
+        stages: &[Stage],
+        l: f64,
+        cost: &[Vec<f64>],
+        want: Option<f64>,
+    ) -> Result<(), TestCaseError> {
+        let got = solve(initial, stages, l, |t, lo, out| {
+            for (i, c) in out.iter_mut().enumerate() {
+                *c = cost[t][lo as usize + i];
+            }
+        });
+        match (got, want) {
+            (Ok(sol), Some(best)) => {
+                prop_assert_eq!(sol.cost, best);
+                prop_assert_eq!(path_cost(initial, &sol.sizes, l, cost), best);
+                let mut prev = initial;
+                for (st, &s) in stages.iter().zip(&sol.sizes) {
+                    prop_assert!(st.lo <= s && s <= st.hi);
+                    prop_assert!(s <= prev.saturating_add(st.max_up));
+                    prop_assert!(s >= prev.saturating_sub(st.max_down));
+                    prev = s;
+                }
+            }
+            (Err(DpError::Unreachable { .. }), None) => {}
+            (Err(DpError::EmptyBounds { .. }), _) => prop_assert!(false, "bounds are ordered"),
+            (got, want) => prop_assert!(false, "solver {got:?}, reference {want:?}"),
+        }
+        Ok(())
     }
 
     proptest! {
         #[test]
-        fn wide_programs_equal_the_quadratic_recursion((initial, stages, l, cost) in wide_problem()) {
-            let got = solve(initial, &stages, l, |t, lo, out| {
-                for (i, c) in out.iter_mut().enumerate() {
-                    *c = cost[t][lo as usize + i];
-                }
-            });
-            match (got, quadratic(initial, &stages, l, &cost)) {
-                (Ok(sol), Some(best)) => {
-                    prop_assert_eq!(sol.cost, best);
-                    prop_assert_eq!(path_cost(initial, &sol.sizes, l, &cost), best);
-                }
-                (Err(DpError::Unreachable { .. }), None) => {}
-                (got, want) => prop_assert!(false, "solver {got:?}, recursion {want:?}"),
-            }
+        fn wide_programs_equal_the_quadratic_recursion(
+            (initial, stages, l, cost) in programs(70, 5, 30, 40, 6)
+        ) {
+            agrees(initial, &stages, l, &cost, quadratic(initial, &stages, l, &cost))?;
         }
 
         #[test]
-        fn equals_brute_force((initial, stages, l, cost) in problem()) {
-            let got = solve(initial, &stages, l, |t, lo, out| {
-                for (i, c) in out.iter_mut().enumerate() {
-                    *c = cost[t][lo as usize + i];
-                }
-            });
-            match (got, brute_force(initial, &stages, l, &cost)) {
-                (Ok(sol), Some(best)) => {
-                    prop_assert_eq!(sol.cost, best);
-                    prop_assert_eq!(path_cost(initial, &sol.sizes, l, &cost), best);
-                    let mut prev = initial;
-                    for (st, &s) in stages.iter().zip(&sol.sizes) {
-                        prop_assert!(st.lo <= s && s <= st.hi);
-                        prop_assert!(s <= prev.saturating_add(st.max_up));
-                        prop_assert!(s >= prev.saturating_sub(st.max_down));
-                        prev = s;
-                    }
-                }
-                (Err(DpError::Unreachable { .. }), None) => {}
-                (Err(DpError::EmptyBounds { .. }), _) => prop_assert!(false, "bounds are ordered"),
-                (got, want) => prop_assert!(false, "solver {got:?}, brute force {want:?}"),
-            }
+        fn equals_brute_force((initial, stages, l, cost) in programs(7, 6, 4, 20, 5)) {
+            agrees(initial, &stages, l, &cost, brute_force(initial, &stages, l, &cost))?;
         }
     }
 
