@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetscale_adapters::SystemClock;
 
 use crate::agent::{self, Wiring};
-use crate::config::{Config, FleetConfig};
+use crate::config::{Config, FleetConfig, SignalConfig};
+use crate::signal::SignalError;
 use crate::telemetry::{self, LogFormat};
 
 /// fleetscale: an autoscaling agent for virtual-machine fleets.
@@ -202,9 +203,15 @@ pub async fn stop_signal() {
 /// Reads a fleet's signal once and describes its latest value.
 async fn check_signal(fleet: &FleetConfig, serving: Option<u32>) -> anyhow::Result<String> {
     let mut signal = agent::build_signal(fleet, &SystemClock)?;
-    let value = signal
-        .latest(SystemTime::now(), serving.unwrap_or(1))
-        .await?;
+    let value = match signal.latest(SystemTime::now(), serving.unwrap_or(1)).await {
+        Ok(value) => value,
+        // A trace or a generator starts playing now: it is loaded and has no complete
+        // step yet. A query that returns nothing, though, is a mistake worth failing on.
+        Err(SignalError::Missing(why)) if !matches!(fleet.signal, SignalConfig::Prometheus(_)) => {
+            return Ok(format!("loaded; {why}"));
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(match serving {
         Some(n) => format!("latest demand {value:.2} instances ({n} serving)"),
         None => format!("latest demand {value:.2} instances (serving count unknown: 1 assumed)"),

@@ -322,6 +322,8 @@ async fn check_prints_the_identity_and_each_permission() {
             .unwrap_or_else(|| panic!("{permission}: {out}"));
         assert!(line.contains("allowed"), "{line}");
     }
+    // The trace signal is loaded; it starts playing now, so it has no value yet.
+    assert!(out.contains("signal (trace): loaded;"), "{out}");
     assert_eq!(
         moto.snapshot(),
         before,
