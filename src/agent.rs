@@ -98,6 +98,19 @@ pub async fn build_controller(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<FleetController> {
     let cloud = build_cloud(fleet, clock.clone()).await?;
+    controller_on(cloud, fleet, agent, wiring, metrics, clock)
+}
+
+/// A controller for one fleet over a backend already connected (`build_cloud`'s, or one
+/// given credentials of its own).
+pub fn controller_on(
+    cloud: Box<dyn CloudAdapter>,
+    fleet: &FleetConfig,
+    agent: &AgentConfig,
+    wiring: Wiring,
+    metrics: Option<&Metrics>,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<FleetController> {
     let adapter = decorate(
         cloud,
         &fleet.name,

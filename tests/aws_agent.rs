@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use fleetscale::agent::{self, Wiring};
 use fleetscale::config::{AdapterConfig, Config};
-use fleetscale::controller::{ControllerParts, FleetController};
+use fleetscale::controller::FleetController;
 use fleetscale_adapters::aws::Ec2Fleet;
 use fleetscale_adapters::{CloudAdapter, ManualClock};
 use moto::{FLEET, Keys, Moto, Proxy, ZONES};
@@ -108,28 +108,8 @@ async fn controller(
     let ec2 = Ec2Fleet::connect_with_credentials(&fleet.name, aws, keys.credentials())
         .await
         .expect("connect");
-    let adapter = agent::decorate(
-        Box::new(ec2),
-        &fleet.name,
-        None,
-        wiring,
-        clock.clone(),
-        fleet.boot_delay,
-    );
-    let signal = agent::build_signal(fleet, clock.as_ref()).expect("trace signal");
-    FleetController::new(ControllerParts {
-        name: fleet.name.clone(),
-        adapter,
-        signal,
-        policy: fleet.policy.build(),
-        guards: fleet.guards.clone(),
-        clock,
-        step: config.agent.tick,
-        boot_delay: fleet.boot_delay,
-        metrics: None,
-        history_steps: (fleet.history.as_secs_f64() / config.agent.tick.as_secs_f64()).ceil()
-            as usize,
-    })
+    agent::controller_on(Box::new(ec2), fleet, &config.agent, wiring, None, clock)
+        .expect("trace signal")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
