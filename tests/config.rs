@@ -2,7 +2,7 @@
 //! once, each with the path of the field at fault.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use fleetscale::config::Config;
 
@@ -15,6 +15,18 @@ fn problems(text: &str) -> Vec<String> {
         Ok(_) => panic!("expected problems in:\n{text}"),
         Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
     }
+}
+
+/// `fleetscale check` with `flags` on `config`, run from the repository root.
+fn check(flags: &[&str], config: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleetscale"))
+        .arg("check")
+        .args(flags)
+        .arg("--config")
+        .arg(config)
+        .current_dir(repo())
+        .output()
+        .expect("fleetscale runs")
 }
 
 #[test]
@@ -128,16 +140,10 @@ fn a_config_without_fleets_is_refused() {
 
 #[test]
 fn check_offline_names_all_three_mistakes_and_exits_2() {
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args([
-            "check",
-            "--offline",
-            "--config",
-            "tests/configs/three-mistakes.toml",
-        ])
-        .current_dir(repo())
-        .output()
-        .expect("fleetscale runs");
+    let output = check(
+        &["--offline"],
+        Path::new("tests/configs/three-mistakes.toml"),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("3 problems"), "{stderr}");
@@ -154,11 +160,7 @@ fn check_offline_names_all_three_mistakes_and_exits_2() {
 
 #[test]
 fn check_offline_accepts_the_demo_config() {
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["check", "--offline", "--config", "examples/dry-run.toml"])
-        .current_dir(repo())
-        .output()
-        .expect("fleetscale runs");
+    let output = check(&["--offline"], Path::new("examples/dry-run.toml"));
     assert!(
         output.status.success(),
         "{}",
@@ -169,12 +171,7 @@ fn check_offline_accepts_the_demo_config() {
 
 /// `fleetscale check` (online) on a config: its exit code and standard output.
 fn check_online(config: &Path) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["check", "--config"])
-        .arg(config)
-        .current_dir(repo())
-        .output()
-        .expect("fleetscale runs");
+    let output = check(&[], config);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     (output.status.code(), stdout)
 }
