@@ -102,7 +102,7 @@ fn bench_tick(c: &mut Criterion) {
                 serving_history: &serving[..t],
                 steps_seen: t as u64,
                 serving: serving[t - 1] as u32,
-                billed: serving[t - 1] as u32,
+                active: serving[t - 1] as u32,
                 booting: 0,
                 min: 1,
                 max: u32::MAX,

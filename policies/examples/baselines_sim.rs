@@ -195,7 +195,7 @@ impl Model {
                     serving_history: &serving_history[..t],
                     steps_seen: t as u64,
                     serving,
-                    billed,
+                    active: billed,
                     booting: billed - serving,
                     min: 1,
                     max: u32::MAX,

@@ -354,7 +354,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
                 serving_history: &serving_history,
                 steps_seen: t as u64,
                 serving,
-                billed: fleet.len() as u32,
+                active: fleet.len() as u32,
                 booting: fleet.len() as u32 - serving,
                 min: 1,
                 max: u32::MAX,

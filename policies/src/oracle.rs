@@ -228,7 +228,7 @@ impl Policy for OraclePolicy {
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
         let t = usize::try_from(obs.steps_seen).unwrap_or(usize::MAX);
         let Some(&desired) = self.desired.get(t).or(self.desired.last()) else {
-            return Decision::new(obs.billed, "oracle: no schedule, holding");
+            return Decision::new(obs.active, "oracle: no schedule, holding");
         };
         Decision::new(
             desired,

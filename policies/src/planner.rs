@@ -744,7 +744,7 @@ impl Policy for DpPlanner {
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
         self.ingest(obs);
         let Some(state) = self.state.as_mut() else {
-            return Decision::new(obs.billed, "dp: no state");
+            return Decision::new(obs.active, "dp: no state");
         };
         let (h, l) = (state.horizon, obs.boot_steps);
         let m = self.weights.len();
@@ -792,7 +792,7 @@ impl Policy for DpPlanner {
         };
         let plan = match plan_capacity(&input, &mut self.solver) {
             Ok(plan) => plan,
-            Err(e) => return Decision::new(obs.billed, format!("dp: cannot plan ({e}); holding")),
+            Err(e) => return Decision::new(obs.active, format!("dp: cannot plan ({e}); holding")),
         };
         let at = first_launch_stage;
         let forecast: Vec<Vec<(f64, f64)>> = (0..h)

@@ -17,9 +17,11 @@ pub struct Observation<'a> {
     pub steps_seen: u64,
     /// Instances serving now.
     pub serving: u32,
-    /// Instances billed now (serving + booting + stopping).
-    pub billed: u32,
-    /// Instances launched and not yet serving.
+    /// The fleet's size as far as decisions go: serving plus booting, launches that reads
+    /// do not show yet included, and instances already leaving (removed, still listed)
+    /// left out. `desired` is compared with it.
+    pub active: u32,
+    /// Instances launched and not yet serving (launches in flight included).
     pub booting: u32,
     /// Fleet bounds, inclusive.
     pub min: u32,
@@ -53,7 +55,8 @@ pub struct Plan {
     pub expected_unserved: f64,
 }
 
-/// A policy's answer: the fleet size it wants (billed instances, booting included) and why.
+/// A policy's answer: the active fleet size it wants (serving and booting instances; those
+/// already leaving are not counted) and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub desired: u32,

@@ -248,7 +248,7 @@ impl Policy for InvalidSettings {
     }
 
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
-        let current = obs.billed.clamp(obs.min.min(obs.max), obs.max);
+        let current = obs.active.clamp(obs.min.min(obs.max), obs.max);
         Decision::new(
             current,
             format!(

@@ -52,7 +52,7 @@ fn replay(
                 serving_history: &serving_history,
                 steps_seen: t as u64,
                 serving,
-                billed: fleet.len() as u32,
+                active: fleet.len() as u32,
                 booting: fleet.len() as u32 - serving,
                 min,
                 max,

@@ -165,7 +165,7 @@ impl Policy for Predictive {
             "target tracking: {}{}",
             recommendation.describe(rho),
             self.tracking
-                .describe_move(obs.billed, recommended, stabilised, highest)
+                .describe_move(obs.active, recommended, stabilised, highest)
         );
         let desired = match floor {
             Some((at, instances, demand)) => {

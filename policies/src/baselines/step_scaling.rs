@@ -357,7 +357,7 @@ impl Policy for StepScaling {
     }
 
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
-        let current = obs.billed;
+        let current = obs.active;
         let reading = latest_reading(obs);
         let utilisation = reading.map(|d| match (obs.serving, d > 0.0) {
             (_, false) => 0.0,

@@ -187,7 +187,7 @@ impl TargetTracking {
 
     /// HPA's recommendation from the latest reading, before stabilisation.
     pub(crate) fn recommend(&self, obs: &Observation<'_>) -> Recommendation {
-        let current = obs.billed;
+        let current = obs.active;
         let Some(demand) = latest_reading(obs) else {
             return Recommendation::NoReading { current };
         };
@@ -244,7 +244,7 @@ impl TargetTracking {
             .map(|&(_, r)| r)
             .max()
             .unwrap_or(recommended);
-        let current = obs.billed;
+        let current = obs.active;
         let desired = if recommended > current {
             recommended
         } else {
@@ -287,7 +287,7 @@ impl Policy for TargetTracking {
         let (stabilised, highest) = self.stabilise(obs, recommended);
         let desired = clamp_to_bounds(f64::from(stabilised), obs);
         let mut reason = recommendation.describe(self.config.target_utilisation);
-        reason.push_str(&self.describe_move(obs.billed, recommended, stabilised, highest));
+        reason.push_str(&self.describe_move(obs.active, recommended, stabilised, highest));
         if desired != stabilised {
             reason.push_str(&format!("; bounds [{}, {}] -> {desired}", obs.min, obs.max));
         }
