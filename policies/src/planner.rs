@@ -410,18 +410,31 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 ///    it costs least, and quiet hours (where one instance serves everything) neither
 ///    inflate nor deflate it.
 /// 2. **Corrected by what was observed.** For each step it commits capacity to, the
-///    planner notes the unserved demand the rule above expects at the penalty in use.
-///    The controller reports what served each step, so the planner later sees what
-///    actually went unserved, `max(0, demand - serving)`. Over the same window it
-///    divides what occurred by what was expected (both plus a pseudo-count of a quarter
-///    of the allowance), giving a ratio `c` bounded to [1/4, 16], and aims at
-///    `0.7 * max_unserved / c^2` (0.7: unserved demand comes in bursts, so what a fleet
-///    ends up with scatters around its aim, and the target is a ceiling). With `c`
-///    alone the aim would be right if unserved demand shrank in proportion as plans
-///    grow more careful; it shrinks more slowly, because part of it comes from surges
-///    no forecast sees coming, so the correction is squared: a persistent excess
-///    tightens the aim quickly, and a forecast that proves too cautious is let loose as
-///    quickly.
+///    planner notes the unserved demand the rule above expects at the penalty in use,
+///    and the serving capacity its plan had for that step, less the instances later
+///    decisions let go before it. The controller reports what served each step, so the
+///    planner later sees what actually went unserved; it charges the forecast only with
+///    the demand above both what served and what was planned,
+///    `max(0, demand - max(serving, planned))`. A fleet short of its plan (it started
+///    too small, launches failed, instances died or booted late) is no error of the
+///    forecast, and no higher price would have avoided it; capacity the planner itself
+///    released is charged. Over a window of about six hours it divides what occurred by
+///    what was expected (both plus a pseudo-count of a quarter of the allowance),
+///    giving a ratio `c` bounded to [1/4, 16], and aims at `0.7 * max_unserved / c^2`
+///    (0.7: unserved demand comes in bursts, so what a fleet ends up with scatters
+///    around its aim, and the target is a ceiling). With `c` alone the aim would be
+///    right if unserved demand shrank in proportion as plans grow more careful; it
+///    shrinks more slowly, because part of it comes from surges no forecast sees
+///    coming, so the correction is squared: a persistent excess tightens the aim
+///    quickly, and a forecast that proves too cautious is let loose as quickly.
+///
+///    The window is shorter than the penalty's: a genuine surprise (a jump no forecast
+///    saw) drives `c` up within a few steps, and with three days of memory it would
+///    keep the penalty near its top, and the fleet over-provisioned, for days. Over six
+///    hours the excess fades within about twice that (the penalty is back within twice
+///    its level after half a day). A much shorter memory forgets a bursty signal's
+///    unserved demand between its bursts: on the worldcup98 trace a four-hour window
+///    let unserved demand above 0.1 %.
 #[derive(Debug, Clone)]
 pub struct ServiceTarget {
     target: f64,
@@ -430,11 +443,22 @@ pub struct ServiceTarget {
     /// Discounted expected unserved demand at each ladder penalty, and expected demand.
     ladder_unserved: Vec<f64>,
     ladder_demand: f64,
-    /// Expected unserved demand at the penalty in use, for each step capacity was
-    /// committed to.
-    committed: VecDeque<(u64, f64)>,
+    /// For each step capacity was committed to: the unserved demand expected at the
+    /// penalty in use, and the serving capacity the plan had for it.
+    committed: VecDeque<Commitment>,
+    /// Discount per step of the calibration's window.
+    calibration_discount: f64,
     expected_unserved: f64,
     observed_unserved: f64,
+    /// Demand of the committed steps observed, over the calibration's window.
+    observed_demand: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Commitment {
+    step: u64,
+    expected: f64,
+    planned: f64,
 }
 
 /// The penalty and how it was formed, for the decision's reason.
@@ -445,6 +469,9 @@ pub struct Penalty {
     pub calibration: f64,
     /// The fraction of demand the plans aim to leave unserved.
     pub aim: f64,
+    /// The unserved demand the rule expects at this penalty, at the step it was asked
+    /// for.
+    pub expected_unserved: f64,
 }
 
 /// The lowest penalty exceeds the cost of launching an instance for one step (`L + 1`)
@@ -456,8 +483,10 @@ const CALIBRATION_RANGE: (f64, f64) = (0.25, 16.0);
 /// fraction a fleet ends up with scatters around its aim; the target is a ceiling, so the
 /// aim sits below it.
 const AIM_SHARE: f64 = 0.7;
-/// Days of history behind the penalty and its calibration.
+/// Days of history behind the penalty.
 const WINDOW_DAYS: f64 = 3.0;
+/// Hours of history behind its calibration.
+const CALIBRATION_HOURS: f64 = 6.0;
 
 /// The lowest of `points` with at most `p` of the probability mass above it.
 fn upper_point(points: &[f64], weights: &[f64], p: f64) -> f64 {
@@ -487,33 +516,72 @@ impl ServiceTarget {
             ladder,
             ladder_demand: 0.0,
             committed: VecDeque::new(),
+            calibration_discount: 1.0
+                - 1.0 / (CALIBRATION_HOURS / 24.0 * steps_per_day.max(1.0)).max(2.0),
             expected_unserved: 0.0,
             observed_unserved: 0.0,
+            observed_demand: 0.0,
         }
     }
 
     /// Records absolute step `step`: its demand and the instances that served it.
+    ///
+    /// A committed step is charged only for demand above both what served it and what
+    /// the plan had planned to serve it with: a fleet short of its plan (it started too
+    /// small, a launch failed, an instance died or booted late) is no error of the
+    /// forecast, and no higher price would have avoided it.
     pub fn observe(&mut self, step: u64, demand: f64, serving: f64) {
-        while self.committed.front().is_some_and(|&(s, _)| s < step) {
+        while self.committed.front().is_some_and(|c| c.step < step) {
             self.committed.pop_front();
         }
-        if self.committed.front().is_none_or(|&(s, _)| s != step) {
+        if self.committed.front().is_none_or(|c| c.step != step) {
             return;
         }
-        let Some((_, expected)) = self.committed.pop_front() else {
+        let Some(c) = self.committed.pop_front() else {
             return;
         };
         if !(demand.is_finite() && serving.is_finite()) {
             return;
         }
-        let d = self.discount;
-        self.expected_unserved = d * self.expected_unserved + expected;
-        self.observed_unserved = d * self.observed_unserved + (demand - serving).max(0.0);
+        let covered = if c.planned.is_finite() {
+            serving.max(c.planned)
+        } else {
+            serving
+        };
+        let d = self.calibration_discount;
+        self.expected_unserved = d * self.expected_unserved + c.expected;
+        self.observed_unserved = d * self.observed_unserved + (demand - covered).max(0.0);
+        self.observed_demand = d * self.observed_demand + demand.max(0.0);
     }
 
-    /// Adds the forecast distribution of absolute step `step` (the first a launch now
-    /// can serve) to the ladder, and returns the penalty to plan with.
-    pub fn penalty(&mut self, step: u64, points: &[f64], weights: &[f64]) -> Penalty {
+    /// Records that the decision at absolute step `step` removes `count` instances: the
+    /// steps already committed to, from `step` on, were planned that much smaller (what
+    /// goes unserved for want of them is an error of the forecast that let them go).
+    pub fn release(&mut self, step: u64, count: u32) {
+        for c in self.committed.iter_mut().filter(|c| c.step >= step) {
+            c.planned -= f64::from(count);
+        }
+    }
+
+    /// Records the plan made at the penalty [`penalty`](Self::penalty) returned for
+    /// absolute step `step`: the capacity it planned to serve that step with.
+    pub fn commit(&mut self, step: u64, penalty: &Penalty, planned_serving: f64) {
+        while self.committed.back().is_some_and(|c| c.step >= step) {
+            self.committed.pop_back();
+        }
+        self.committed.push_back(Commitment {
+            step,
+            expected: penalty.expected_unserved,
+            planned: planned_serving,
+        });
+        if self.committed.len() > 4096 {
+            self.committed.pop_front();
+        }
+    }
+
+    /// Adds the forecast distribution of the first step a launch now can serve to the
+    /// ladder, and returns the penalty to plan with.
+    pub fn penalty(&mut self, points: &[f64], weights: &[f64]) -> Penalty {
         let mean: f64 = points.iter().zip(weights).map(|(d, w)| d * w).sum();
         let d = self.discount;
         if mean.is_finite() && mean >= 0.0 {
@@ -524,7 +592,7 @@ impl ServiceTarget {
                     d * self.ladder_unserved[j] + shortfall_at(points, weights, to_size(keep));
             }
         }
-        let prior = 0.25 * self.target * self.ladder_demand;
+        let prior = 0.25 * self.target * self.observed_demand;
         let calibration = ((self.observed_unserved + prior) / (self.expected_unserved + prior))
             .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
         let calibration = if calibration.is_finite() {
@@ -551,18 +619,12 @@ impl ServiceTarget {
         };
         // What the rule expects at this penalty, to compare with what will occur.
         let keep = upper_point(points, weights, 1.0 / value).ceil();
-        let expected = shortfall_at(points, weights, to_size(keep));
-        while self.committed.back().is_some_and(|&(s, _)| s >= step) {
-            self.committed.pop_back();
-        }
-        self.committed.push_back((step, expected));
-        if self.committed.len() > 4096 {
-            self.committed.pop_front();
-        }
+        let expected_unserved = shortfall_at(points, weights, to_size(keep));
         Penalty {
             value,
             calibration,
             aim,
+            expected_unserved,
         }
     }
 }
@@ -766,7 +828,6 @@ impl Policy for DpPlanner {
             .arrivals(obs.steps_seen, obs.serving, l, &mut self.arrivals);
         let first_launch_stage = (l as usize).min(h - 1);
         let penalty = state.target.penalty(
-            obs.steps_seen + first_launch_stage as u64,
             &self.demand[first_launch_stage * m..(first_launch_stage + 1) * m],
             &self.weights,
         );
@@ -795,6 +856,15 @@ impl Policy for DpPlanner {
             Err(e) => return Decision::new(obs.active, format!("dp: cannot plan ({e}); holding")),
         };
         let at = first_launch_stage;
+        let desired = plan.desired_billed.clamp(obs.min.min(obs.max), obs.max);
+        state
+            .target
+            .release(obs.steps_seen, input.pool.saturating_sub(desired));
+        state.target.commit(
+            obs.steps_seen + at as u64,
+            &penalty,
+            f64::from(plan.serving[at]),
+        );
         let forecast: Vec<Vec<(f64, f64)>> = (0..h)
             .map(|k| {
                 let row = &self.quantiles[k * (m + shown) + m..(k + 1) * (m + shown)];
@@ -827,7 +897,7 @@ impl Policy for DpPlanner {
             None => reason,
         };
         Decision {
-            desired: plan.desired_billed.clamp(obs.min.min(obs.max), obs.max),
+            desired,
             reason,
             plan: Some(Plan {
                 trajectory: plan.serving,
