@@ -685,8 +685,10 @@ impl BootingCohorts {
 /// plans with [`plan_capacity`]. Its decision carries the whole plan (planned serving,
 /// forecast quantiles, expected cost and unserved demand) and a reason that names the
 /// forecast at the first step a launch can serve, the capacity change and the penalty.
-/// A plan never exceeds twice the highest demand of the last week (halving weekly),
-/// plus ten instances: a guard against a forecaster thrown off by a cold start.
+/// No forecast quantile, planned with or shown, exceeds twice the highest demand of the
+/// last week (halving weekly), plus ten instances; during the first day of history, the
+/// highest demand seen plus a margin that shrinks as history grows (see
+/// `PlannerState::ceiling`): a guard against a forecaster thrown off by a cold start.
 #[derive(Debug, Clone)]
 pub struct DpPlanner {
     config: DpConfig,
@@ -714,6 +716,35 @@ struct PlannerState {
     recent_peak: f64,
     peak_decay: f64,
     steps_seen: u64,
+    /// Steps with a demand value ingested (gaps not counted), and steps in a day.
+    values_seen: u64,
+    steps_per_day: f64,
+}
+
+/// The long-history ceiling: twice the recent peak, plus this many instances.
+const CEILING_SLACK: f64 = 10.0;
+/// The short-history margin above the peak never falls below this fraction.
+const SHORT_MARGIN_FLOOR: f64 = 0.25;
+
+impl PlannerState {
+    /// The highest demand any forecast quantile (planned with or shown) may take.
+    ///
+    /// A safety net against a forecaster gone wild (a cold start on a signal that then
+    /// jumps): never beyond twice the recent peak demand, plus ten. While less than a
+    /// day of values has been seen, the forecaster's spread rests on its prior rather
+    /// than on errors it has measured (after two steps its 99.9 % quantile three steps
+    /// ahead is about 45 times the median), so the bound is what the history supports:
+    /// the peak seen, plus a margin of `1/sqrt(n)` of it after `n` values (at least a
+    /// quarter), plus one instance. Rises are still followed at once: the peak moves
+    /// with every new high.
+    fn ceiling(&self) -> f64 {
+        let long = 2.0 * self.recent_peak.max(1.0) + CEILING_SLACK;
+        if (self.values_seen as f64) >= self.steps_per_day {
+            return long;
+        }
+        let margin = (1.0 / (self.values_seen.max(1) as f64).sqrt()).max(SHORT_MARGIN_FLOOR);
+        long.min(self.recent_peak * (1.0 + margin) + 1.0)
+    }
 }
 
 impl DpPlanner {
@@ -770,6 +801,8 @@ impl DpPlanner {
                 recent_peak: 0.0,
                 peak_decay: 0.5f64.powf(step_secs / (7.0 * 86_400.0)),
                 steps_seen: obs.steps_seen.saturating_sub(obs.demand.len() as u64),
+                values_seen: 0,
+                steps_per_day: 86_400.0 / step_secs,
             });
         }
         let Some(state) = self.state.as_mut() else {
@@ -791,6 +824,7 @@ impl DpPlanner {
             state.recent_peak *= state.peak_decay;
             if obs.demand[i].is_finite() {
                 state.recent_peak = state.recent_peak.max(obs.demand[i]);
+                state.values_seen += 1;
             }
         }
         state.steps_seen = obs.steps_seen;
@@ -814,13 +848,12 @@ impl Policy for DpPlanner {
         state
             .forecaster
             .forecast_into(h, &self.levels, &mut self.quantiles);
-        // A safety net against a forecaster gone wild (say, a cold start on a signal that
-        // then jumps): no plan beyond twice the recent peak demand, plus ten.
-        let ceiling = 2.0 * state.recent_peak.max(1.0) + 10.0;
+        let ceiling = state.ceiling();
         self.demand.clear();
         for k in 0..h {
-            let row = &self.quantiles[k * (m + shown)..k * (m + shown) + m];
-            self.demand.extend(row.iter().map(|&d| d.min(ceiling)));
+            let row = &mut self.quantiles[k * (m + shown)..(k + 1) * (m + shown)];
+            row.iter_mut().for_each(|d| *d = d.min(ceiling));
+            self.demand.extend_from_slice(&row[..m]);
         }
         state.booting.update(obs.steps_seen, obs.booting, l);
         state

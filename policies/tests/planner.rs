@@ -620,3 +620,59 @@ fn calibration_rises_for_a_forecast_that_under_predicts_and_recovers_in_hours() 
         "{before:?} {later:?}"
     );
 }
+
+#[test]
+fn a_short_history_bounds_the_forecast_and_the_plan() {
+    // Flat-ish demand between 10 and 13 instances; the planner sees it from its first
+    // steps on, the fleet following its decisions (one-minute steps, L = 3).
+    let demand: Vec<f64> = (0..40).map(|t| 10.0 + ((t * 7) % 4) as f64).collect();
+    let mut dp = DpPlanner::new(DpConfig::default()).unwrap();
+    let mut fleet: Vec<usize> = vec![0; 10];
+    let mut serving_history = Vec::new();
+    for t in 0..demand.len() {
+        if t > 0 {
+            let serving = fleet.iter().filter(|&&from| from <= t).count() as u32;
+            let obs = Observation {
+                demand: &demand[..t],
+                serving_history: &serving_history,
+                steps_seen: t as u64,
+                serving,
+                active: fleet.len() as u32,
+                booting: fleet.len() as u32 - serving,
+                min: 1,
+                max: 10_000,
+                max_step_up: None,
+                max_step_down: None,
+                step: Duration::from_secs(60),
+                boot_steps: 3,
+            };
+            let decision = dp.decide(&obs);
+            let plan = decision.plan.unwrap();
+            let peak = demand[..t].iter().copied().fold(0.0, f64::max);
+            let bound = 2.0 * peak + 2.0;
+            let shown = plan.forecast.iter().flatten().map(|&(_, v)| v);
+            let highest = shown.fold(0.0, f64::max);
+            assert!(
+                highest <= bound,
+                "{t} steps seen, peak {peak}: forecast up to {highest:.1}; {}",
+                decision.reason
+            );
+            let planned = plan.trajectory.iter().copied().max().unwrap();
+            assert!(
+                f64::from(planned) <= bound && f64::from(decision.desired) <= bound,
+                "{t} steps seen, peak {peak}: plans {planned}, wants {}; {}",
+                decision.desired,
+                decision.reason
+            );
+            let desired = decision.desired as usize;
+            if desired > fleet.len() {
+                fleet.resize(desired, t + 3);
+            } else {
+                fleet.sort_unstable();
+                fleet.truncate(desired);
+            }
+        }
+        let serving = fleet.iter().filter(|&&from| from <= t).count();
+        serving_history.push(serving as f64);
+    }
+}
