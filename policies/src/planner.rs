@@ -1036,4 +1036,22 @@ mod tests {
         c.arrivals(12, 6, 3, &mut out);
         assert_eq!(out, vec![6, 8, 8]);
     }
+
+    #[test]
+    fn cohorts_booting_late_are_not_counted_as_arriving() {
+        let mut c = BootingCohorts::default();
+        let mut out = Vec::new();
+        c.update(10, 4, 3); // launched at 9, due at 12
+        c.arrivals(10, 5, 3, &mut out);
+        assert_eq!(out, vec![5, 5, 9]);
+        // At 12 all four still boot: they are not taken to serve now, but as if launched
+        // at the tick before, a boot delay from then.
+        c.update(12, 4, 3);
+        c.arrivals(12, 5, 3, &mut out);
+        assert_eq!(out, vec![5, 5, 9]);
+        // Still late at 14: pushed back again.
+        c.update(14, 4, 3);
+        c.arrivals(14, 5, 3, &mut out);
+        assert_eq!(out, vec![5, 5, 9]);
+    }
 }
