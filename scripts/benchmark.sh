@@ -52,6 +52,22 @@ for c in "${cases[@]}"; do
   cat "benchmarks/$name.txt"
 done
 
+# Every policy under the realistic clouds (BENCHMARK.md's "Realistic clouds"), baselines
+# swept inside each scenario. SCENARIOS (default "aws hostile") and SEED (default 1).
+seed=${SEED:-1}
+for scenario in ${SCENARIOS:-aws hostile}; do
+  for c in "${cases[@]}"; do
+    IFS='|' read -r name file column per step boot expected <<<"$c"
+    cmd=(replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --cloud "$scenario" --seed "$seed" --save "benchmarks/$name-$scenario-sweep.json")
+    echo "== fleetscale ${cmd[*]}" >&2
+    start=$(date +%s.%N)
+    "$bin" "${cmd[@]}" > "benchmarks/$name-$scenario.txt"
+    echo "$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)")" > "benchmarks/$name-$scenario.seconds"
+    printf '%s\n' "fleetscale ${cmd[*]}" | sed "s|$traces|../shared/traces|g" > "benchmarks/$name-$scenario.command"
+    cat "benchmarks/$name-$scenario.txt"
+  done
+done
+
 # One dp replay of the whole worldcup98 trace on its own, timed.
 IFS='|' read -r name file column per step boot expected <<<"${cases[0]}"
 start=$(date +%s.%N)

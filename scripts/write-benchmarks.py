@@ -48,6 +48,54 @@ for name, title in traces:
               f"{r['decide_ms_p99']:.4f} | {r['wall_s']:.2f} |")
     print(f"\nOracle (perfect foresight, nothing unserved): {rows[0]['oracle_instance_minutes']:,.0f} instance-minutes.\n")
     print(f"![{name}: demand, serving and billed instances for dp and the cheapest baseline](benchmarks/{name}.svg)\n")
+def best_of(rows):
+    """Each policy's cheapest setting within 0.1 % unserved, or else its least unserved."""
+    best = {}
+    for r in rows:
+        b = best.get(r["policy"])
+        ok, b_ok = r["unserved_pct"] <= 0.1, b is not None and b["unserved_pct"] <= 0.1
+        if b is None or (ok and not b_ok) or (ok and b_ok and r["instance_minutes"] < b["instance_minutes"]) \
+                or (not ok and not b_ok and r["unserved_pct"] < b["unserved_pct"]):
+            best[r["policy"]] = r
+    return best
+
+
+scenarios = [s for s in ("aws", "hostile") if any((bench / f"{n}-{s}-sweep.json").exists() for n, _ in traces)]
+if scenarios:
+    print("## Realistic clouds\n")
+    print("The same replay in BENCHMARK.md's realistic clouds (`--cloud aws`, `--cloud hostile`): boot")
+    print("and termination times drawn from their distributions, reads lagging behind writes, failed,")
+    print("half-filled and throttled calls, instances that never boot or die, signal gaps, and agent")
+    print("restarts with nothing kept in memory. Baselines are swept inside each scenario and credited")
+    print("with their cheapest setting within 0.1 % unserved (or, where none reaches it, their least")
+    print("unserved, marked *). Safety figures: zero-serving steps, the worst hour's share of demand")
+    print("served, double launches, blind scale-ins, bound violations.\n")
+for scenario in scenarios:
+    for name, title in traces:
+        path = bench / f"{name}-{scenario}-sweep.json"
+        if not path.exists():
+            continue
+        rows = json.loads(path.read_text())
+        seed = (bench / f"{name}-{scenario}.command").read_text().split("--seed ")[1].split()[0]
+        print(f"### `{scenario}`: {title}\n")
+        print("Command (seed " + seed + "):\n")
+        print("```")
+        print((bench / f"{name}-{scenario}.command").read_text().strip())
+        print("```\n")
+        print(f"Wall time of the whole command: {(bench / f'{name}-{scenario}.seconds').read_text().strip()} s.\n")
+        best = best_of(rows)
+        print("| policy | setting | instance-minutes | unserved % | cost ratio | zero-serving steps (after the agent's own scale-in) | worst hour served | double launches | blind scale-ins | bound violations | failed ticks | restarts |")
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for policy in ["dp", "target-tracking", "step-scaling", "predictive", "static-peak", "oracle"]:
+            r = best.get(policy)
+            if r is None:
+                continue
+            setting = "-" if r["setting"] is None else f"{r['setting']:g}"
+            mark = "" if r["unserved_pct"] <= 0.1 else " *"
+            print(f"| {policy} | {setting}{mark} | {r['instance_minutes']:,.0f} | {r['unserved_pct']:.3f} | {r['cost_ratio']:.3f} | "
+                  f"{r['zero_serving_steps']} ({r['agent_zero_serving_steps']}) | {r['worst_hour_served']:.3f} | {r['double_launches']} | {r['blind_scale_ins']} | "
+                  f"{r['bound_violations']} | {r['failed_ticks']} | {r['restarts']} |")
+        print()
 alone = bench / "dp-alone.seconds"
 if alone.exists():
     print("## Replay speed\n")

@@ -107,6 +107,15 @@ pub struct ReplayArgs {
     /// Most instances (default: unbounded).
     #[arg(long)]
     pub max: Option<u32>,
+    /// The cloud to replay in: `ideal` (BENCHMARK.md's model), `aws` or `hostile` (its
+    /// "Realistic clouds" scenarios: boot and termination times, read lag, failed and
+    /// half-filled launches, throttling, deaths, signal gaps, agent restarts), or a TOML
+    /// file of one's own with the same fields (see the README).
+    #[arg(long, default_value = "ideal")]
+    pub cloud: String,
+    /// Seed of every random draw of the cloud scenario; the same seed repeats a run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     #[arg(long, value_enum, default_value = "table")]
     pub format: Format,
     /// Also draw demand, serving and billed instances to this SVG (with --sweep: dp and

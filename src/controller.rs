@@ -1,21 +1,25 @@
-//! One fleet's control loop. Each tick: observe (the fleet and the signal), decide (the
-//! policy), guard, act (through the adapter), record (a log line and metrics).
+//! One fleet's control loop. Each tick is five steps, each a function with a typed
+//! result: [`observe`](FleetController::observe) (the fleet, formed into one
+//! [`FleetAccount`], and the signal), [`decide`](FleetController::decide) (the policy's
+//! wish), [`guard`](FleetController::guard) (bounds, limits, holds, stuck boots),
+//! [`act`](FleetController::act) (through the adapter) and record (a log line and
+//! metrics, once, whatever the earlier steps did).
 //!
 //! [`FleetController::tick`] is the reconcile step: it reads the world, acts once and
 //! returns a [`TickReport`] that says what it did and why. [`next_wait`] is the pure
 //! error policy that turns failures into backoff.
 
 use std::collections::VecDeque;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use fleetscale_adapters::{
-    AdapterError, Clock, CloudAdapter, ErrorKind, Fleet, IdempotencyToken, InstanceState,
+    AdapterError, Clock, CloudAdapter, ErrorKind, InstanceId, InstanceState,
 };
 use fleetscale_policies::{Decision, Observation, Policy};
 use serde::Serialize;
 
+use crate::account::{FleetAccount, Unseen};
 use crate::guards::{self, GuardConfig, GuardState, Intervention};
 use crate::scale_in;
 use crate::signal::{SignalError, SignalSource};
@@ -57,8 +61,14 @@ pub struct TickReport {
     pub observed: Option<f64>,
     pub signal_error: Option<String>,
     pub serving: u32,
+    /// Everything the provider may still bill: serving, booting and leaving.
     pub billed: u32,
+    /// Booting, launches in flight (not listed yet) included.
     pub booting: u32,
+    /// Launched by this agent, not listed yet.
+    pub in_flight: u32,
+    /// Removed and still listed.
+    pub leaving: u32,
     /// The policy's wish, when it was asked.
     pub desired: Option<u32>,
     /// The size after the guards.
@@ -76,6 +86,13 @@ pub struct TickReport {
     pub decide_time: Duration,
 }
 
+impl TickReport {
+    /// Serving plus booting: what the applied size is compared with.
+    pub fn active(&self) -> u32 {
+        self.billed - self.leaving
+    }
+}
+
 fn error_text<S: serde::Serializer>(error: &Option<AdapterError>, s: S) -> Result<S::Ok, S::Error> {
     match error {
         Some(e) => s.serialize_some(&e.to_string()),
@@ -86,17 +103,21 @@ fn error_text<S: serde::Serializer>(error: &Option<AdapterError>, s: S) -> Resul
 /// The pure error policy: how long to wait before acting again after `consecutive`
 /// failed ticks, the last with `error`. Capacity and throttling wait longer, and never
 /// less than the provider asked.
+/// The first failure of a kind that may pass waits for the next tick (a capacity error
+/// in one zone, a throttle, a 5xx), and each further one doubles the wait.
 pub fn next_wait(error: &AdapterError, consecutive: u32, tick: Duration) -> Duration {
     let base = match error.kind() {
-        ErrorKind::Throttled | ErrorKind::Capacity => tick * 2,
-        ErrorKind::Authentication | ErrorKind::Permission => tick * 4,
+        ErrorKind::Authentication | ErrorKind::Permission => tick.saturating_mul(4),
         _ => tick,
     };
     let backoff = base.saturating_mul(1 << consecutive.saturating_sub(1).min(6));
+    // A provider's retry-after longer than the cap is still honoured, up to a day.
     backoff
         .min(Duration::from_secs(30 * 60))
-        .max(error.retry_after().unwrap_or_default())
+        .max(error.retry_after().unwrap_or_default().min(DAY))
 }
+
+const DAY: Duration = Duration::from_secs(86_400);
 
 /// The demand and serving history a policy sees, bounded.
 #[derive(Debug, Default)]
@@ -120,8 +141,10 @@ impl History {
     }
 }
 
-/// One fleet's controller. Holds no state that cannot be read again: the fleet is read
-/// from the cloud every tick and history from the signal at start.
+/// One fleet's controller. Reads the fleet from the cloud every tick and history from
+/// the signal at start; what it keeps in memory besides (its own launches and removals
+/// that reads do not show yet, guard timers, backoff) is described in [`crate::account`]
+/// and [`GuardState`]: a restarted agent loses it and carries on safely without it.
 #[derive(Debug)]
 pub struct FleetController {
     name: String,
@@ -145,6 +168,10 @@ pub struct FleetController {
     /// Instances serving after the last tick's action: the capacity that serves the step
     /// whose demand the next tick reads.
     serving_after_act: f64,
+    unseen: Unseen,
+    /// The first tick's time: for `read_lag` after it, a launch made before this
+    /// controller existed may be in flight unseen.
+    started: Option<SystemTime>,
 }
 
 /// Parts a controller is made of.
@@ -163,12 +190,35 @@ pub struct ControllerParts {
     pub history_steps: usize,
 }
 
+/// What observe saw: the fleet's account, and the signal's latest demand or why not.
+#[derive(Debug)]
+pub struct Observed {
+    pub account: FleetAccount,
+    pub signal: Result<f64, SignalError>,
+}
+
+/// What the guards let through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    /// Bring the active fleet to this size.
+    Resize(u32),
+    /// Remove these instances, stuck booting past `max_boot_time`, to be replaced.
+    ReplaceStuck(Vec<InstanceId>),
+}
+
+/// A step ended the tick early; the report says why.
+struct Stop;
+
+type StepResult<T> = Result<T, Stop>;
+
 impl FleetController {
     pub fn new(parts: ControllerParts) -> Self {
+        let step = parts.step.max(Duration::from_millis(1));
         let boot_steps = parts
             .boot_delay
             .as_nanos()
-            .div_ceil(parts.step.as_nanos().max(1)) as u32;
+            .div_ceil(step.as_nanos())
+            .min(u128::from(u32::MAX)) as u32;
         FleetController {
             replace_wait: parts.guards.replace_backoff,
             name: parts.name,
@@ -178,7 +228,7 @@ impl FleetController {
             guards: parts.guards,
             guard_state: GuardState::default(),
             clock: parts.clock,
-            step: parts.step,
+            step,
             boot_steps,
             history: History::default(),
             warmed: false,
@@ -189,6 +239,8 @@ impl FleetController {
             metrics: parts.metrics,
             history_steps: parts.history_steps.min(MAX_HISTORY),
             serving_after_act: f64::NAN,
+            unseen: Unseen::default(),
+            started: None,
         }
     }
 
@@ -207,6 +259,7 @@ impl FleetController {
     /// Observe, decide, guard, act, record: once.
     pub async fn tick(&mut self) -> TickReport {
         let now = self.clock.now();
+        self.started.get_or_insert(now);
         let mut report = TickReport {
             fleet: self.name.clone(),
             observed: None,
@@ -214,6 +267,8 @@ impl FleetController {
             serving: 0,
             billed: 0,
             booting: 0,
+            in_flight: 0,
+            leaving: 0,
             desired: None,
             applied: None,
             reason: String::new(),
@@ -223,24 +278,41 @@ impl FleetController {
             decision: None,
             decide_time: Duration::ZERO,
         };
+        let _ = self.steps(now, &mut report).await;
+        self.record(&report);
+        report
+    }
 
-        // Observe the fleet. Without it there is nothing safe to do.
+    async fn steps(&mut self, now: SystemTime, report: &mut TickReport) -> StepResult<()> {
+        let seen = self.observe(now, report).await?;
+        self.check_paused(now, &seen.account, report)?;
+        let wanted = self.decide(&seen, report);
+        let intent = self.guard(now, &seen, wanted, report);
+        self.act(now, &seen, intent, report).await;
+        Ok(())
+    }
+
+    /// Observe: read the fleet and form its account, then read the signal (history at
+    /// start or after a gap, the latest value otherwise). Without the fleet there is
+    /// nothing safe to do.
+    async fn observe(&mut self, now: SystemTime, report: &mut TickReport) -> StepResult<Observed> {
         let fleet = match self.adapter.read_fleet().await {
             Ok(fleet) => fleet,
             Err(error) => {
                 report.reason = "could not read the fleet".into();
-                self.fail(&mut report, now, error);
-                self.record(&report);
-                return report;
+                self.fail(report, now, error);
+                return Err(Stop);
             }
         };
-        report.serving = fleet.serving();
-        report.billed = fleet.billed();
-        report.booting = fleet.booting();
+        let account = self.unseen.account(&fleet, now);
+        report.serving = account.serving;
+        report.billed = account.billed();
+        report.booting = account.booting;
+        report.in_flight = account.in_flight;
+        report.leaving = account.leaving;
 
-        // Observe the signal: history at start or after a gap, the latest value otherwise.
-        let signal = self.observe_signal(now, report.serving).await;
-        self.serving_after_act = f64::from(report.serving);
+        let signal = self.observe_signal(now, account.serving).await;
+        self.serving_after_act = f64::from(account.serving);
         match &signal {
             Ok(value) => report.observed = Some(*value),
             Err(e) => {
@@ -252,85 +324,160 @@ impl FleetController {
                 }
             }
         }
+        Ok(Observed { account, signal })
+    }
 
-        if let Some(until) = self.paused_until.filter(|until| now < *until) {
-            report.action = Action::Paused {
-                until: humantime::format_rfc3339_seconds(until).to_string(),
-            };
-            report.reason = if self.suspended {
-                format!(
-                    "suspended after {} consecutive failures",
-                    self.consecutive_failures
-                )
-            } else {
-                "backing off after a failed call".into()
-            };
-            self.record(&report);
-            return report;
-        }
-
-        // Replace instances stuck booting, before deciding (the policy then sees the gap).
-        if let Some(removed) = self.replace_stuck(&fleet, now, &mut report).await {
-            report.action = Action::ReplaceStuck { removed };
-            self.record(&report);
-            return report;
-        }
-        if report.error.is_some() {
-            self.record(&report);
-            return report;
-        }
-
-        // Decide.
-        let wanted = if signal.is_ok() {
-            let demand: &[f64] = self.history.demand.make_contiguous();
-            let serving_history: &[f64] = self.history.serving.make_contiguous();
-            let observation = Observation {
-                demand,
-                serving_history,
-                steps_seen: self.history.steps_seen,
-                serving: report.serving,
-                billed: report.billed,
-                booting: report.booting,
-                min: self.guards.min,
-                max: self.guards.max,
-                max_step_up: self.guards.max_step_up,
-                max_step_down: self.guards.max_step_down,
-                step: self.step,
-                boot_steps: self.boot_steps,
-            };
-            let started = Instant::now();
-            let decision = self.policy.decide(&observation);
-            report.decide_time = started.elapsed();
-            report.desired = Some(decision.desired);
-            report.reason = decision.reason.clone();
-            let desired = decision.desired;
-            report.decision = Some(decision);
-            desired
-        } else {
-            report.reason = "holding: no trustworthy signal".into();
-            report.billed
+    /// A suspended or backing-off fleet observes (history stays whole) and does no more,
+    /// except that backing off never keeps a fleet below its minimum (a lone instance
+    /// that died is replaced at once).
+    fn check_paused(
+        &self,
+        now: SystemTime,
+        account: &FleetAccount,
+        report: &mut TickReport,
+    ) -> StepResult<()> {
+        let Some(until) = self.paused_until.filter(|until| now < *until) else {
+            return Ok(());
         };
+        if !self.suspended && account.active() < self.guards.min {
+            return Ok(());
+        }
+        report.action = Action::Paused {
+            until: humantime::format_rfc3339_seconds(until).to_string(),
+        };
+        report.reason = if self.suspended {
+            format!(
+                "suspended after {} consecutive failures",
+                self.consecutive_failures
+            )
+        } else {
+            "backing off after a failed call".into()
+        };
+        Err(Stop)
+    }
 
-        // Guard.
+    /// Decide: the policy's wish for the active size, or, without a trustworthy signal,
+    /// the size there is.
+    fn decide(&mut self, seen: &Observed, report: &mut TickReport) -> u32 {
+        let account = &seen.account;
+        if seen.signal.is_err() {
+            report.reason = "holding: no trustworthy signal".into();
+            return account.active();
+        }
+        let observation = Observation {
+            demand: self.history.demand.make_contiguous(),
+            serving_history: self.history.serving.make_contiguous(),
+            steps_seen: self.history.steps_seen,
+            serving: account.serving,
+            active: account.active(),
+            booting: account.booting,
+            min: self.guards.min,
+            max: self.guards.max,
+            max_step_up: self.guards.max_step_up,
+            max_step_down: self.guards.max_step_down,
+            step: self.step,
+            boot_steps: self.boot_steps,
+        };
+        let started = Instant::now();
+        let decision = self.policy.decide(&observation);
+        report.decide_time = started.elapsed();
+        report.desired = Some(decision.desired);
+        report.reason = decision.reason.clone();
+        let desired = decision.desired;
+        report.decision = Some(decision);
+        desired
+    }
+
+    /// Guard: instances stuck booting are replaced first (the policy then sees the gap
+    /// next tick); otherwise the wish passes bounds, limits, cooldowns, stabilisation and
+    /// the signal hold.
+    fn guard(
+        &mut self,
+        now: SystemTime,
+        seen: &Observed,
+        wanted: u32,
+        report: &mut TickReport,
+    ) -> Intent {
+        let stuck: Vec<InstanceId> = seen
+            .account
+            .instances
+            .iter()
+            .filter(|i| i.state == InstanceState::Pending && !i.protected)
+            .filter(|i| {
+                now.duration_since(i.launched_at).unwrap_or_default() > self.guards.max_boot_time
+            })
+            .map(|i| i.id.clone())
+            .collect();
+        if !stuck.is_empty() && self.replace_after.is_none_or(|after| now >= after) {
+            // Replacements that get stuck again wait twice as long before the next round.
+            if self.replace_after.is_some() {
+                self.replace_wait = (self.replace_wait * 2).min(Duration::from_secs(3600));
+            }
+            self.replace_after = Some(now + self.replace_wait);
+            return Intent::ReplaceStuck(stuck);
+        }
         let guarded = guards::apply(
             &self.guards,
             &mut self.guard_state,
             now,
-            report.billed,
+            seen.account.active(),
             wanted,
-            signal.is_ok(),
+            seen.signal.is_ok(),
         );
         report.applied = Some(guarded.applied);
         report.interventions = guarded.interventions;
+        Intent::Resize(guarded.applied)
+    }
 
-        // Act.
-        let target = guarded.applied;
-        if target > report.billed {
-            let count = target - report.billed;
-            let token = self.grow_token(now, report.billed, target);
+    /// Act: one call through the adapter (or none), its outcome noted in the account's
+    /// memory and the guards' timers.
+    async fn act(
+        &mut self,
+        now: SystemTime,
+        seen: &Observed,
+        intent: Intent,
+        report: &mut TickReport,
+    ) {
+        let active = seen.account.active();
+        match intent {
+            Intent::ReplaceStuck(stuck) => self.replace_stuck(now, &stuck, report).await,
+            Intent::Resize(target) if target > active => {
+                self.grow(now, &seen.account, target - active, report).await
+            }
+            Intent::Resize(target) if target < active => {
+                self.shrink(now, &seen.account, (active - target) as usize, report)
+                    .await
+            }
+            Intent::Resize(_) => self.succeed(),
+        }
+    }
+
+    async fn grow(
+        &mut self,
+        now: SystemTime,
+        account: &FleetAccount,
+        count: u32,
+        report: &mut TickReport,
+    ) {
+        // At most two tokens: the view's, and a salted one when the provider answers the
+        // first with instances long gone or (past the start-up window) with a conflict.
+        for _ in 0..2 {
+            let token = self.unseen.grow_token(&self.name, account);
             match self.adapter.grow(count, &token).await {
                 Ok(outcome) => {
-                    let launched = outcome.launched.len() as u32;
+                    let new: Vec<InstanceId> = outcome
+                        .launched
+                        .iter()
+                        .filter(|id| !account.lists(id) && !self.unseen.is_gone(id))
+                        .cloned()
+                        .collect();
+                    if new.is_empty() && !outcome.launched.is_empty() {
+                        // The token was used on an earlier fleet of the same instances.
+                        self.unseen.spend(&token);
+                        continue;
+                    }
+                    let launched = new.len() as u32;
+                    self.unseen.launched(&new, now, self.guards.read_lag);
                     if launched < count {
                         if let Some(m) = &self.metrics {
                             m.launch_shortfall
@@ -346,54 +493,112 @@ impl FleetController {
                     guards::record_change(
                         &mut self.guard_state,
                         now,
-                        report.billed,
-                        report.billed + launched,
+                        account.active(),
+                        account.active() + launched,
                     );
                     self.succeed();
+                    return;
                 }
-                Err(error) => self.fail(&mut report, now, error),
-            }
-        } else if target < report.billed {
-            let count = (report.billed - target) as usize;
-            let victims = scale_in::choose(&fleet.instances, count);
-            if victims.is_empty() {
-                report.action = Action::None;
-                report
-                    .reason
-                    .push_str(" (no removable instance: the rest are protected)");
-                self.succeed();
-            } else {
-                match self.adapter.shrink(&victims).await {
-                    Ok(outcome) => {
-                        let removed = outcome.removed.len() as u32;
-                        let was_serving = fleet
-                            .instances
-                            .iter()
-                            .filter(|i| {
-                                i.state == InstanceState::Running && outcome.removed.contains(&i.id)
-                            })
-                            .count();
-                        self.serving_after_act -= was_serving as f64;
-                        report.action = Action::Shrink {
-                            requested: victims.len() as u32,
-                            removed,
-                        };
-                        guards::record_change(
-                            &mut self.guard_state,
-                            now,
-                            report.billed,
-                            report.billed - removed,
-                        );
-                        self.succeed();
-                    }
-                    Err(error) => self.fail(&mut report, now, error),
+                Err(error) if error.kind() == ErrorKind::Conflict && self.starting_up(now) => {
+                    report.reason.push_str(
+                        "; a launch made before this agent started is still in flight: \
+                         waiting for reads to show it",
+                    );
+                    self.succeed();
+                    return;
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => self.unseen.spend(&token),
+                Err(error) => {
+                    self.fail(report, now, error);
+                    return;
                 }
             }
-        } else {
-            self.succeed();
         }
-        self.record(&report);
-        report
+        report.reason.push_str(
+            "; the provider repeated an old launch for two tokens: trying again next tick",
+        );
+        self.succeed();
+    }
+
+    async fn shrink(
+        &mut self,
+        now: SystemTime,
+        account: &FleetAccount,
+        count: usize,
+        report: &mut TickReport,
+    ) {
+        let victims = scale_in::choose(&account.instances, count);
+        if victims.is_empty() {
+            report
+                .reason
+                .push_str(" (no removable instance: the rest are protected)");
+            self.succeed();
+            return;
+        }
+        match self.adapter.shrink(&victims).await {
+            Ok(outcome) => {
+                let removed = outcome.removed.len() as u32;
+                self.unseen
+                    .removed(&outcome.removed, now, self.guards.read_lag);
+                let was_serving = account
+                    .instances
+                    .iter()
+                    .filter(|i| {
+                        i.state == InstanceState::Running && outcome.removed.contains(&i.id)
+                    })
+                    .count();
+                self.serving_after_act -= was_serving as f64;
+                report.action = Action::Shrink {
+                    requested: victims.len() as u32,
+                    removed,
+                };
+                guards::record_change(
+                    &mut self.guard_state,
+                    now,
+                    account.active(),
+                    account.active().saturating_sub(removed),
+                );
+                self.succeed();
+            }
+            Err(error) => self.fail(report, now, error),
+        }
+    }
+
+    async fn replace_stuck(
+        &mut self,
+        now: SystemTime,
+        stuck: &[InstanceId],
+        report: &mut TickReport,
+    ) {
+        match self.adapter.shrink(stuck).await {
+            Ok(outcome) => {
+                let removed = outcome.removed.len() as u32;
+                self.unseen
+                    .removed(&outcome.removed, now, self.guards.read_lag);
+                tracing::warn!(fleet = %self.name, removed, max_boot_time = ?self.guards.max_boot_time, "replacing instances stuck booting");
+                if let Some(m) = &self.metrics {
+                    m.stuck_replaced
+                        .with_label_values(&[&self.name])
+                        .inc_by(u64::from(removed));
+                }
+                report.reason = format!(
+                    "{removed} instance(s) booting longer than {:?}: removed, to be replaced",
+                    self.guards.max_boot_time
+                );
+                report.action = Action::ReplaceStuck { removed };
+                self.succeed();
+            }
+            Err(error) => {
+                report.reason = "could not remove instances stuck booting".into();
+                self.fail(report, now, error);
+            }
+        }
+    }
+
+    /// Within `read_lag` of the first tick: a launch of a predecessor may be unseen.
+    fn starting_up(&self, now: SystemTime) -> bool {
+        self.started
+            .is_some_and(|started| now <= started + self.guards.read_lag)
     }
 
     /// Reads the signal, appending to the history. Returns the latest demand.
@@ -448,71 +653,6 @@ impl FleetController {
         }
     }
 
-    async fn replace_stuck(
-        &mut self,
-        fleet: &Fleet,
-        now: SystemTime,
-        report: &mut TickReport,
-    ) -> Option<u32> {
-        let stuck: Vec<String> = fleet
-            .instances
-            .iter()
-            .filter(|i| i.state == InstanceState::Pending && !i.protected)
-            .filter(|i| {
-                now.duration_since(i.launched_at).unwrap_or_default() > self.guards.max_boot_time
-            })
-            .map(|i| i.id.clone())
-            .collect();
-        if stuck.is_empty() || self.replace_after.is_some_and(|after| now < after) {
-            return None;
-        }
-        // Replacements that get stuck again wait twice as long before the next round.
-        if self.replace_after.is_some() {
-            self.replace_wait = (self.replace_wait * 2).min(Duration::from_secs(3600));
-        }
-        self.replace_after = Some(now + self.replace_wait);
-        match self.adapter.shrink(&stuck).await {
-            Ok(outcome) => {
-                let removed = outcome.removed.len() as u32;
-                tracing::warn!(fleet = %self.name, removed, max_boot_time = ?self.guards.max_boot_time, "replacing instances stuck booting");
-                if let Some(m) = &self.metrics {
-                    m.stuck_replaced
-                        .with_label_values(&[&self.name])
-                        .inc_by(u64::from(removed));
-                }
-                report.reason = format!(
-                    "{removed} instance(s) booting longer than {:?}: removed, to be replaced",
-                    self.guards.max_boot_time
-                );
-                self.succeed();
-                Some(removed)
-            }
-            Err(error) => {
-                report.reason = "could not remove instances stuck booting".into();
-                self.fail(report, now, error);
-                None
-            }
-        }
-    }
-
-    /// A grow's token: the same fleet, decision time, current size and target give the
-    /// same token, so a retried call, or a restart within the same tick, never launches
-    /// twice. (A restart in a later tick reads the launched instances first.)
-    fn grow_token(&self, now: SystemTime, billed: u32, target: u32) -> IdempotencyToken {
-        let tick = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos()
-            / self.step.as_nanos().max(1);
-        let mut hasher = DefaultHasher::new();
-        (self.name.as_str(), tick, billed, target).hash(&mut hasher);
-        IdempotencyToken::new(format!(
-            "fleetscale-{}-{tick}-{:016x}",
-            billed,
-            hasher.finish()
-        ))
-    }
-
     fn succeed(&mut self) {
         if self.suspended {
             tracing::info!(fleet = %self.name, "fleet resumed: calls succeed again");
@@ -543,11 +683,11 @@ impl FleetController {
             }
             self.guards
                 .suspend_for
-                .max(error.retry_after().unwrap_or_default())
+                .max(error.retry_after().unwrap_or_default().min(DAY))
         } else {
             next_wait(&error, self.consecutive_failures, self.step)
         };
-        self.paused_until = Some(now + wait);
+        self.paused_until = now.checked_add(wait);
         report.error = Some(error);
     }
 
@@ -599,6 +739,7 @@ impl FleetController {
             ),
             (None, None) => tracing::info!(
                 fleet = %report.fleet, observed = %observed, serving = report.serving, billed = report.billed,
+                booting = report.booting, leaving = report.leaving,
                 desired = %desired, applied = %applied, guards = %interventions.join(", "), action = %action,
                 "{}", report.reason
             ),
@@ -626,7 +767,7 @@ impl FleetController {
             m.applied
                 .with_label_values(&[fleet])
                 .set(i64::from(applied));
-            let direction = match applied.cmp(&report.billed) {
+            let direction = match applied.cmp(&report.active()) {
                 std::cmp::Ordering::Greater => "up",
                 std::cmp::Ordering::Less => "down",
                 std::cmp::Ordering::Equal => "none",

@@ -44,6 +44,13 @@ pub struct GuardConfig {
     /// How long a suspended fleet rests before one more try. Default 10m.
     #[serde(default = "defaults::suspend_for", with = "humantime_serde")]
     pub suspend_for: Duration,
+    /// How long the provider's reads may lag behind a launch or a removal. A launch is
+    /// counted as booting until reads list it or this has passed; a removal as leaving
+    /// while reads still show the instance as before, as long as this; and for this long
+    /// after it starts, an agent takes a refused grow token as a launch of its
+    /// predecessor's still in flight. Default 30s.
+    #[serde(default = "defaults::read_lag", with = "humantime_serde")]
+    pub read_lag: Duration,
 }
 
 mod defaults {
@@ -63,6 +70,9 @@ mod defaults {
     pub fn suspend_for() -> Duration {
         Duration::from_secs(10 * 60)
     }
+    pub fn read_lag() -> Duration {
+        Duration::from_secs(30)
+    }
 }
 
 impl GuardConfig {
@@ -80,6 +90,7 @@ impl GuardConfig {
             replace_backoff: defaults::replace_backoff(),
             failure_limit: defaults::failure_limit(),
             suspend_for: defaults::suspend_for(),
+            read_lag: defaults::read_lag(),
         }
     }
 
@@ -171,7 +182,8 @@ pub struct Guarded {
 }
 
 /// Passes the policy's `wanted` size (or, with `signal_ok` false, no wish at all: hold)
-/// through every guard, given the fleet's `current` billed size at `now`.
+/// through every guard, given the fleet's `current` active size at `now` (serving and
+/// booting; instances already leaving are not counted).
 pub fn apply(
     config: &GuardConfig,
     state: &mut GuardState,
@@ -198,15 +210,19 @@ pub fn apply(
         set(&mut size, Guard::SignalHold, current);
     }
 
-    // Stabilisation: scale in only to the highest size wanted within the window.
-    if signal_ok {
-        let window = config.scale_down_stabilisation;
+    // Stabilisation: scale in only to the highest size wanted within the window. While
+    // the signal is missing the size held counts as wanted, so that an outage longer
+    // than the window does not end in a scale-in with no window at all.
+    let window = config.scale_down_stabilisation;
+    state
+        .wanted
+        .retain(|(at, _)| now.duration_since(*at).unwrap_or_default() < window);
+    if !window.is_zero() {
         state
             .wanted
-            .retain(|(at, _)| now.duration_since(*at).unwrap_or_default() < window);
-        if !window.is_zero() {
-            state.wanted.push_back((now, wanted));
-        }
+            .push_back((now, if signal_ok { wanted } else { size }));
+    }
+    if signal_ok {
         let highest = state.wanted.iter().map(|(_, w)| *w).max().unwrap_or(size);
         if size < current && highest > size {
             set(&mut size, Guard::Stabilisation, highest.min(current));

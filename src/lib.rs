@@ -5,6 +5,7 @@
 //! through a `CloudAdapter` (crate `fleetscale-adapters`), one [`controller`] per fleet.
 //! [`replay`] drives the same controller from a recorded trace on a simulated clock.
 
+pub mod account;
 pub mod agent;
 pub mod cli;
 pub mod config;

@@ -145,7 +145,10 @@ pub async fn build_report(
         .read_fleet()
         .await
         .with_context(|| format!("fleet {}: cannot read the fleet", fleet.name))?;
-    let (serving, billed, booting) = (state.serving(), state.billed(), state.booting());
+    // The same account the controller forms (no launch of ours in flight here).
+    let account = crate::account::Unseen::default().account(&state, now);
+    let (serving, active, booting) = (account.serving, account.active(), account.booting);
+    let billed = account.billed();
 
     let mut signal = agent::build_signal(fleet, clock.as_ref())?;
     let steps =
@@ -161,7 +164,7 @@ pub async fn build_report(
         serving_history: &serving_history,
         steps_seen: demand.len() as u64,
         serving,
-        billed,
+        active,
         booting,
         min: fleet.guards.min,
         max: fleet.guards.max,
@@ -179,13 +182,13 @@ pub async fn build_report(
         &fleet.guards,
         &mut GuardState::default(),
         now,
-        billed,
+        active,
         decision.desired,
         latest_demand.is_some(),
     );
-    let would = match guarded.applied.cmp(&billed) {
-        std::cmp::Ordering::Greater => format!("grow by {}", guarded.applied - billed),
-        std::cmp::Ordering::Less => format!("shrink by {}", billed - guarded.applied),
+    let would = match guarded.applied.cmp(&active) {
+        std::cmp::Ordering::Greater => format!("grow by {}", guarded.applied - active),
+        std::cmp::Ordering::Less => format!("shrink by {}", active - guarded.applied),
         std::cmp::Ordering::Equal => "nothing".into(),
     };
     let (forecast_source, forecast) = forecast_steps(&decision, &demand, now, step, horizon);

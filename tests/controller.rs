@@ -452,3 +452,192 @@ async fn the_fleet_loop_stops_between_ticks_when_told() {
     assert_eq!(billed(&mock).await, 7);
     assert!(health.snapshot()[0].healthy);
 }
+
+/// A rig over a mock cloud of the given settings.
+fn rig_on(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, config: MockConfig) -> Rig {
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mock = MockCloud::new(config, clock.clone());
+    rig_with(demand, guards, policy, mock.clone(), Box::new(mock), clock)
+}
+
+fn dp() -> PolicyConfig {
+    PolicyConfig::from_name("dp").unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn removed_instances_still_listed_are_not_removed_again_nor_counted() {
+    // Removed instances stay Stopping for ten ticks, as EC2's `shutting-down` does.
+    let demand = vec![8.0; 60];
+    for policy in [dp(), target_tracking(0.8)] {
+        let config = MockConfig {
+            stop_delay: TICK * 10,
+            ..mock_config(14)
+        };
+        let mut rig = rig_on(&demand, GuardConfig::with_max(100), policy, config);
+        for k in 0..50 {
+            let report = step(&mut rig).await;
+            let truth = rig.mock.truth();
+            assert!(
+                truth.serving >= 8,
+                "tick {k}: serving fell to {} for a demand of 8: {report:?}",
+                truth.serving
+            );
+        }
+        // Net of relaunches, no more than the 6 spare instances went; what is left is
+        // what the demand needs, not what leaving instances seemed to be.
+        let stats = rig.mock.stats();
+        assert!(
+            stats.removed <= 6 + stats.launched,
+            "removed {} and launched {} of 14 for a demand of 8",
+            stats.removed,
+            stats.launched
+        );
+        let active = rig.mock.truth().active();
+        assert!(
+            (8..=12).contains(&active),
+            "{active} active for a demand of 8"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_launch_reads_do_not_show_for_two_ticks_is_not_repeated() {
+    let demand = vec![12.0; 20];
+    let config = MockConfig {
+        launch_read_lag: TICK * 2,
+        seed: 3,
+        ..mock_config(2)
+    };
+    let guards = GuardConfig {
+        read_lag: TICK * 2,
+        ..GuardConfig::with_max(100)
+    };
+    let mut rig = rig_on(&demand, guards, target_tracking(0.8), config);
+    for _ in 0..10 {
+        let report = step(&mut rig).await;
+        assert!(report.error.is_none(), "{report:?}");
+        assert!(rig.mock.truth().active() <= 15, "{report:?}");
+    }
+    // 12 at rho 0.8 wants 15: 13 launched, once.
+    assert_eq!(rig.mock.stats().launched, 13);
+    assert_eq!(rig.mock.truth().serving, 15);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_while_a_launch_is_invisible_does_not_launch_again() {
+    let demand = vec![12.0; 20];
+    // The launch shows in reads only after 100 s: a restart in between reads the old fleet.
+    let config = MockConfig {
+        launch_read_lag: Duration::from_secs(100),
+        ..mock_config(2)
+    };
+    let guards = GuardConfig {
+        read_lag: Duration::from_secs(100),
+        ..GuardConfig::with_max(100)
+    };
+    let mut rig = rig_on(&demand, guards.clone(), target_tracking(0.8), config);
+    let report = step(&mut rig).await;
+    assert_eq!(
+        report.action,
+        Action::Grow {
+            requested: 13,
+            launched: 13
+        }
+    );
+    for policy in [target_tracking(0.7), target_tracking(0.8)] {
+        // A fresh controller (nothing kept in memory) a second later, reading the fleet
+        // without the launch; the first wants another target (18), the second the same.
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+        let mut restarted = rig_with(
+            &demand,
+            guards.clone(),
+            policy,
+            rig.mock.clone(),
+            Box::new(rig.mock.clone()),
+            clock,
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let report = restarted.controller.tick().await;
+        assert_eq!(
+            report.billed, 2,
+            "the launch must still be unseen: {report:?}"
+        );
+        assert!(report.error.is_none(), "{report:?}");
+        assert_eq!(rig.mock.stats().launched, 13, "{report:?}");
+        rig = restarted;
+    }
+    for _ in 0..5 {
+        step(&mut rig).await;
+    }
+    assert_eq!(rig.mock.stats().launched, 13);
+    assert_eq!(rig.mock.truth().serving, 15);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_that_returns_to_an_earlier_size_grows_again() {
+    // Up, down to the very same instances, and up again: the second grow must launch.
+    let demand = [vec![12.0; 10], vec![1.0; 10], vec![12.0; 10]].concat();
+    let mut rig = rig(&demand, GuardConfig::with_max(100), target_tracking(0.8), 2);
+    for _ in 0..29 {
+        step(&mut rig).await;
+    }
+    assert_eq!(rig.mock.truth().serving, 15);
+    assert_eq!(rig.mock.stats().launched, 13 + 13);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cold_start_below_demand_catches_up_without_over_provisioning() {
+    // dp started at half its demand with a few minutes of history.
+    let demand = vec![21.0; 300];
+    let mut rig = rig(&demand, GuardConfig::with_max(500), dp(), 10);
+    let mut peak = 0;
+    for k in 0..240 {
+        let report = step(&mut rig).await;
+        peak = peak.max(rig.mock.truth().active());
+        if k >= 6 {
+            assert!(
+                rig.mock.truth().serving >= 21,
+                "tick {k}: still short: {report:?}"
+            );
+        }
+        if k >= 120 {
+            assert!(
+                rig.mock.truth().active() <= 28,
+                "tick {k}: over-provisioned two hours on: {report:?}"
+            );
+        }
+    }
+    assert!(peak <= 2 * 21 + 2, "peaked at {peak} for a demand of 21");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_longer_than_the_stabilisation_window_does_not_end_in_a_sudden_scale_in() {
+    let demand = [vec![20.0; 30], vec![4.0; 40]].concat();
+    let guards = GuardConfig {
+        scale_down_stabilisation: Duration::from_secs(300),
+        ..GuardConfig::with_max(100)
+    };
+    let mut rig = rig(&demand, guards, target_tracking(0.8), 25);
+    for _ in 0..10 {
+        step(&mut rig).await;
+    }
+    rig.signal_down.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        step(&mut rig).await;
+    }
+    rig.signal_down.store(false, Ordering::SeqCst);
+    // Demand is 4 now, but the window (5 minutes) holds what the outage held.
+    for k in 0..4 {
+        let report = step(&mut rig).await;
+        assert!(report.signal_error.is_none(), "{report:?}");
+        assert_eq!(
+            report.applied,
+            Some(25),
+            "tick {k} after the outage: {report:?}"
+        );
+    }
+    for _ in 0..10 {
+        step(&mut rig).await;
+    }
+    assert_eq!(billed(&rig.mock).await, 5);
+}

@@ -20,7 +20,7 @@ fn scenario(demand: &[f64]) -> Scenario {
 }
 
 fn replay_with(scenario: &Scenario, config: &PolicyConfig) -> replay::Run {
-    replay::run(scenario, config.name(), None, config.build(), &|_| {})
+    replay::run(scenario, config.name(), None, &|| config.build(), &|_| {})
 }
 
 fn target_tracking(rho: f64) -> PolicyConfig {
@@ -48,12 +48,16 @@ fn static_peak_on_a_step_up() {
     assert_eq!(f.unserved_pct, 0.0);
     assert_eq!(f.actions, 1);
     // As the benchmark counts static-peak: the peak from the first step.
-    let run = replay::run_from(
+    let setup = replay::Setup {
+        initial: Some(s.peak()),
+        ..replay::Setup::ideal()
+    };
+    let run = replay::run_in(
         &s,
-        s.peak(),
+        &setup,
         "static-peak",
         None,
-        PolicyConfig::static_peak(&s.demand).build(),
+        &|| PolicyConfig::static_peak(&s.demand).build(),
         &|_| {},
     );
     assert_eq!(run.billed, vec![5; 20]);
@@ -134,7 +138,7 @@ fn the_oracle_replayed_through_the_controller_bills_exactly_its_optimum() {
         &s,
         "oracle",
         None,
-        Box::new(OraclePolicy::from_schedule(&schedule)),
+        &|| Box::new(OraclePolicy::from_schedule(&schedule)),
         &|_| {},
     );
     let f = Figures::of(&run, &s, schedule.instance_minutes(60.0));
@@ -273,24 +277,18 @@ fn sweep_reports_the_cheapest_setting_within_the_headline_limit() {
     );
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
     assert!(rows.len() >= 8, "the whole sweep: {} rows", rows.len());
-    let figures: Vec<Figures> = rows
-        .iter()
-        .map(|r| Figures {
-            policy: r["policy"].as_str().unwrap().into(),
-            setting: r["setting"].as_f64(),
-            instance_minutes: r["instance_minutes"].as_f64().unwrap(),
-            unserved_pct: r["unserved_pct"].as_f64().unwrap(),
-            under_time_pct: 0.0,
-            over_provisioning_pct: 0.0,
-            actions: 0,
-            cost_ratio: r["cost_ratio"].as_f64().unwrap(),
-            oracle_instance_minutes: 0.0,
-            decide_ms_median: 0.0,
-            decide_ms_p99: 0.0,
-            decide_s_total: 0.0,
-            wall_s: 0.0,
-        })
-        .collect();
+    for key in [
+        "scenario",
+        "zero_serving_steps",
+        "worst_hour_served",
+        "double_launches",
+        "blind_scale_ins",
+        "bound_violations",
+    ] {
+        assert!(rows[0].get(key).is_some(), "JSON lacks {key}: {}", rows[0]);
+    }
+    assert_eq!(rows[0]["scenario"], "ideal");
+    let figures: Vec<Figures> = serde_json::from_slice(&output.stdout).unwrap();
     let best = replay::best_settings(&figures);
     assert_eq!(best.len(), 1);
     assert!(best[0].unserved_pct <= replay::HEADLINE_UNSERVED_PCT);

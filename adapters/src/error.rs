@@ -19,6 +19,10 @@ pub enum ErrorKind {
     Invalid,
     /// A failure that may pass: a network error, a 5xx, a conflicting operation.
     Transient,
+    /// The idempotency token was already used for a different request: a launch made
+    /// from the same view of the fleet stands, and its instances show in a later read.
+    /// Repeating the call cannot help; deciding again after the next read does.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -32,6 +36,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::Invalid => "invalid",
             ErrorKind::Transient => "transient",
+            ErrorKind::Conflict => "conflict",
         }
     }
 }
@@ -63,6 +68,8 @@ pub enum AdapterError {
     Invalid { message: String },
     #[error("transient failure: {message}")]
     Transient { message: String },
+    #[error("idempotency conflict: {message}")]
+    Conflict { message: String },
 }
 
 impl AdapterError {
@@ -75,6 +82,7 @@ impl AdapterError {
             AdapterError::NotFound { .. } => ErrorKind::NotFound,
             AdapterError::Invalid { .. } => ErrorKind::Invalid,
             AdapterError::Transient { .. } => ErrorKind::Transient,
+            AdapterError::Conflict { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -127,6 +135,11 @@ impl AdapterError {
     }
     pub fn transient(message: impl Into<String>) -> Self {
         AdapterError::Transient {
+            message: message.into(),
+        }
+    }
+    pub fn conflict(message: impl Into<String>) -> Self {
+        AdapterError::Conflict {
             message: message.into(),
         }
     }

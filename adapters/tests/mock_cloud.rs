@@ -219,7 +219,7 @@ async fn the_same_token_never_launches_twice() {
     assert_eq!(cloud.inspect().billed(), 2);
 
     let mismatch = cloud.grow(3, &token("t1")).await.unwrap_err();
-    assert_eq!(mismatch.kind(), ErrorKind::Invalid);
+    assert_eq!(mismatch.kind(), ErrorKind::Conflict);
     let empty = cloud.grow(1, &token("")).await.unwrap_err();
     assert_eq!(empty.kind(), ErrorKind::Invalid);
     assert_eq!(cloud.inspect().billed(), 2);

@@ -143,6 +143,8 @@ pub struct TraceSignal {
     /// Wall time one row lasts (the trace's step divided by the speedup).
     row: Duration,
     repeat: bool,
+    /// Rows the signal lost (a scraper down, a gap in the store): read as missing.
+    lost: Vec<bool>,
 }
 
 impl TraceSignal {
@@ -160,7 +162,21 @@ impl TraceSignal {
             start,
             row,
             repeat,
+            lost: Vec::new(),
         }
+    }
+
+    /// The same trace with the rows marked `true` lost: `latest` reports them missing
+    /// and `history` gives `NaN` for them, as a Prometheus range query leaves a gap.
+    pub fn losing_rows(mut self, lost: Vec<bool>) -> Self {
+        self.lost = lost;
+        self
+    }
+
+    fn is_lost(&self, index: u64) -> bool {
+        let len = self.demand.len().max(1) as u64;
+        let index = if self.repeat { index % len } else { index };
+        self.lost.get(index as usize).copied().unwrap_or(false)
     }
 
     pub fn from_config(config: &TraceConfig, start: SystemTime) -> Result<Self, TraceError> {
@@ -214,7 +230,12 @@ impl SignalSource for TraceSignal {
             if done == 0 {
                 continue;
             }
-            values.push(self.value(done - 1).unwrap_or(f64::NAN));
+            let value = if self.is_lost(done - 1) {
+                None
+            } else {
+                self.value(done - 1)
+            };
+            values.push(value.unwrap_or(f64::NAN));
         }
         Ok(values)
     }
@@ -224,6 +245,10 @@ impl SignalSource for TraceSignal {
             0 => Err(SignalError::Missing(
                 "the trace has not completed its first row yet".into(),
             )),
+            done if self.is_lost(done - 1) => Err(SignalError::Missing(format!(
+                "row {} of the trace is lost",
+                done - 1
+            ))),
             done => self.value(done - 1).ok_or_else(|| {
                 SignalError::Missing(format!("the trace ended after {} rows", self.demand.len()))
             }),

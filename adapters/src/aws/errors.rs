@@ -64,9 +64,6 @@ const TRANSIENT: &[&str] = &[
     "RequestResourceCountExceeded",
     "IncorrectInstanceState",
     "IncorrectState",
-    // A launch with this ClientToken is in flight with other parameters: its
-    // instances show in the next read, which the next grow attempt starts from.
-    "IdempotentParameterMismatch",
 ];
 
 /// Map any SDK error of an EC2 or STS call. `action` is the IAM action of the call
@@ -169,6 +166,11 @@ pub(crate) fn from_code(
     }
     if TRANSIENT.contains(&code) {
         return AdapterError::transient(format!("{action}: {detail}"));
+    }
+    if code == "IdempotentParameterMismatch" {
+        // A launch with this ClientToken was made with other parameters: it stands, and
+        // its instances show in a later read, which the next decision starts from.
+        return AdapterError::conflict(format!("{action}: {detail}"));
     }
     if code.ends_with(".NotFound")
         || code.ends_with("NotFoundException")
@@ -338,6 +340,10 @@ mod tests {
         ] {
             assert_eq!(kind(code, 400), ErrorKind::NotFound, "{code}");
         }
+        assert_eq!(
+            kind("IdempotentParameterMismatch", 400),
+            ErrorKind::Conflict
+        );
         assert_eq!(kind("InternalError", 500), ErrorKind::Transient);
         assert_eq!(kind("SomethingNew", 503), ErrorKind::Transient);
         assert_eq!(kind("InvalidInstanceID.Malformed", 400), ErrorKind::Invalid);

@@ -237,7 +237,7 @@ impl<A: CloudAdapter> CloudAdapter for DryRun<A> {
         let mut overlay = lock(&self.overlay);
         if let Some((first_count, outcome)) = overlay.tokens.get(token.as_str()) {
             if *first_count != count {
-                return Err(AdapterError::invalid(format!(
+                return Err(AdapterError::conflict(format!(
                     "idempotency token {token} was first used to launch {first_count}, not {count}"
                 )));
             }

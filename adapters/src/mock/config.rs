@@ -30,10 +30,28 @@ pub struct MockConfig {
     /// How long a shrink call takes to answer. Default `0s`.
     #[serde(with = "humantime_serde")]
     pub terminate_latency: Duration,
-    /// How long a removed instance stays Stopping (billed, not serving) before it is gone.
-    /// Default `0s`: gone at once.
+    /// How much longer than `boot_delay` a slow boot takes: boot times are log-normal
+    /// with median `boot_delay` and 95th percentile `boot_p95_ratio * boot_delay`.
+    /// Default `1`: every boot takes exactly `boot_delay`.
+    #[serde(deserialize_with = "at_least_one")]
+    pub boot_p95_ratio: f64,
+    /// How long a removed instance stays listed as Stopping before it is gone (EC2's
+    /// `shutting-down`, Azure's `deleting`). Default `0s`: gone at once.
     #[serde(with = "humantime_serde")]
     pub stop_delay: Duration,
+    /// When set, each removed instance stays Stopping for a time drawn uniformly between
+    /// `stop_delay` and this. Default: exactly `stop_delay`.
+    #[serde(with = "humantime_serde")]
+    pub stop_delay_max: Option<Duration>,
+    /// Reads lag behind launches: the instances of a grow show in reads only after a
+    /// delay drawn uniformly between 0 and this, once per call (EC2's
+    /// DescribeInstances is eventually consistent). Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub launch_read_lag: Duration,
+    /// Reads lag behind removals: a removed instance still reads as it was (Pending or
+    /// Running) for a delay drawn uniformly between 0 and this. Default `0s`.
+    #[serde(with = "humantime_serde")]
+    pub removal_read_lag: Duration,
     /// Most live instances the account may hold. A grow beyond it launches what fits and
     /// reports the shortfall, or fails with a capacity error when nothing fits. Default:
     /// no limit.
@@ -57,7 +75,11 @@ impl Default for MockConfig {
             boot_delay: Duration::from_secs(60),
             launch_latency: Duration::ZERO,
             terminate_latency: Duration::ZERO,
+            boot_p95_ratio: 1.0,
             stop_delay: Duration::ZERO,
+            stop_delay_max: None,
+            launch_read_lag: Duration::ZERO,
+            removal_read_lag: Duration::ZERO,
             quota: None,
             zones: vec!["mock-a".into(), "mock-b".into(), "mock-c".into()],
             initial_size: 0,
@@ -92,6 +114,18 @@ pub struct FaultConfig {
     /// The retry-after a throttled call carries. Default `1s`.
     #[serde(with = "humantime_serde")]
     pub throttle_retry_after: Duration,
+    /// When set, each throttled call's retry-after is drawn uniformly between
+    /// `throttle_retry_after` and this. Default: exactly `throttle_retry_after`.
+    #[serde(with = "humantime_serde")]
+    pub throttle_retry_after_max: Option<Duration>,
+    /// Chance that a grow call fails with a capacity error (EC2's
+    /// InsufficientInstanceCapacity) before launching anything. Default `0`.
+    #[serde(deserialize_with = "probability")]
+    pub capacity_rate: f64,
+    /// Chance that a grow that goes through launches only half of what it asked (rounded
+    /// up), as a provider short of capacity does. Default `0`.
+    #[serde(deserialize_with = "probability")]
+    pub partial_launch_rate: f64,
     /// Chance that a launched instance never finishes booting (stays Pending). Default `0`.
     #[serde(deserialize_with = "probability")]
     pub never_boot_rate: f64,
@@ -107,6 +141,9 @@ impl Default for FaultConfig {
             error_rate: 0.0,
             throttle_rate: 0.0,
             throttle_retry_after: Duration::from_secs(1),
+            throttle_retry_after_max: None,
+            capacity_rate: 0.0,
+            partial_launch_rate: 0.0,
             never_boot_rate: 0.0,
             death_rate: 0.0,
         }
@@ -120,6 +157,17 @@ fn probability<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Err
     } else {
         Err(serde::de::Error::custom(format!(
             "must be a probability between 0 and 1, got {value}"
+        )))
+    }
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.is_finite() && value >= 1.0 {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "must be a finite number >= 1 (1: no spread), got {value}"
         )))
     }
 }

@@ -16,6 +16,9 @@ pub(super) struct Faults {
     pub error_rate: f64,
     pub throttle_rate: f64,
     pub throttle_retry_after: Duration,
+    pub throttle_retry_after_max: Duration,
+    pub capacity_rate: f64,
+    pub partial_launch_rate: f64,
     pub never_boot_rate: f64,
     pub death_rate: f64,
     /// Errors the next matching calls return, in order.
@@ -40,6 +43,11 @@ impl Faults {
             error_rate: clamp_probability(config.error_rate),
             throttle_rate: clamp_probability(config.throttle_rate),
             throttle_retry_after: config.throttle_retry_after,
+            throttle_retry_after_max: config
+                .throttle_retry_after_max
+                .unwrap_or(config.throttle_retry_after),
+            capacity_rate: clamp_probability(config.capacity_rate),
+            partial_launch_rate: clamp_probability(config.partial_launch_rate),
             never_boot_rate: clamp_probability(config.never_boot_rate),
             death_rate: clamp_rate(config.death_rate),
             scripted: VecDeque::new(),
@@ -76,8 +84,13 @@ impl Faults {
             return Some(error);
         }
         if self.throttle_rate > 0.0 && rng.random_bool(self.throttle_rate) {
+            let retry_after = super::uniform(
+                rng,
+                self.throttle_retry_after,
+                self.throttle_retry_after_max,
+            );
             return Some(AdapterError::throttled(
-                Some(self.throttle_retry_after),
+                Some(retry_after),
                 format!("mock throttled {operation}"),
             ));
         }
@@ -125,6 +138,7 @@ impl FaultHandle {
         self.with(|s| {
             s.faults.throttle_rate = clamp_probability(rate);
             s.faults.throttle_retry_after = retry_after;
+            s.faults.throttle_retry_after_max = retry_after;
         });
     }
 

@@ -44,6 +44,10 @@ pub struct MockCloud {
 struct Shared {
     clock: Arc<dyn Clock>,
     boot_delay: Duration,
+    /// Log-normal spread of boot times (0: every boot takes `boot_delay`).
+    boot_sigma: f64,
+    launch_read_lag: Duration,
+    removal_read_lag: Duration,
     launch_latency: Duration,
     terminate_latency: Duration,
     zones: Vec<String>,
@@ -88,6 +92,24 @@ impl CallCounts {
     }
 }
 
+/// The fleet as it really is, whatever reads show: what replay bills and serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FleetTruth {
+    /// Running and not removed.
+    pub serving: u32,
+    /// Launched, not removed, not yet serving (never-booting instances included).
+    pub booting: u32,
+    /// Removed and still listed as Stopping (neither serving nor, in replay, billed).
+    pub leaving: u32,
+}
+
+impl FleetTruth {
+    /// Serving plus booting: the instances that are billed and not on their way out.
+    pub fn active(&self) -> u32 {
+        self.serving + self.booting
+    }
+}
+
 /// What happened to instances over the cloud's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct MockStats {
@@ -107,15 +129,41 @@ struct Record {
     /// When it starts serving; `None` for an instance that never boots.
     ready_at: Option<SystemTime>,
     dies_at: Option<SystemTime>,
-    stopping_since: Option<SystemTime>,
+    /// When reads first list it (reads lag behind launches).
+    visible_at: SystemTime,
+    removal: Option<Removal>,
     protected: bool,
 }
 
+/// A shrink accepted the instance.
+#[derive(Debug, Clone, Copy)]
+struct Removal {
+    /// When reads first show it Stopping (until then they show it as it was).
+    visible_at: SystemTime,
+    /// When it is gone from reads altogether.
+    gone_at: SystemTime,
+}
+
 impl Record {
+    /// Its true state.
     fn state(&self, now: SystemTime) -> InstanceState {
-        if self.stopping_since.is_some() {
+        if self.removal.is_some() {
             InstanceState::Stopping
-        } else if self.ready_at.is_some_and(|ready| now >= ready) {
+        } else {
+            self.launch_state(now)
+        }
+    }
+
+    /// The state reads show.
+    fn read_state(&self, now: SystemTime) -> InstanceState {
+        match self.removal {
+            Some(removal) if now >= removal.visible_at => InstanceState::Stopping,
+            _ => self.launch_state(now),
+        }
+    }
+
+    fn launch_state(&self, now: SystemTime) -> InstanceState {
+        if self.ready_at.is_some_and(|ready| now >= ready) {
             InstanceState::Running
         } else {
             InstanceState::Pending
@@ -126,9 +174,8 @@ impl Record {
         self.dies_at.is_some_and(|dies| now >= dies)
     }
 
-    fn stopped_by(&self, now: SystemTime, stop_delay: Duration) -> bool {
-        self.stopping_since
-            .is_some_and(|since| now >= since + stop_delay)
+    fn stopped_by(&self, now: SystemTime) -> bool {
+        self.removal.is_some_and(|r| now >= r.gone_at)
     }
 }
 
@@ -147,16 +194,25 @@ struct State {
     quota: Option<u32>,
     calls: CallCounts,
     stats: MockStats,
-    stop_delay: Duration,
+    stop_delay: (Duration, Duration),
+}
+
+/// A duration drawn uniformly from `[low, high]` (either order).
+fn uniform(rng: &mut SmallRng, low: Duration, high: Duration) -> Duration {
+    let (low, high) = (low.min(high), low.max(high));
+    if low == high {
+        low
+    } else {
+        low + (high - low).mul_f64(rng.random::<f64>())
+    }
 }
 
 impl State {
     /// Drops instances that are gone at `now`. The clock is taken to move forward only.
     fn prune(&mut self, now: SystemTime) {
-        let stop_delay = self.stop_delay;
         let mut died = 0;
         self.instances.retain(|_, r| {
-            let gone_by_stop = r.stopped_by(now, stop_delay);
+            let gone_by_stop = r.stopped_by(now);
             let gone_by_death = r.died_by(now);
             if gone_by_death && !gone_by_stop {
                 died += 1;
@@ -215,6 +271,7 @@ impl State {
         zone: String,
         launched_at: SystemTime,
         ready_at: Option<SystemTime>,
+        visible_at: SystemTime,
     ) -> InstanceId {
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -229,21 +286,37 @@ impl State {
                 launched_at,
                 ready_at,
                 dies_at,
-                stopping_since: None,
+                visible_at,
+                removal: None,
                 protected: false,
             },
         );
         id
     }
 
+    fn truth(&self, now: SystemTime) -> FleetTruth {
+        let mut truth = FleetTruth::default();
+        for r in self.instances.values() {
+            match r.state(now) {
+                InstanceState::Running => truth.serving += 1,
+                InstanceState::Pending => truth.booting += 1,
+                InstanceState::Stopping => truth.leaving += 1,
+            }
+        }
+        truth
+    }
+
+    /// The fleet as reads show it: launches not yet listed are left out, removals not
+    /// yet seen show the state before them.
     fn fleet(&self, now: SystemTime) -> Fleet {
         Fleet {
             instances: self
                 .instances
                 .values()
+                .filter(|r| now >= r.visible_at)
                 .map(|r| Instance {
                     id: r.id.clone(),
-                    state: r.state(now),
+                    state: r.read_state(now),
                     launched_at: r.launched_at,
                     zone: r.zone.clone(),
                     protected: r.protected,
@@ -252,6 +325,18 @@ impl State {
             target_size: None,
         }
     }
+}
+
+/// A boot time: log-normal with median `median` and log-spread `sigma` (Box-Muller).
+fn boot_time(median: Duration, sigma: f64, rng: &mut SmallRng) -> Duration {
+    if sigma <= 0.0 {
+        return median;
+    }
+    let u1: f64 = 1.0 - rng.random::<f64>();
+    let u2: f64 = rng.random::<f64>();
+    let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+    // At most 100 medians: a draw that far out is a boot that never ends anyway.
+    median.mul_f64((sigma * z).exp().min(100.0))
 }
 
 fn format_id(seq: u64) -> InstanceId {
@@ -294,12 +379,24 @@ impl MockCloud {
             quota: config.quota,
             calls: CallCounts::default(),
             stats: MockStats::default(),
-            stop_delay: config.stop_delay,
+            stop_delay: (
+                config.stop_delay,
+                config.stop_delay_max.unwrap_or(config.stop_delay),
+            ),
+        };
+        // Log-normal boot times: the 95th percentile is 1.645 standard deviations up.
+        let boot_sigma = if config.boot_p95_ratio.is_finite() && config.boot_p95_ratio > 1.0 {
+            config.boot_p95_ratio.ln() / 1.644_853_6
+        } else {
+            0.0
         };
         let cloud = MockCloud {
             shared: Arc::new(Shared {
                 clock,
                 boot_delay: config.boot_delay,
+                boot_sigma,
+                launch_read_lag: config.launch_read_lag,
+                removal_read_lag: config.removal_read_lag,
                 launch_latency: config.launch_latency,
                 terminate_latency: config.terminate_latency,
                 zones,
@@ -320,7 +417,7 @@ impl MockCloud {
             s.prune(now);
             s.pick_zones(zones, serving, now)
                 .into_iter()
-                .map(|zone| s.add(zone, launched_at, Some(now)))
+                .map(|zone| s.add(zone, launched_at, Some(now), launched_at))
                 .collect()
         })
     }
@@ -343,6 +440,15 @@ impl MockCloud {
         self.with_state(|s| {
             s.prune(now);
             s.stats
+        })
+    }
+
+    /// The fleet as it really is, whatever reads show (read lag and removals included).
+    pub fn truth(&self) -> FleetTruth {
+        let now = self.now();
+        self.with_state(|s| {
+            s.prune(now);
+            s.truth(now)
         })
     }
 
@@ -416,10 +522,12 @@ impl MockCloud {
     fn launch(&self, count: u32, token: &IdempotencyToken, now: SystemTime) -> Result<GrowOutcome> {
         let zones = &self.shared.zones;
         let boot_delay = self.shared.boot_delay;
+        let boot_sigma = self.shared.boot_sigma;
+        let read_lag = self.shared.launch_read_lag;
         self.with_state(|s| {
             if let Some((first_count, outcome)) = s.tokens.get(token.as_str()) {
                 if *first_count != count {
-                    return Err(AdapterError::invalid(format!(
+                    return Err(AdapterError::conflict(format!(
                         "idempotency token {token} was first used to launch {first_count}, not {count}"
                     )));
                 }
@@ -430,21 +538,30 @@ impl MockCloud {
                 return Ok(outcome);
             }
             s.prune(now);
+            if s.faults.capacity_rate > 0.0 && s.rng.random_bool(s.faults.capacity_rate) {
+                return Err(AdapterError::capacity("mock: insufficient capacity for the launch"));
+            }
             let live = s.instances.len() as u32;
-            let fits = s.quota.map_or(count, |quota| quota.saturating_sub(live).min(count));
+            let mut fits = s.quota.map_or(count, |quota| quota.saturating_sub(live).min(count));
             if fits == 0 {
                 return Err(AdapterError::capacity(format!(
                     "quota of {} live instances reached ({live} live)",
                     s.quota.unwrap_or_default()
                 )));
             }
+            if s.faults.partial_launch_rate > 0.0 && s.rng.random_bool(s.faults.partial_launch_rate) {
+                fits = fits.div_ceil(2);
+            }
+            // One read lag per call: a launch's instances show together.
+            let visible_at = now + uniform(&mut s.rng, Duration::ZERO, read_lag);
             let launched = s
                 .pick_zones(zones, fits, now)
                 .into_iter()
                 .map(|zone| {
                     let never_boots = s.faults.never_boot_rate > 0.0 && s.rng.random_bool(s.faults.never_boot_rate);
-                    let ready_at = (!never_boots).then(|| now + boot_delay);
-                    s.add(zone, now, ready_at)
+                    let boot = boot_time(boot_delay, boot_sigma, &mut s.rng);
+                    let ready_at = (!never_boots).then(|| now + boot);
+                    s.add(zone, now, ready_at, visible_at)
                 })
                 .collect::<Vec<_>>();
             s.stats.launched += launched.len() as u64;
@@ -458,6 +575,7 @@ impl MockCloud {
     }
 
     fn terminate(&self, seqs: &[(InstanceId, u64)], now: SystemTime) -> Result<ShrinkOutcome> {
+        let read_lag = self.shared.removal_read_lag;
         self.with_state(|s| {
             s.prune(now);
             let protected: Vec<&str> = seqs
@@ -473,9 +591,13 @@ impl MockCloud {
             }
             let mut removed = Vec::new();
             for (id, seq) in seqs {
+                let (stop_low, stop_high) = s.stop_delay;
                 if let Some(record) = s.instances.get_mut(seq) {
-                    if record.stopping_since.is_none() {
-                        record.stopping_since = Some(now);
+                    if record.removal.is_none() {
+                        record.removal = Some(Removal {
+                            visible_at: now + uniform(&mut s.rng, Duration::ZERO, read_lag),
+                            gone_at: now + uniform(&mut s.rng, stop_low, stop_high),
+                        });
                         s.stats.removed += 1;
                         s.removed.insert(*seq);
                     }

@@ -5,19 +5,30 @@
 //! - at the start of each step t >= 1 the controller decides, seeing demand 0..t-1;
 //! - a launch at t serves from t + L (L = ceil(boot / step)) and is billed from t;
 //! - a removal at t takes effect at once and is not billed for t.
+//!
+//! Under a realistic cloud ([`cloud::CloudScenario`]: `aws`, `hostile`, or a file) the
+//! mock cloud on the same clock draws boot and termination times, read lag, failures,
+//! throttling and deaths from a seed; the signal loses steps; and the agent is
+//! restarted (a new controller, nothing kept in memory) every so many steps. What is
+//! billed and served is counted from the cloud's truth, not from what reads show.
+
+pub mod cloud;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use fleetscale_adapters::mock::{MockCloud, MockConfig};
-use fleetscale_adapters::{CloudAdapter, ManualClock};
+use fleetscale_adapters::mock::MockCloud;
+use fleetscale_adapters::{ManualClock, Retry, RetryConfig};
 use fleetscale_policies::Policy;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
 use serde::Serialize;
 
-use crate::controller::{ControllerParts, FleetController};
+use crate::controller::{Action, ControllerParts, FleetController};
 use crate::guards::GuardConfig;
 use crate::signal::trace::{TraceError, TraceSignal, load_column};
+use cloud::CloudScenario;
 
 /// The fleet ceiling when a run names none: high enough never to bind.
 pub const UNBOUNDED_MAX: u32 = 1_000_000;
@@ -114,115 +125,213 @@ impl Scenario {
 pub struct Run {
     pub policy: String,
     pub setting: Option<f64>,
+    /// The cloud scenario's name.
+    pub scenario: String,
+    /// Active instances (serving and booting) per step: what is billed.
     pub billed: Vec<u32>,
     pub serving: Vec<u32>,
     pub decide_times: Vec<Duration>,
     pub wall: Duration,
+    pub safety: Safety,
 }
 
-/// Plays `scenario` through the real controller with `policy`, starting from the model's
-/// fleet of `max(min, ceil(d_0))`. `progress` is told the number of steps done now and then.
+/// BENCHMARK.md's safety counts that only the run itself can tell (zero-serving steps
+/// and the worst hour are computed from `serving` in [`Figures`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Safety {
+    /// Instances launched beyond the target the agent decided on.
+    pub double_launches: u64,
+    /// Instances removed (scale-in) while the signal was missing.
+    pub blind_scale_ins: u64,
+    /// Steps with more active instances than `max`, or fewer than `min` after a tick
+    /// whose calls all went through.
+    pub bound_violations: u64,
+    /// Steps with demand and nothing serving after the agent itself removed the last
+    /// serving instance (the rest of `zero_serving_steps` follow deaths, failed launches
+    /// and slow boots: the cloud's doing).
+    pub agent_zero_serving_steps: u64,
+    /// Ticks whose adapter call failed (after the retries every agent makes).
+    pub failed_ticks: u64,
+    /// Agent restarts.
+    pub restarts: u64,
+}
+
+/// How one replay is run: the cloud, its seed, and the fleet at the start.
+#[derive(Debug, Clone)]
+pub struct Setup<'a> {
+    pub cloud: &'a CloudScenario,
+    pub seed: u64,
+    /// Serving instances at the start; default `ceil(d_0 * start_fraction)`.
+    pub initial: Option<u32>,
+}
+
+impl Setup<'_> {
+    /// BENCHMARK.md's ideal model.
+    pub fn ideal() -> Setup<'static> {
+        static IDEAL: std::sync::OnceLock<CloudScenario> = std::sync::OnceLock::new();
+        Setup {
+            cloud: IDEAL.get_or_init(CloudScenario::ideal),
+            seed: 1,
+            initial: None,
+        }
+    }
+}
+
+/// Plays `scenario` through the real controller with the policies `policy` builds (one
+/// at the start and one at each restart), from the model's fleet of
+/// `max(min, ceil(d_0))` in the ideal cloud. `progress` is told the number of steps
+/// done now and then.
 pub fn run(
     scenario: &Scenario,
     name: &str,
     setting: Option<f64>,
-    policy: Box<dyn Policy>,
+    policy: &dyn Fn() -> Box<dyn Policy>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Run {
-    let initial = (scenario.demand[0].ceil() as u32).clamp(scenario.min, scenario.max);
-    run_from(scenario, initial, name, setting, policy, progress)
+    run_in(scenario, &Setup::ideal(), name, setting, policy, progress)
 }
 
-/// [`run`] from a fleet of `initial` serving instances (static-peak holds its peak from
-/// the first step, as BENCHMARK.md's reference figure counts it).
-pub fn run_from(
+/// [`run`] in the cloud and from the fleet that `setup` says.
+pub fn run_in(
     scenario: &Scenario,
-    initial: u32,
+    setup: &Setup<'_>,
     name: &str,
     setting: Option<f64>,
-    policy: Box<dyn Policy>,
+    policy: &dyn Fn() -> Box<dyn Policy>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Run {
+    // Paused: the retry decorator's waits pass at once, as the simulated clock's steps do.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
+        .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    runtime.block_on(run_async(
-        scenario, initial, name, setting, policy, progress,
-    ))
+    runtime.block_on(run_async(scenario, setup, name, setting, policy, progress))
 }
 
 async fn run_async(
     scenario: &Scenario,
-    initial: u32,
+    setup: &Setup<'_>,
     name: &str,
     setting: Option<f64>,
-    policy: Box<dyn Policy>,
+    make_policy: &dyn Fn() -> Box<dyn Policy>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Run {
     let started = Instant::now();
+    let cloud = setup.cloud;
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
     let clock = ManualClock::new(start);
     let boot_delay = scenario.step * scenario.boot_steps();
-    let mock = MockCloud::new(MockConfig::for_replay(boot_delay), Arc::new(clock.clone()));
+    let mock = MockCloud::new(
+        cloud.mock(scenario.step, boot_delay, setup.seed),
+        Arc::new(clock.clone()),
+    );
+    let initial = setup.initial.unwrap_or_else(|| {
+        ((scenario.demand[0] * cloud.start_fraction).ceil() as u32)
+            .clamp(scenario.min, scenario.max)
+    });
     mock.seed_serving(initial);
-    let signal = TraceSignal::new(&scenario.demand, 1.0, start, scenario.step, false);
+    let lost = cloud.missing_steps(scenario.steps(), scenario.step, setup.seed);
     let mut guards = GuardConfig::with_max(scenario.max);
     guards.min = scenario.min;
-    // The benchmark's instances never fail: a stuck-boot deadline must never fire.
-    guards.max_boot_time = boot_delay + scenario.step * 2;
-    let mut controller = FleetController::new(ControllerParts {
-        name: name.to_string(),
-        adapter: Box::new(mock.clone()),
-        signal: Box::new(signal),
-        policy,
-        guards,
-        clock: Arc::new(clock.clone()),
-        step: scenario.step,
-        boot_delay,
-        metrics: None,
-        history_steps: crate::controller::MAX_HISTORY
-            .min((14 * 86_400 / scenario.step.as_secs().max(1)) as usize),
-    });
+    guards.read_lag = cloud.read_lag(scenario.step);
+    if cloud.is_ideal() {
+        // The benchmark's instances never fail: a stuck-boot deadline must never fire.
+        guards.max_boot_time = boot_delay + scenario.step * 2;
+    }
+    let mut restarts = 0u64;
+    let build = |restarts: u64| {
+        let signal = TraceSignal::new(&scenario.demand, 1.0, start, scenario.step, false)
+            .losing_rows(lost.clone());
+        let jitter = SmallRng::seed_from_u64(setup.seed.wrapping_add(restarts));
+        FleetController::new(ControllerParts {
+            name: name.to_string(),
+            adapter: Box::new(Retry::with_rng(
+                mock.clone(),
+                RetryConfig::default(),
+                jitter,
+            )),
+            signal: Box::new(signal),
+            policy: make_policy(),
+            guards: guards.clone(),
+            clock: Arc::new(clock.clone()),
+            step: scenario.step,
+            boot_delay,
+            metrics: None,
+            history_steps: crate::controller::MAX_HISTORY
+                .min((14 * 86_400 / scenario.step.as_secs().max(1)) as usize),
+        })
+    };
+    let mut controller = build(0);
 
     let steps = scenario.steps();
     let mut billed = Vec::with_capacity(steps);
     let mut serving = Vec::with_capacity(steps);
     let mut decide_times = Vec::with_capacity(steps);
+    let mut safety = Safety::default();
     billed.push(initial);
     serving.push(initial);
+    // Whether the current stretch of nothing serving began with the agent's scale-in.
+    let mut zero_by_agent = false;
     for t in 1..steps {
         clock.set(start + scenario.step * t as u32);
+        if cloud.restart_every > 0 && t as u64 % cloud.restart_every == 0 {
+            restarts += 1;
+            controller = build(restarts);
+        }
+        let before = mock.truth();
+        let launched_before = mock.stats().launched;
         let report = controller.tick().await;
-        if let Some(error) = &report.error {
-            // The mock has no faults in replay; a failure here is a bug worth stopping for.
-            panic!("replay step {t}: adapter call failed: {error}");
+        let launched = mock.stats().launched - launched_before;
+        if let Some(applied) = report.applied {
+            let wanted = u64::from(applied.saturating_sub(before.active()));
+            safety.double_launches += launched.saturating_sub(wanted);
+        }
+        if report.signal_error.is_some()
+            && let Action::Shrink { removed, .. } = report.action
+        {
+            safety.blind_scale_ins += u64::from(removed);
+        }
+        if report.error.is_some() {
+            safety.failed_ticks += 1;
         }
         decide_times.push(report.decide_time);
-        let fleet = mock
-            .read_fleet()
-            .await
-            .expect("the replay mock has no faults");
-        billed.push(fleet.billed());
-        serving.push(fleet.serving());
+        let after = mock.truth();
+        if after.active() > scenario.max
+            || (after.active() < scenario.min && report.error.is_none())
+        {
+            safety.bound_violations += 1;
+        }
+        if after.serving == 0 && before.serving > 0 {
+            zero_by_agent = matches!(report.action, Action::Shrink { removed, .. } if removed > 0);
+        }
+        if after.serving == 0 && scenario.demand[t] > 0.0 && zero_by_agent {
+            safety.agent_zero_serving_steps += 1;
+        }
+        billed.push(after.active());
+        serving.push(after.serving);
         if t % 4096 == 0 {
             progress(4096);
         }
     }
     progress((steps as u64 - 1) % 4096);
+    safety.restarts = restarts;
     Run {
         policy: name.to_string(),
         setting,
+        scenario: cloud.name.clone(),
         billed,
         serving,
         decide_times,
         wall: started.elapsed(),
+        safety,
     }
 }
 
 /// BENCHMARK.md's figures for one run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Figures {
+    pub scenario: String,
     pub policy: String,
     pub setting: Option<f64>,
     pub instance_minutes: f64,
@@ -236,6 +345,42 @@ pub struct Figures {
     pub decide_ms_p99: f64,
     pub decide_s_total: f64,
     pub wall_s: f64,
+    /// Steps with demand and nothing serving.
+    pub zero_serving_steps: u64,
+    /// Those of them that began with the agent's own scale-in.
+    pub agent_zero_serving_steps: u64,
+    /// The lowest share of demand served over any hour (1: all of it, always).
+    pub worst_hour_served: f64,
+    pub double_launches: u64,
+    pub blind_scale_ins: u64,
+    pub bound_violations: u64,
+    pub failed_ticks: u64,
+    pub restarts: u64,
+}
+
+/// The lowest ratio, over any `window` consecutive steps with demand, of demand served
+/// to demand.
+fn worst_window_served(demand: &[f64], serving: &[u32], window: usize) -> f64 {
+    let served: Vec<f64> = demand
+        .iter()
+        .zip(serving)
+        .map(|(d, s)| d.min(f64::from(*s)).max(0.0))
+        .collect();
+    let window = window.clamp(1, demand.len().max(1));
+    let (mut want, mut got) = (0.0, 0.0);
+    let mut worst: f64 = 1.0;
+    for t in 0..demand.len() {
+        want += demand[t].max(0.0);
+        got += served[t];
+        if t >= window {
+            want -= demand[t - window].max(0.0);
+            got -= served[t - window];
+        }
+        if t + 1 >= window && want > 1e-9 {
+            worst = worst.min((got / want).clamp(0.0, 1.0));
+        }
+    }
+    worst
 }
 
 impl Figures {
@@ -275,7 +420,14 @@ impl Figures {
             }
         };
         let steps = demand.len() as f64;
+        let zero_serving_steps = demand
+            .iter()
+            .zip(&run.serving)
+            .filter(|(d, s)| **d > 0.0 && **s == 0)
+            .count() as u64;
+        let hour = (3600.0 / scenario.step.as_secs_f64().max(1e-3)).ceil() as usize;
         Figures {
+            scenario: run.scenario.clone(),
             policy: run.policy.clone(),
             setting: run.setting,
             instance_minutes,
@@ -293,6 +445,14 @@ impl Figures {
             decide_ms_p99: quantile(0.99),
             decide_s_total: ms.iter().sum::<f64>() / 1e3,
             wall_s: run.wall.as_secs_f64(),
+            zero_serving_steps,
+            agent_zero_serving_steps: run.safety.agent_zero_serving_steps,
+            worst_hour_served: worst_window_served(demand, &run.serving, hour),
+            double_launches: run.safety.double_launches,
+            blind_scale_ins: run.safety.blind_scale_ins,
+            bound_violations: run.safety.bound_violations,
+            failed_ticks: run.safety.failed_ticks,
+            restarts: run.safety.restarts,
         }
     }
 }
@@ -315,8 +475,9 @@ pub fn best_settings(figures: &[Figures]) -> Vec<Figures> {
 
 /// A human-readable table.
 pub fn table(figures: &[Figures]) -> String {
+    let safety = figures.iter().any(|f| f.scenario != "ideal");
     let mut out = format!(
-        "{:<18} {:>8} {:>16} {:>10} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>8}\n",
+        "{:<18} {:>8} {:>16} {:>10} {:>9} {:>9} {:>8} {:>10} {:>11} {:>10} {:>8}",
         "policy",
         "setting",
         "instance-min",
@@ -329,13 +490,20 @@ pub fn table(figures: &[Figures]) -> String {
         "decide-p99",
         "wall"
     );
+    if safety {
+        out.push_str(&format!(
+            " {:>13} {:>10} {:>7} {:>6} {:>7}",
+            "zero-srv(agt)", "worst-hour", "double", "blind", "bounds"
+        ));
+    }
+    out.push('\n');
     for f in figures {
         let setting = f
             .setting
             .map(|s| format!("{s}"))
             .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
-            "{:<18} {:>8} {:>16.0} {:>10.4} {:>9.3} {:>9.2} {:>8} {:>10.4} {:>9.4}ms {:>8.4}ms {:>7.2}s\n",
+            "{:<18} {:>8} {:>16.0} {:>10.4} {:>9.3} {:>9.2} {:>8} {:>10.4} {:>9.4}ms {:>8.4}ms {:>7.2}s",
             f.policy,
             setting,
             f.instance_minutes,
@@ -348,6 +516,17 @@ pub fn table(figures: &[Figures]) -> String {
             f.decide_ms_p99,
             f.wall_s
         ));
+        if safety {
+            out.push_str(&format!(
+                " {:>13} {:>10.4} {:>7} {:>6} {:>7}",
+                format!("{}({})", f.zero_serving_steps, f.agent_zero_serving_steps),
+                f.worst_hour_served,
+                f.double_launches,
+                f.blind_scale_ins,
+                f.bound_violations
+            ));
+        }
+        out.push('\n');
     }
     if let Some(f) = figures.first() {
         out.push_str(&format!(

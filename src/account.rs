@@ -1,0 +1,330 @@
+//! One account of a fleet, the only one the controller, the guards, scale-in and the
+//! policies reason about: what serves, what boots, what is leaving, and what this agent
+//! launched or removed that reads do not show yet.
+//!
+//! Clouds' reads lag behind their writes (EC2's DescribeInstances is eventually
+//! consistent), and a removed instance stays listed for a minute or more (EC2's
+//! `shutting-down`, Azure's `deleting`). So the account is formed from a read *and* from
+//! [`Unseen`], this controller's memory of its own recent launches and removals:
+//!
+//! - a launch counts as booting (in flight) until reads list it, or until `read_lag`
+//!   has passed, after which a launch that never showed is forgotten;
+//! - a removal counts as leaving while reads still show the instance as it was, for as
+//!   long as `read_lag`;
+//! - an instance listed as stopping is leaving: it is never capacity, and never a
+//!   candidate to remove again.
+//!
+//! [`Unseen`] lives in memory only. A restarted agent starts without it and relies on
+//! the provider's idempotency instead: a grow's token is a fingerprint of the fleet as it
+//! was seen ([`FleetAccount::view`]), so a restarted agent that sees the same fleet and
+//! decides to grow from it again sends the same token, and the provider either returns
+//! the first launch or refuses a different count ([`ErrorKind::Conflict`]), which the
+//! controller takes as "a launch is in flight" for `read_lag` after it starts.
+//!
+//! [`ErrorKind::Conflict`]: fleetscale_adapters::ErrorKind::Conflict
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use fleetscale_adapters::{Fleet, IdempotencyToken, Instance, InstanceId, InstanceState};
+use serde::Serialize;
+
+/// The fleet as decisions count it. Formed once per tick, in observe.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FleetAccount {
+    /// Listed as running and not removed.
+    pub serving: u32,
+    /// Listed as booting and not removed, plus `in_flight`.
+    pub booting: u32,
+    /// Launched by this agent and not listed yet (part of `booting`).
+    pub in_flight: u32,
+    /// On the way out: listed as stopping, or removed and still listed as before.
+    pub leaving: u32,
+    /// Listed instances that are neither leaving nor in flight: what scale-in and the
+    /// stuck-boot guard may name.
+    #[serde(skip)]
+    pub instances: Vec<Instance>,
+    /// Fingerprint of the listed ids that are not leaving and of the launches in flight.
+    #[serde(skip)]
+    pub view: u64,
+}
+
+impl FleetAccount {
+    /// Serving plus booting (in flight included): the size a policy's wish is compared
+    /// with and the bounds apply to.
+    pub fn active(&self) -> u32 {
+        self.serving + self.booting
+    }
+
+    /// Everything the provider may still bill: active plus leaving.
+    pub fn billed(&self) -> u32 {
+        self.active() + self.leaving
+    }
+
+    /// Whether `id` is listed and counted (serving or booting).
+    pub fn lists(&self, id: &str) -> bool {
+        self.instances.iter().any(|i| i.id == id)
+    }
+}
+
+/// How many ids of vanished instances are remembered, to recognise a provider answering
+/// a grow with instances that are long gone (a token reused on a fleet that returned to
+/// an earlier set of instances).
+const GONE_MEMORY: usize = 4096;
+
+/// What this controller did that reads may not show yet. Memory only; see the module
+/// documentation for what a restarted agent relies on instead.
+#[derive(Debug, Default)]
+pub struct Unseen {
+    launches: Vec<(InstanceId, SystemTime)>,
+    removals: Vec<(InstanceId, SystemTime)>,
+    /// Ids once listed (or removed) and no longer listed, newest last.
+    gone: VecDeque<InstanceId>,
+    gone_set: HashSet<InstanceId>,
+    /// Ids listed at the last read.
+    listed: HashSet<InstanceId>,
+    /// Tokens that led to nothing new: the next grow from the same view salts its token.
+    spent: HashSet<String>,
+}
+
+impl Unseen {
+    /// Notes launches made at `now`: counted until listed, or forgotten after `read_lag`.
+    pub fn launched(&mut self, ids: &[InstanceId], now: SystemTime, read_lag: Duration) {
+        let until = now + read_lag;
+        self.launches
+            .extend(ids.iter().map(|id| (id.clone(), until)));
+    }
+
+    /// Notes removals accepted at `now`: leaving while reads still show them as before.
+    pub fn removed(&mut self, ids: &[InstanceId], now: SystemTime, read_lag: Duration) {
+        let until = now + read_lag;
+        self.removals
+            .extend(ids.iter().map(|id| (id.clone(), until)));
+    }
+
+    /// Whether `id` was listed once and is no more (or was removed by this agent).
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.gone_set.contains(id)
+    }
+
+    /// The token for a grow from `account`'s view: the same view gives the same token,
+    /// unless a grow from it already led to nothing new, in which case it is salted.
+    pub fn grow_token(&self, fleet: &str, account: &FleetAccount) -> IdempotencyToken {
+        let base = format!(
+            "fleetscale-{:016x}",
+            fingerprint([fleet.as_bytes(), &account.view.to_le_bytes()])
+        );
+        let mut token = base.clone();
+        let mut salt = 0u32;
+        while self.spent.contains(&token) {
+            salt += 1;
+            token = format!("{base}-{salt}");
+        }
+        IdempotencyToken::new(token)
+    }
+
+    /// Marks a token as spent: the next grow from the same view salts it.
+    pub fn spend(&mut self, token: &IdempotencyToken) {
+        if self.spent.len() >= GONE_MEMORY {
+            self.spent.clear();
+        }
+        self.spent.insert(token.as_str().to_string());
+    }
+
+    /// Forms the account from a read at `now`, and forgets what the read now shows and
+    /// what has waited longer than its deadline. Launches forgotten unseen spend no
+    /// token here: their ids are remembered as gone, which a grow answer is checked
+    /// against.
+    pub fn account(&mut self, fleet: &Fleet, now: SystemTime) -> FleetAccount {
+        let listed: HashSet<&str> = fleet.instances.iter().map(|i| i.id.as_str()).collect();
+        let mut expired = Vec::new();
+        self.launches.retain(|(id, until)| {
+            if listed.contains(id.as_str()) {
+                false
+            } else if now > *until {
+                expired.push(id.clone());
+                false
+            } else {
+                true
+            }
+        });
+        self.removals.retain(|(id, until)| {
+            let shown_as_before = fleet
+                .instances
+                .iter()
+                .any(|i| &i.id == id && i.state != InstanceState::Stopping);
+            shown_as_before && now <= *until
+        });
+        let removed: HashSet<&str> = self.removals.iter().map(|(id, _)| id.as_str()).collect();
+
+        let mut account = FleetAccount::default();
+        for instance in &fleet.instances {
+            if instance.state == InstanceState::Stopping || removed.contains(instance.id.as_str()) {
+                account.leaving += 1;
+                continue;
+            }
+            match instance.state {
+                InstanceState::Running => account.serving += 1,
+                _ => account.booting += 1,
+            }
+            account.instances.push(instance.clone());
+        }
+        account.in_flight = self.launches.len() as u32;
+        account.booting += account.in_flight;
+        let mut view: Vec<&str> = account
+            .instances
+            .iter()
+            .map(|i| i.id.as_str())
+            .chain(self.launches.iter().map(|(id, _)| id.as_str()))
+            .collect();
+        view.sort_unstable();
+        account.view = fingerprint(view.iter().map(|id| id.as_bytes()));
+
+        // Remember what vanished since the last read, and launches that never showed.
+        let vanished: Vec<InstanceId> = self
+            .listed
+            .iter()
+            .filter(|id| !listed.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in vanished.into_iter().chain(expired) {
+            self.remember_gone(id);
+        }
+        self.listed = listed.into_iter().map(str::to_string).collect();
+        account
+    }
+
+    fn remember_gone(&mut self, id: InstanceId) {
+        if self.gone_set.insert(id.clone()) {
+            self.gone.push_back(id);
+        }
+        while self.gone.len() > GONE_MEMORY {
+            if let Some(old) = self.gone.pop_front() {
+                self.gone_set.remove(&old);
+            }
+        }
+    }
+}
+
+/// FNV-1a, 64 bits, over the parts with a separator: stable across builds and releases
+/// (unlike `DefaultHasher`), so a restarted agent computes the same token.
+fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = OFFSET;
+    for part in parts {
+        for byte in part.iter().chain(&[0xff]) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+    }
+
+    fn instance(id: &str, state: InstanceState) -> Instance {
+        Instance {
+            id: id.into(),
+            state,
+            launched_at: at(0),
+            zone: "a".into(),
+            protected: false,
+        }
+    }
+
+    fn fleet(instances: &[(&str, InstanceState)]) -> Fleet {
+        Fleet {
+            instances: instances.iter().map(|(id, s)| instance(id, *s)).collect(),
+            target_size: None,
+        }
+    }
+
+    use InstanceState::{Pending, Running, Stopping};
+
+    #[test]
+    fn stopping_and_removed_instances_are_leaving_never_capacity() {
+        let mut unseen = Unseen::default();
+        unseen.removed(&["b".into()], at(0), Duration::from_secs(30));
+        let account = unseen.account(
+            &fleet(&[
+                ("a", Running),
+                ("b", Running),
+                ("c", Stopping),
+                ("d", Pending),
+            ]),
+            at(10),
+        );
+        assert_eq!(
+            (account.serving, account.booting, account.leaving),
+            (1, 1, 2)
+        );
+        assert_eq!(account.active(), 2);
+        assert_eq!(account.billed(), 4);
+        assert!(account.lists("a") && account.lists("d") && !account.lists("b"));
+        // Past its deadline, a removal reads shows as running is believed again.
+        let account = unseen.account(&fleet(&[("a", Running), ("b", Running)]), at(41));
+        assert_eq!(account.serving, 2);
+    }
+
+    #[test]
+    fn launches_count_until_listed_or_their_deadline() {
+        let mut unseen = Unseen::default();
+        unseen.launched(&["x".into(), "y".into()], at(0), Duration::from_secs(60));
+        let account = unseen.account(&fleet(&[("a", Running)]), at(30));
+        assert_eq!((account.booting, account.in_flight), (2, 2));
+        let account = unseen.account(&fleet(&[("a", Running), ("x", Pending)]), at(40));
+        assert_eq!((account.booting, account.in_flight), (2, 1));
+        let account = unseen.account(&fleet(&[("a", Running), ("x", Pending)]), at(61));
+        assert_eq!((account.booting, account.in_flight), (1, 0));
+        assert!(
+            unseen.is_gone("y"),
+            "a launch that never showed is remembered"
+        );
+    }
+
+    #[test]
+    fn the_token_depends_on_the_view_alone_until_spent() {
+        let mut unseen = Unseen::default();
+        let one = unseen.account(&fleet(&[("a", Running), ("b", Pending)]), at(0));
+        let again = Unseen::default().account(&fleet(&[("b", Pending), ("a", Running)]), at(99));
+        assert_eq!(
+            unseen.grow_token("web", &one),
+            Unseen::default().grow_token("web", &again),
+            "a restarted agent seeing the same fleet sends the same token"
+        );
+        assert_ne!(
+            unseen.grow_token("web", &one),
+            unseen.grow_token("api", &one)
+        );
+        let other = Unseen::default().account(&fleet(&[("a", Running)]), at(0));
+        assert_ne!(
+            unseen.grow_token("web", &one),
+            unseen.grow_token("web", &other)
+        );
+        let token = unseen.grow_token("web", &one);
+        unseen.spend(&token);
+        let salted = unseen.grow_token("web", &one);
+        assert_ne!(token, salted);
+        assert!(salted.as_str().len() <= 64);
+        // A launch in flight is part of the view.
+        unseen.launched(&["z".into()], at(0), Duration::from_secs(60));
+        let with_launch = unseen.account(&fleet(&[("a", Running), ("b", Pending)]), at(1));
+        assert_ne!(with_launch.view, one.view);
+    }
+
+    #[test]
+    fn vanished_instances_are_remembered_as_gone() {
+        let mut unseen = Unseen::default();
+        unseen.account(&fleet(&[("a", Running), ("b", Running)]), at(0));
+        unseen.account(&fleet(&[("a", Running)]), at(60));
+        assert!(unseen.is_gone("b"));
+        assert!(!unseen.is_gone("a"));
+    }
+}
