@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::{AdapterConfig, AgentConfig, Config, FleetConfig, SignalConfig};
 use crate::controller::{ControllerParts, FleetController};
+use crate::guards::GuardConfig;
 use crate::signal::SignalSource;
 use crate::signal::prometheus::PrometheusSignal;
 use crate::signal::synthetic::SyntheticSignal;
@@ -126,7 +127,21 @@ pub fn controller_on(
         adapter,
         signal,
         policy: fleet.policy.build(),
-        guards: fleet.guards.clone(),
+        guards: GuardConfig {
+            read_lag: Some(
+                fleet
+                    .guards
+                    .read_lag
+                    .unwrap_or_else(|| match &fleet.adapter {
+                        AdapterConfig::Mock(mock) => {
+                            mock.launch_read_lag.max(mock.removal_read_lag)
+                        }
+                        #[allow(unreachable_patterns)]
+                        _ => crate::guards::CLOUD_READ_LAG,
+                    }),
+            ),
+            ..fleet.guards.clone()
+        },
         clock,
         step: agent.tick,
         boot_delay: fleet.boot_delay,

@@ -20,7 +20,7 @@ use fleetscale_policies::{Decision, Observation, Policy};
 use serde::Serialize;
 
 use crate::account::{FleetAccount, Unseen};
-use crate::guards::{self, GuardConfig, GuardState, Intervention};
+use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
 use crate::scale_in;
 use crate::signal::{SignalError, SignalSource};
 use crate::telemetry::Metrics;
@@ -424,9 +424,19 @@ impl FleetController {
             wanted,
             seen.signal.is_ok(),
         );
-        report.applied = Some(guarded.applied);
+        let mut applied = guarded.applied;
         report.interventions = guarded.interventions;
-        Intent::Resize(guarded.applied)
+        let floor = seen.account.active().max(self.guards.min);
+        if self.starting_up(now) && applied > floor {
+            report.interventions.push(Intervention {
+                guard: Guard::StartUp,
+                from: applied,
+                to: floor,
+            });
+            applied = floor;
+        }
+        report.applied = Some(applied);
+        Intent::Resize(applied)
     }
 
     /// Act: one call through the adapter (or none), its outcome noted in the account's
@@ -477,7 +487,7 @@ impl FleetController {
                         continue;
                     }
                     let launched = new.len() as u32;
-                    self.unseen.launched(&new, now, self.guards.read_lag);
+                    self.unseen.launched(&new, now, self.guards.read_lag());
                     if launched < count {
                         if let Some(m) = &self.metrics {
                             m.launch_shortfall
@@ -539,7 +549,7 @@ impl FleetController {
             Ok(outcome) => {
                 let removed = outcome.removed.len() as u32;
                 self.unseen
-                    .removed(&outcome.removed, now, self.guards.read_lag);
+                    .removed(&outcome.removed, now, self.guards.read_lag());
                 let was_serving = account
                     .instances
                     .iter()
@@ -574,7 +584,7 @@ impl FleetController {
             Ok(outcome) => {
                 let removed = outcome.removed.len() as u32;
                 self.unseen
-                    .removed(&outcome.removed, now, self.guards.read_lag);
+                    .removed(&outcome.removed, now, self.guards.read_lag());
                 tracing::warn!(fleet = %self.name, removed, max_boot_time = ?self.guards.max_boot_time, "replacing instances stuck booting");
                 if let Some(m) = &self.metrics {
                     m.stuck_replaced
@@ -595,10 +605,11 @@ impl FleetController {
         }
     }
 
-    /// Within `read_lag` of the first tick: a launch of a predecessor may be unseen.
+    /// Within `read_lag` of the first tick: a launch of a predecessor may be unseen, so
+    /// a grow (beyond `min`) would launch it again.
     fn starting_up(&self, now: SystemTime) -> bool {
         self.started
-            .is_some_and(|started| now <= started + self.guards.read_lag)
+            .is_some_and(|started| now < started + self.guards.read_lag())
     }
 
     /// Reads the signal, appending to the history. Returns the latest demand.

@@ -48,9 +48,10 @@ pub struct GuardConfig {
     /// counted as booting until reads list it or this has passed; a removal as leaving
     /// while reads still show the instance as before, as long as this; and for this long
     /// after it starts, an agent takes a refused grow token as a launch of its
-    /// predecessor's still in flight. Default 30s.
-    #[serde(default = "defaults::read_lag", with = "humantime_serde")]
-    pub read_lag: Duration,
+    /// predecessor's still in flight, and grows no further than `min`. Default: 30s on
+    /// AWS and Azure ([`CLOUD_READ_LAG`]); on the mock, its own longest read lag.
+    #[serde(default, with = "humantime_serde")]
+    pub read_lag: Option<Duration>,
 }
 
 mod defaults {
@@ -70,12 +71,18 @@ mod defaults {
     pub fn suspend_for() -> Duration {
         Duration::from_secs(10 * 60)
     }
-    pub fn read_lag() -> Duration {
-        Duration::from_secs(30)
-    }
 }
 
+/// How long reads of a real cloud are taken to lag behind writes unless a fleet says
+/// otherwise: EC2's eventual consistency is documented in seconds.
+pub const CLOUD_READ_LAG: Duration = Duration::from_secs(30);
+
 impl GuardConfig {
+    /// The read lag in force: the fleet's, or [`CLOUD_READ_LAG`].
+    pub fn read_lag(&self) -> Duration {
+        self.read_lag.unwrap_or(CLOUD_READ_LAG)
+    }
+
     /// Default guards with the given ceiling.
     pub fn with_max(max: u32) -> Self {
         GuardConfig {
@@ -90,7 +97,7 @@ impl GuardConfig {
             replace_backoff: defaults::replace_backoff(),
             failure_limit: defaults::failure_limit(),
             suspend_for: defaults::suspend_for(),
-            read_lag: defaults::read_lag(),
+            read_lag: None,
         }
     }
 
@@ -157,6 +164,9 @@ pub enum Guard {
     ScaleDownCooldown,
     Stabilisation,
     SignalHold,
+    /// Within `read_lag` of the agent's start, no grow beyond `min`: a launch made just
+    /// before a restart may not show in reads yet.
+    StartUp,
 }
 
 impl Guard {
@@ -170,6 +180,7 @@ impl Guard {
             Guard::ScaleDownCooldown => "scale_down_cooldown",
             Guard::Stabilisation => "stabilisation",
             Guard::SignalHold => "signal_hold",
+            Guard::StartUp => "start_up",
         }
     }
 }

@@ -51,6 +51,8 @@ impl SignalSource for Switchable {
 }
 
 struct Rig {
+    /// When the rig's signal starts.
+    start: SystemTime,
     mock: MockCloud,
     controller: FleetController,
     signal_down: Arc<AtomicBool>,
@@ -81,9 +83,23 @@ fn rig_with(
     adapter: Box<dyn CloudAdapter>,
     clock: Arc<dyn Clock>,
 ) -> Rig {
+    let start = clock.now();
+    rig_from(demand, start, guards, policy, mock, adapter, clock)
+}
+
+/// [`rig_with`] for a signal that started at `start`.
+fn rig_from(
+    demand: &[f64],
+    start: SystemTime,
+    guards: GuardConfig,
+    policy: PolicyConfig,
+    mock: MockCloud,
+    adapter: Box<dyn CloudAdapter>,
+    clock: Arc<dyn Clock>,
+) -> Rig {
     let signal_down = Arc::new(AtomicBool::new(false));
     let signal = Switchable {
-        inner: TraceSignal::new(demand, 1.0, clock.now(), TICK, false),
+        inner: TraceSignal::new(demand, 1.0, start, TICK, false),
         down: signal_down.clone(),
     };
     let metrics = Metrics::new();
@@ -100,6 +116,7 @@ fn rig_with(
         history_steps: 60,
     });
     Rig {
+        start,
         mock,
         controller,
         signal_down,
@@ -108,6 +125,11 @@ fn rig_with(
 }
 
 fn rig(demand: &[f64], guards: GuardConfig, policy: PolicyConfig, initial: u32) -> Rig {
+    // This mock's reads never lag: no start-up hold is needed.
+    let guards = GuardConfig {
+        read_lag: Some(Duration::ZERO),
+        ..guards
+    };
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let mock = MockCloud::new(mock_config(initial), clock.clone());
     rig_with(demand, guards, policy, mock.clone(), Box::new(mock), clock)
@@ -509,7 +531,7 @@ async fn a_launch_reads_do_not_show_for_two_ticks_is_not_repeated() {
         ..mock_config(2)
     };
     let guards = GuardConfig {
-        read_lag: TICK * 2,
+        read_lag: Some(TICK * 2),
         ..GuardConfig::with_max(100)
     };
     let mut rig = rig_on(&demand, guards, target_tracking(0.8), config);
@@ -532,10 +554,14 @@ async fn a_restart_while_a_launch_is_invisible_does_not_launch_again() {
         ..mock_config(2)
     };
     let guards = GuardConfig {
-        read_lag: Duration::from_secs(100),
+        read_lag: Some(Duration::from_secs(100)),
         ..GuardConfig::with_max(100)
     };
     let mut rig = rig_on(&demand, guards.clone(), target_tracking(0.8), config);
+    // Within `read_lag` of its start an agent grows no further than `min`.
+    let report = step(&mut rig).await;
+    assert_eq!(report.action, Action::None, "{report:?}");
+    step(&mut rig).await;
     let report = step(&mut rig).await;
     assert_eq!(
         report.action,
@@ -547,14 +573,14 @@ async fn a_restart_while_a_launch_is_invisible_does_not_launch_again() {
     for policy in [target_tracking(0.7), target_tracking(0.8)] {
         // A fresh controller (nothing kept in memory) a second later, reading the fleet
         // without the launch; the first wants another target (18), the second the same.
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-        let mut restarted = rig_with(
+        let mut restarted = rig_from(
             &demand,
+            rig.start,
             guards.clone(),
             policy,
             rig.mock.clone(),
             Box::new(rig.mock.clone()),
-            clock,
+            rig.mock.clock(),
         );
         tokio::time::advance(Duration::from_secs(1)).await;
         let report = restarted.controller.tick().await;
@@ -563,6 +589,13 @@ async fn a_restart_while_a_launch_is_invisible_does_not_launch_again() {
             "the launch must still be unseen: {report:?}"
         );
         assert!(report.error.is_none(), "{report:?}");
+        assert!(
+            report
+                .interventions
+                .iter()
+                .any(|i| i.guard == fleetscale::guards::Guard::StartUp),
+            "{report:?}"
+        );
         assert_eq!(rig.mock.stats().launched, 13, "{report:?}");
         rig = restarted;
     }

@@ -149,7 +149,7 @@ async fn a_repeated_token_returns_the_first_launch_and_records_one_intent() {
     assert_eq!(dry_run.grow(2, &token).await.unwrap(), first);
     assert_eq!(
         dry_run.grow(3, &token).await.unwrap_err().kind(),
-        ErrorKind::Invalid
+        ErrorKind::Conflict
     );
     assert_eq!(dry_run.intents().len(), 1);
     assert_eq!(dry_run.read_fleet().await.unwrap().billed(), 2);

@@ -234,7 +234,7 @@ async fn run_async(
     let lost = cloud.missing_steps(scenario.steps(), scenario.step, setup.seed);
     let mut guards = GuardConfig::with_max(scenario.max);
     guards.min = scenario.min;
-    guards.read_lag = cloud.read_lag(scenario.step);
+    guards.read_lag = Some(cloud.read_lag(scenario.step));
     if cloud.is_ideal() {
         // The benchmark's instances never fail: a stuck-boot deadline must never fire.
         guards.max_boot_time = boot_delay + scenario.step * 2;
