@@ -9,17 +9,19 @@
 //!
 //! - a launch counts as booting (in flight) until reads list it, or until `read_lag`
 //!   has passed, after which a launch that never showed is forgotten;
-//! - a removal counts as leaving while reads still show the instance as it was, for as
-//!   long as `read_lag`;
+//! - an instance this agent removed is leaving from then on, whatever reads show (they may
+//!   show it as it was for a while);
 //! - an instance listed as stopping is leaving: it is never capacity, and never a
 //!   candidate to remove again.
 //!
 //! [`Unseen`] lives in memory only. A restarted agent starts without it and relies on
-//! the provider's idempotency instead: a grow's token is a fingerprint of the fleet as it
-//! was seen ([`FleetAccount::view`]), so a restarted agent that sees the same fleet and
-//! decides to grow from it again sends the same token, and the provider either returns
-//! the first launch or refuses a different count ([`ErrorKind::Conflict`]), which the
-//! controller takes as "a launch is in flight" for `read_lag` after it starts.
+//! two things instead. For `read_lag` after it starts it grows no further than `min` and
+//! does not scale in (the controller's start-up hold): whatever its predecessor launched
+//! or removed shows in reads by then. And a grow's token is a fingerprint of the fleet as
+//! seen ([`FleetAccount::view`]) in a window of a few read lags, so a repeated grow from
+//! the same fleet sends the same token, and the provider either returns the first launch
+//! or refuses a different count ([`ErrorKind::Conflict`]), which within the start-up
+//! window is taken as "a launch is in flight".
 //!
 //! [`ErrorKind::Conflict`]: fleetscale_adapters::ErrorKind::Conflict
 
@@ -44,6 +46,10 @@ pub struct FleetAccount {
     /// stuck-boot guard may name.
     #[serde(skip)]
     pub instances: Vec<Instance>,
+    /// The launches in flight, newest last: a scale-in removes them first (they serve
+    /// nobody yet, and the provider takes their ids before its reads list them).
+    #[serde(skip)]
+    pub in_flight_ids: Vec<InstanceId>,
     /// Fingerprint of the listed ids that are not leaving and of the launches in flight.
     #[serde(skip)]
     pub view: u64,
@@ -96,7 +102,12 @@ impl Unseen {
     }
 
     /// Notes removals accepted at `now`: leaving while reads still show them as before.
+    /// A launch in flight that is removed is forgotten (it will never be capacity).
     pub fn removed(&mut self, ids: &[InstanceId], now: SystemTime, read_lag: Duration) {
+        self.launches.retain(|(id, _)| !ids.contains(id));
+        for id in ids {
+            self.remember_gone(id.clone());
+        }
         let until = now + read_lag;
         self.removals
             .extend(ids.iter().map(|id| (id.clone(), until)));
@@ -107,12 +118,19 @@ impl Unseen {
         self.gone_set.contains(id)
     }
 
-    /// The token for a grow from `account`'s view: the same view gives the same token,
-    /// unless a grow from it already led to nothing new, in which case it is salted.
-    pub fn grow_token(&self, fleet: &str, account: &FleetAccount) -> IdempotencyToken {
+    /// The token for a grow from `account`'s view in time window `window` (a few read
+    /// lags long): the same view in the same window gives the same token, unless a grow
+    /// from it already led to nothing new, in which case it is salted. The window keeps
+    /// a fleet that comes back to an earlier set of instances, hours later, from meeting
+    /// the provider's answer to an old launch.
+    pub fn grow_token(&self, fleet: &str, account: &FleetAccount, window: u64) -> IdempotencyToken {
         let base = format!(
             "fleetscale-{:016x}",
-            fingerprint([fleet.as_bytes(), &account.view.to_le_bytes()])
+            fingerprint([
+                fleet.as_bytes(),
+                &account.view.to_le_bytes(),
+                &window.to_le_bytes()
+            ])
         );
         let mut token = base.clone();
         let mut salt = 0u32;
@@ -159,7 +177,12 @@ impl Unseen {
 
         let mut account = FleetAccount::default();
         for instance in &fleet.instances {
-            if instance.state == InstanceState::Stopping || removed.contains(instance.id.as_str()) {
+            // Removed by this agent (possibly before reads listed it): leaving, whatever
+            // reads show.
+            if instance.state == InstanceState::Stopping
+                || removed.contains(instance.id.as_str())
+                || self.gone_set.contains(&instance.id)
+            {
                 account.leaving += 1;
                 continue;
             }
@@ -170,6 +193,7 @@ impl Unseen {
             account.instances.push(instance.clone());
         }
         account.in_flight = self.launches.len() as u32;
+        account.in_flight_ids = self.launches.iter().map(|(id, _)| id.clone()).collect();
         account.booting += account.in_flight;
         let mut view: Vec<&str> = account
             .instances
@@ -268,9 +292,9 @@ mod tests {
         assert_eq!(account.active(), 2);
         assert_eq!(account.billed(), 4);
         assert!(account.lists("a") && account.lists("d") && !account.lists("b"));
-        // Past its deadline, a removal reads shows as running is believed again.
+        // An accepted removal is never capacity again, however long reads lag.
         let account = unseen.account(&fleet(&[("a", Running), ("b", Running)]), at(41));
-        assert_eq!(account.serving, 2);
+        assert_eq!((account.serving, account.leaving), (1, 1));
     }
 
     #[test]
@@ -295,28 +319,47 @@ mod tests {
         let one = unseen.account(&fleet(&[("a", Running), ("b", Pending)]), at(0));
         let again = Unseen::default().account(&fleet(&[("b", Pending), ("a", Running)]), at(99));
         assert_eq!(
-            unseen.grow_token("web", &one),
-            Unseen::default().grow_token("web", &again),
+            unseen.grow_token("web", &one, 7),
+            Unseen::default().grow_token("web", &again, 7),
             "a restarted agent seeing the same fleet sends the same token"
         );
         assert_ne!(
-            unseen.grow_token("web", &one),
-            unseen.grow_token("api", &one)
+            unseen.grow_token("web", &one, 7),
+            unseen.grow_token("api", &one, 7)
         );
         let other = Unseen::default().account(&fleet(&[("a", Running)]), at(0));
         assert_ne!(
-            unseen.grow_token("web", &one),
-            unseen.grow_token("web", &other)
+            unseen.grow_token("web", &one, 7),
+            unseen.grow_token("web", &other, 7)
         );
-        let token = unseen.grow_token("web", &one);
+        assert_ne!(
+            unseen.grow_token("web", &one, 7),
+            unseen.grow_token("web", &one, 8)
+        );
+        let token = unseen.grow_token("web", &one, 7);
         unseen.spend(&token);
-        let salted = unseen.grow_token("web", &one);
+        let salted = unseen.grow_token("web", &one, 7);
         assert_ne!(token, salted);
         assert!(salted.as_str().len() <= 64);
         // A launch in flight is part of the view.
         unseen.launched(&["z".into()], at(0), Duration::from_secs(60));
         let with_launch = unseen.account(&fleet(&[("a", Running), ("b", Pending)]), at(1));
         assert_ne!(with_launch.view, one.view);
+    }
+
+    #[test]
+    fn a_launch_removed_before_reads_list_it_is_leaving_when_they_do() {
+        let mut unseen = Unseen::default();
+        unseen.launched(&["x".into()], at(0), Duration::from_secs(60));
+        let account = unseen.account(&fleet(&[("a", Running)]), at(1));
+        assert_eq!(account.in_flight_ids, vec!["x".to_string()]);
+        unseen.removed(&["x".into()], at(1), Duration::from_secs(60));
+        // Reads list it late, still as booting: it is not capacity.
+        let account = unseen.account(&fleet(&[("a", Running), ("x", Pending)]), at(30));
+        assert_eq!(
+            (account.booting, account.in_flight, account.leaving),
+            (0, 0, 1)
+        );
     }
 
     #[test]

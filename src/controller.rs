@@ -119,6 +119,16 @@ pub fn next_wait(error: &AdapterError, consecutive: u32, tick: Duration) -> Dura
 
 const DAY: Duration = Duration::from_secs(86_400);
 
+/// The time window a grow token belongs to: four read lags (or ticks, if longer), so
+/// that an agent restarted soon after its predecessor's launch sends that launch's token.
+fn token_window(now: SystemTime, step: Duration, read_lag: Duration) -> u64 {
+    let length = step.max(read_lag).as_secs().max(1) * 4;
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / length
+}
+
 /// The demand and serving history a policy sees, bounded.
 #[derive(Debug, Default)]
 struct History {
@@ -426,14 +436,25 @@ impl FleetController {
         );
         let mut applied = guarded.applied;
         report.interventions = guarded.interventions;
-        let floor = seen.account.active().max(self.guards.min);
-        if self.starting_up(now) && applied > floor {
-            report.interventions.push(Intervention {
-                guard: Guard::StartUp,
-                from: applied,
-                to: floor,
-            });
-            applied = floor;
+        // Reads may not show yet what a predecessor launched or removed: no grow beyond
+        // min (it would launch again) and no scale-in (a removed instance may still read
+        // as serving, and the one removed in its place would be the last that serves).
+        let active = seen.account.active();
+        if self.starting_up(now) {
+            let held = match applied.cmp(&active) {
+                std::cmp::Ordering::Greater => applied.min(active.max(self.guards.min)),
+                // Above max is still brought down to it.
+                std::cmp::Ordering::Less => active.min(self.guards.max).max(applied),
+                std::cmp::Ordering::Equal => applied,
+            };
+            if held != applied {
+                report.interventions.push(Intervention {
+                    guard: Guard::StartUp,
+                    from: applied,
+                    to: held,
+                });
+                applied = held;
+            }
         }
         report.applied = Some(applied);
         Intent::Resize(applied)
@@ -469,10 +490,11 @@ impl FleetController {
         count: u32,
         report: &mut TickReport,
     ) {
-        // At most two tokens: the view's, and a salted one when the provider answers the
-        // first with instances long gone or (past the start-up window) with a conflict.
-        for _ in 0..2 {
-            let token = self.unseen.grow_token(&self.name, account);
+        // The view's token, then salted ones while the provider answers with instances
+        // long gone or (past the start-up window) with a conflict.
+        let window = token_window(now, self.step, self.guards.read_lag());
+        for _ in 0..4 {
+            let token = self.unseen.grow_token(&self.name, account, window);
             match self.adapter.grow(count, &token).await {
                 Ok(outcome) => {
                     let new: Vec<InstanceId> = outcome
@@ -525,7 +547,7 @@ impl FleetController {
             }
         }
         report.reason.push_str(
-            "; the provider repeated an old launch for two tokens: trying again next tick",
+            "; the provider repeated old launches for four tokens: trying again next tick",
         );
         self.succeed();
     }
@@ -537,7 +559,15 @@ impl FleetController {
         count: usize,
         report: &mut TickReport,
     ) {
-        let victims = scale_in::choose(&account.instances, count);
+        // Launches in flight go first, newest first: they serve nobody yet.
+        let mut victims: Vec<InstanceId> = account
+            .in_flight_ids
+            .iter()
+            .rev()
+            .take(count)
+            .cloned()
+            .collect();
+        victims.extend(scale_in::choose(&account.instances, count - victims.len()));
         if victims.is_empty() {
             report
                 .reason

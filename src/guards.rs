@@ -48,7 +48,8 @@ pub struct GuardConfig {
     /// counted as booting until reads list it or this has passed; a removal as leaving
     /// while reads still show the instance as before, as long as this; and for this long
     /// after it starts, an agent takes a refused grow token as a launch of its
-    /// predecessor's still in flight, and grows no further than `min`. Default: 30s on
+    /// predecessor's still in flight, grows no further than `min` and does not scale in
+    /// (what its predecessor did may not show yet). Default: 30s on
     /// AWS and Azure ([`CLOUD_READ_LAG`]); on the mock, its own longest read lag.
     #[serde(default, with = "humantime_serde")]
     pub read_lag: Option<Duration>,
@@ -164,8 +165,8 @@ pub enum Guard {
     ScaleDownCooldown,
     Stabilisation,
     SignalHold,
-    /// Within `read_lag` of the agent's start, no grow beyond `min`: a launch made just
-    /// before a restart may not show in reads yet.
+    /// Within `read_lag` of the agent's start, no grow beyond `min` and no scale-in: a
+    /// launch or removal made just before a restart may not show in reads yet.
     StartUp,
 }
 
