@@ -118,7 +118,18 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
     )
     .map_err(|e| Failure::Invalid(format!("error: {e}")))?;
     let cloud = CloudScenario::resolve(&args.cloud).map_err(Failure::Invalid)?;
-    let candidates = candidates(&args)?;
+    let mut candidates = candidates(&args)?;
+    if !cloud.is_ideal() {
+        // The oracle's schedule is for the ideal cloud: it knows nothing of failures, and
+        // a restarted agent's oracle would start its schedule again.
+        if args.policy == "oracle" {
+            return Err(Failure::Invalid(format!(
+                "--policy oracle: the oracle is the ideal cloud's optimum; it cannot run in --cloud {}",
+                cloud.name
+            )));
+        }
+        candidates.retain(|c| !matches!(c.kind, Kind::Oracle));
+    }
     let started = Instant::now();
     let solution = fleetscale_policies::oracle::solve(
         &scenario.demand,
@@ -140,10 +151,18 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
         .collect();
     let shown = if args.sweep && args.format == Format::Table {
         let mut best = replay::best_settings(&figures);
-        // Policies without a knob (dp, oracle, static-peak) appear as they ran.
+        // Policies without a knob (oracle, static-peak) appear as they ran; those with no
+        // setting within the limit at their least unserved (BENCHMARK.md's rule).
         for f in &figures {
-            if !best.iter().any(|b| b.policy == f.policy) && f.setting.is_none() {
-                best.push(f.clone());
+            match best.iter_mut().find(|b| b.policy == f.policy) {
+                None => best.push(f.clone()),
+                Some(b)
+                    if b.unserved_pct > replay::HEADLINE_UNSERVED_PCT
+                        && f.unserved_pct < b.unserved_pct =>
+                {
+                    *b = f.clone()
+                }
+                Some(_) => {}
             }
         }
         best
@@ -165,14 +184,14 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
                 args.seed
             );
             if args.sweep {
-                let missing: Vec<&str> = figures
+                let missing: Vec<&str> = shown
                     .iter()
-                    .filter(|f| f.setting.is_some() && !shown.iter().any(|s| s.policy == f.policy))
+                    .filter(|f| f.unserved_pct > replay::HEADLINE_UNSERVED_PCT)
                     .map(|f| f.policy.as_str())
                     .collect();
                 if !missing.is_empty() {
                     println!(
-                        "no setting kept unserved demand within {}% for: {}",
+                        "no setting kept unserved demand within {}% for: {} (shown at the least unserved)",
                         replay::HEADLINE_UNSERVED_PCT,
                         missing.join(", ")
                     );

@@ -31,6 +31,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use fleetscale_adapters::mock::checked::{at_least_one, non_negative, probability};
 use fleetscale_adapters::mock::{FaultConfig, MockConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -317,17 +318,6 @@ impl CloudScenario {
     }
 }
 
-fn probability<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a probability between 0 and 1, got {value}"
-        )))
-    }
-}
-
 fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
     let value = f64::deserialize(deserializer)?;
     if value.is_finite() && value > 0.0 && value <= 1.0 {
@@ -335,28 +325,6 @@ fn fraction<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error>
     } else {
         Err(serde::de::Error::custom(format!(
             "must be above 0 and at most 1, got {value}"
-        )))
-    }
-}
-
-fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if value.is_finite() && value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a finite number >= 0, got {value}"
-        )))
-    }
-}
-
-fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if value.is_finite() && value >= 1.0 {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a finite number >= 1 (1: no spread), got {value}"
         )))
     }
 }

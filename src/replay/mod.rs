@@ -143,8 +143,9 @@ pub struct Safety {
     pub double_launches: u64,
     /// Instances removed (scale-in) while the signal was missing.
     pub blind_scale_ins: u64,
-    /// Steps with more active instances than `max`, or fewer than `min` after a tick
-    /// whose calls all went through.
+    /// Steps with more active instances than `max`, or fewer than `min` when the cloud
+    /// allowed it: after a tick whose calls all went through, with no instance dead
+    /// within the read lag (a launch that died before reads listed it is invisible).
     pub bound_violations: u64,
     /// Steps with demand and nothing serving after the agent itself removed the last
     /// serving instance (the rest of `zero_serving_steps` follow deaths, failed launches
@@ -273,9 +274,12 @@ async fn run_async(
     serving.push(initial);
     // Whether the current stretch of nothing serving began with the agent's scale-in.
     let mut zero_by_agent = false;
+    let lag_steps = cloud.read_lag(scenario.step).as_nanos() / scenario.step.as_nanos().max(1);
+    let mut last_death: Option<usize> = None;
+    let mut died = 0;
     for t in 1..steps {
         clock.set(start + scenario.step * t as u32);
-        if cloud.restart_every > 0 && t as u64 % cloud.restart_every == 0 {
+        if cloud.restart_every > 0 && (t as u64).is_multiple_of(cloud.restart_every) {
             restarts += 1;
             controller = build(restarts);
         }
@@ -297,8 +301,14 @@ async fn run_async(
         }
         decide_times.push(report.decide_time);
         let after = mock.truth();
+        let died_now = mock.stats().died;
+        if died_now > died {
+            last_death = Some(t);
+            died = died_now;
+        }
+        let death_unseen = last_death.is_some_and(|d| (t - d) as u128 <= lag_steps + 1);
         if after.active() > scenario.max
-            || (after.active() < scenario.min && report.error.is_none())
+            || (after.active() < scenario.min && report.error.is_none() && !death_unseen)
         {
             safety.bound_violations += 1;
         }

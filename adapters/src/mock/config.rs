@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::checked::{at_least_one, non_negative, probability};
+
 /// Settings of a [`MockCloud`](super::MockCloud). Every field has a default, so an empty
 /// table is a fault-free cloud of three zones whose instances boot in 60 s.
 ///
@@ -147,39 +149,6 @@ impl Default for FaultConfig {
             never_boot_rate: 0.0,
             death_rate: 0.0,
         }
-    }
-}
-
-fn probability<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a probability between 0 and 1, got {value}"
-        )))
-    }
-}
-
-fn at_least_one<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if value.is_finite() && value >= 1.0 {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a finite number >= 1 (1: no spread), got {value}"
-        )))
-    }
-}
-
-fn non_negative<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    if value.is_finite() && value >= 0.0 {
-        Ok(value)
-    } else {
-        Err(serde::de::Error::custom(format!(
-            "must be a finite number >= 0, got {value}"
-        )))
     }
 }
 

@@ -11,6 +11,7 @@
 //! to inspect the fleet, count calls ([`MockCloud::calls`]) and switch faults
 //! ([`MockCloud::faults`]) while the controller holds another.
 
+pub mod checked;
 mod config;
 mod faults;
 
