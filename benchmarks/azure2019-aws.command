@@ -1,0 +1,1 @@
+fleetscale replay --trace ../shared/traces/azure2019_vm_fleet_cpu_mem_5min.csv --column cpu_usage --per-instance 60000 --step 5m --boot 180s --policy all --sweep --cloud aws --seed 1 --save benchmarks/azure2019-aws-sweep.json

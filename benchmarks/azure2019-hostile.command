@@ -1,0 +1,1 @@
+fleetscale replay --trace ../shared/traces/azure2019_vm_fleet_cpu_mem_5min.csv --column cpu_usage --per-instance 60000 --step 5m --boot 180s --policy all --sweep --cloud hostile --seed 1 --save benchmarks/azure2019-hostile-sweep.json

@@ -1,0 +1,1 @@
+fleetscale replay --trace ../shared/traces/worldcup98_requests_per_minute.csv --column count --per-instance 1000 --step 60s --boot 180s --policy all --sweep --cloud aws --seed 1 --save benchmarks/worldcup98-aws-sweep.json
