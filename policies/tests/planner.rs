@@ -239,20 +239,14 @@ fn replay(
         let serving_now = |f: &[i64]| f.iter().filter(|&&at| ti - at >= l).count() as u32;
         if t > 0 {
             let serving = serving_now(&fleet);
-            let obs = Observation {
-                demand: &demand[..t],
-                serving_history: &serving_history,
-                steps_seen: t as u64,
+            let obs = one_minute_steps(
+                &demand[..t],
+                &serving_history,
                 serving,
-                active: fleet.len() as u32,
-                booting: fleet.len() as u32 - serving,
-                min,
-                max,
-                max_step_up: None,
-                max_step_down: None,
-                step: Duration::from_secs(60),
+                fleet.len() as u32,
+                (min, max),
                 boot_steps,
-            };
+            );
             let decision = policy.decide(&obs);
             assert!(!decision.reason.is_empty());
             let plan = decision.plan.expect("dp explains its decision with a plan");
@@ -282,6 +276,32 @@ fn replay(
 }
 
 /// Two days of a daily cycle with mild noise, at one-minute steps.
+/// What a controller on one-minute steps shows a policy after `demand.len()` steps, with
+/// `active` instances of which `serving` serve.
+fn one_minute_steps<'a>(
+    demand: &'a [f64],
+    serving_history: &'a [f64],
+    serving: u32,
+    active: u32,
+    (min, max): (u32, u32),
+    boot_steps: u32,
+) -> Observation<'a> {
+    Observation {
+        demand,
+        serving_history,
+        steps_seen: demand.len() as u64,
+        serving,
+        active,
+        booting: active - serving,
+        min,
+        max,
+        max_step_up: None,
+        max_step_down: None,
+        step: Duration::from_secs(60),
+        boot_steps,
+    }
+}
+
 fn daily_cycle() -> Vec<f64> {
     let mut seed = 12345u64;
     (0..2 * 1440)
@@ -500,20 +520,14 @@ fn fleet_run(
         }
         if t > 0 {
             let serving = fleet.iter().filter(|&&from| from <= t).count() as u32;
-            let obs = Observation {
-                demand: &demand[..t],
-                serving_history: &serving_history,
-                steps_seen: t as u64,
+            let obs = one_minute_steps(
+                &demand[..t],
+                &serving_history,
                 serving,
-                active: fleet.len() as u32,
-                booting: fleet.len() as u32 - serving,
-                min: 1,
-                max: 10_000,
-                max_step_up: None,
-                max_step_down: None,
-                step: Duration::from_secs(60),
+                fleet.len() as u32,
+                (1, 10_000),
                 boot_steps,
-            };
+            );
             let decision = policy.decide(&obs);
             let (penalty, calibration) = penalty_in(&decision.reason);
             let desired = decision.desired as usize;
@@ -632,20 +646,14 @@ fn a_short_history_bounds_the_forecast_and_the_plan() {
     for t in 0..demand.len() {
         if t > 0 {
             let serving = fleet.iter().filter(|&&from| from <= t).count() as u32;
-            let obs = Observation {
-                demand: &demand[..t],
-                serving_history: &serving_history,
-                steps_seen: t as u64,
+            let obs = one_minute_steps(
+                &demand[..t],
+                &serving_history,
                 serving,
-                active: fleet.len() as u32,
-                booting: fleet.len() as u32 - serving,
-                min: 1,
-                max: 10_000,
-                max_step_up: None,
-                max_step_down: None,
-                step: Duration::from_secs(60),
-                boot_steps: 3,
-            };
+                fleet.len() as u32,
+                (1, 10_000),
+                3,
+            );
             let decision = dp.decide(&obs);
             let plan = decision.plan.unwrap();
             let peak = demand[..t].iter().copied().fold(0.0, f64::max);
