@@ -230,6 +230,52 @@ impl Unseen {
     }
 }
 
+/// How many recent boot times are kept.
+const BOOT_SAMPLES: usize = 64;
+
+/// How long this fleet's instances take to boot, as observed: for each instance seen
+/// booting at one read and running at the next, the time from its launch to midway
+/// between the two reads (within half a tick of the truth). Instances already running
+/// when the agent started are not measured. Memory only; a restarted agent measures
+/// again.
+#[derive(Debug, Default)]
+pub struct BootTimes {
+    booting: HashSet<InstanceId>,
+    last_read: Option<SystemTime>,
+    recent: VecDeque<Duration>,
+}
+
+impl BootTimes {
+    /// Notes a read at `now`.
+    pub fn observe(&mut self, fleet: &Fleet, now: SystemTime) {
+        let mut booting = HashSet::new();
+        for instance in &fleet.instances {
+            match instance.state {
+                InstanceState::Pending => {
+                    booting.insert(instance.id.clone());
+                }
+                InstanceState::Running if self.booting.contains(&instance.id) => {
+                    let since = |t: SystemTime| t.duration_since(instance.launched_at).ok();
+                    let latest = since(now).unwrap_or_default();
+                    let earliest = self.last_read.and_then(since).unwrap_or_default();
+                    if self.recent.len() == BOOT_SAMPLES {
+                        self.recent.pop_front();
+                    }
+                    self.recent.push_back((earliest + latest.max(earliest)) / 2);
+                }
+                _ => {}
+            }
+        }
+        self.booting = booting;
+        self.last_read = Some(now);
+    }
+
+    /// The recent boot times, oldest first.
+    pub fn recent(&mut self) -> &[Duration] {
+        self.recent.make_contiguous()
+    }
+}
+
 /// FNV-1a, 64 bits, over the parts with a separator: stable across builds and releases
 /// (unlike `DefaultHasher`), so a restarted agent computes the same token.
 fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
@@ -360,6 +406,20 @@ mod tests {
             (account.booting, account.in_flight, account.leaving),
             (0, 0, 1)
         );
+    }
+
+    #[test]
+    fn boot_times_are_measured_from_launch_to_the_read_that_shows_running() {
+        let mut boots = BootTimes::default();
+        // Launched at 0. Running at the first read: its boot is not known.
+        boots.observe(&fleet(&[("a", Running), ("b", Pending)]), at(60));
+        assert!(boots.recent().is_empty());
+        boots.observe(&fleet(&[("a", Running), ("b", Pending)]), at(120));
+        boots.observe(&fleet(&[("a", Running), ("b", Running)]), at(180));
+        assert_eq!(boots.recent(), &[Duration::from_secs(150)]);
+        // Measured once.
+        boots.observe(&fleet(&[("a", Running), ("b", Running)]), at(240));
+        assert_eq!(boots.recent().len(), 1);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use fleetscale_adapters::{
 use fleetscale_policies::{Decision, Observation, Policy};
 use serde::Serialize;
 
-use crate::account::{FleetAccount, Unseen};
+use crate::account::{BootTimes, FleetAccount, Unseen};
 use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
 use crate::scale_in;
 use crate::signal::{SignalError, SignalSource};
@@ -179,6 +179,7 @@ pub struct FleetController {
     /// whose demand the next tick reads.
     serving_after_act: f64,
     unseen: Unseen,
+    boot_times: BootTimes,
     /// The first tick's time: for `read_lag` after it, a launch made before this
     /// controller existed may be in flight unseen.
     started: Option<SystemTime>,
@@ -250,6 +251,7 @@ impl FleetController {
             history_steps: parts.history_steps.min(MAX_HISTORY),
             serving_after_act: f64::NAN,
             unseen: Unseen::default(),
+            boot_times: BootTimes::default(),
             started: None,
         }
     }
@@ -315,6 +317,7 @@ impl FleetController {
             }
         };
         let account = self.unseen.account(&fleet, now);
+        self.boot_times.observe(&fleet, now);
         report.serving = account.serving;
         report.billed = account.billed();
         report.booting = account.booting;
@@ -387,6 +390,7 @@ impl FleetController {
             max_step_down: self.guards.max_step_down,
             step: self.step,
             boot_steps: self.boot_steps,
+            boot_times: self.boot_times.recent(),
         };
         let started = Instant::now();
         let decision = self.policy.decide(&observation);

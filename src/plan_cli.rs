@@ -172,6 +172,7 @@ pub async fn build_report(
         max_step_down: fleet.guards.max_step_down,
         step,
         boot_steps,
+        boot_times: &[],
     };
     let latest_demand = observation
         .latest_demand()

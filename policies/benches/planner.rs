@@ -110,6 +110,7 @@ fn bench_tick(c: &mut Criterion) {
                 max_step_down: None,
                 step: Duration::from_secs(60),
                 boot_steps: 3,
+                boot_times: &[],
             };
             dp.decide(black_box(&obs))
         })

@@ -203,6 +203,7 @@ impl Model {
                     max_step_down: None,
                     step: self.step,
                     boot_steps: self.boot_steps,
+                    boot_times: &[],
                 };
                 let decision = policy.decide(&obs);
                 let desired = decision.desired;

@@ -362,6 +362,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
                 max_step_down: None,
                 step,
                 boot_steps,
+                boot_times: &[],
             };
             let decision = policy.decide(&obs);
             if explain.as_ref().is_some_and(|r| r.contains(&t)) {

@@ -428,6 +428,13 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 ///    coming, so the correction is squared: a persistent excess tightens the aim
 ///    quickly, and a forecast that proves too cautious is let loose as quickly.
 ///
+///
+///    What the fleet's shortfalls did leave unserved (demand within the plan's
+///    capacity, above what served) is counted apart, over about three hours: the target
+///    is on all unserved demand, so the forecast is aimed at what remains of the aim
+///    after that share (at least a quarter of it). In a cloud where boots run late and
+///    instances die, the plans keep that much more margin.
+///
 ///    The window is shorter than the penalty's: a genuine surprise (a jump no forecast
 ///    saw) drives `c` up within a few steps, and with three days of memory it would
 ///    keep the penalty near its top, and the fleet over-provisioned, for days. Over six
@@ -435,6 +442,11 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 ///    its level after half a day). A much shorter memory forgets a bursty signal's
 ///    unserved demand between its bursts: on the worldcup98 trace a four-hour window
 ///    let unserved demand above 0.1 %.
+/// 3. **Rehearsed at start.** Neither sum survives a restart, and a neutral start
+///    (`c = 1`) plans loosely for hours where the forecast had been found short: a
+///    fresh planner first plans through the last twelve hours of the history it is
+///    given, on a fleet of its own (see `DpPlanner::rehearse`), and warms the ladder
+///    with the forecasts of the three days before.
 #[derive(Debug, Clone)]
 pub struct ServiceTarget {
     target: f64,
@@ -452,6 +464,12 @@ pub struct ServiceTarget {
     observed_unserved: f64,
     /// Demand of the committed steps observed, over the calibration's window.
     observed_demand: f64,
+    /// Demand the plan had capacity for that went unserved because the fleet fell short
+    /// of the plan (late boots, deaths, failed launches), over the calibration's window.
+    supply_unserved: f64,
+    /// Demand over the supply's window, and its discount per step.
+    supply_demand: f64,
+    supply_discount: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -485,6 +503,12 @@ const CALIBRATION_RANGE: (f64, f64) = (0.25, 16.0);
 const AIM_SHARE: f64 = 0.7;
 /// Days of history behind the penalty.
 const WINDOW_DAYS: f64 = 3.0;
+/// Shortfalls of supply shrink the aim to no less than this fraction of it.
+const SUPPLY_FLOOR: f64 = 4.0;
+/// Hours of history behind the share of shortfalls of supply: long enough to see boots
+/// that run late now and then, short enough that a one-off loss (a third of the fleet
+/// dying at once) widens the margin for hours, not a day.
+const SUPPLY_HOURS: f64 = 3.0;
 /// Hours of history behind its calibration.
 const CALIBRATION_HOURS: f64 = 6.0;
 
@@ -521,6 +545,9 @@ impl ServiceTarget {
             expected_unserved: 0.0,
             observed_unserved: 0.0,
             observed_demand: 0.0,
+            supply_unserved: 0.0,
+            supply_demand: 0.0,
+            supply_discount: 1.0 - 1.0 / (SUPPLY_HOURS / 24.0 * steps_per_day.max(1.0)).max(2.0),
         }
     }
 
@@ -552,6 +579,14 @@ impl ServiceTarget {
         self.expected_unserved = d * self.expected_unserved + c.expected;
         self.observed_unserved = d * self.observed_unserved + (demand - covered).max(0.0);
         self.observed_demand = d * self.observed_demand + demand.max(0.0);
+        let supply = if c.planned.is_finite() {
+            (demand.min(c.planned) - serving).max(0.0)
+        } else {
+            0.0
+        };
+        let ds = self.supply_discount;
+        self.supply_unserved = ds * self.supply_unserved + supply;
+        self.supply_demand = ds * self.supply_demand + demand.max(0.0);
     }
 
     /// Records that the decision at absolute step `step` removes `count` instances: the
@@ -601,6 +636,15 @@ impl ServiceTarget {
             1.0
         };
         let aim = AIM_SHARE * self.target / (calibration * calibration);
+        // The target is on all unserved demand: what the fleet's shortfalls took is not
+        // left to the forecast (within a quarter of the aim: no margin makes up for a
+        // cloud that loses most of what is launched).
+        let aim = if self.supply_demand > 0.0 {
+            let supply = self.supply_unserved / self.supply_demand;
+            (aim - supply).max(aim / SUPPLY_FLOOR)
+        } else {
+            aim
+        };
         let allowed = aim * self.ladder_demand;
         let last = self.ladder.len() - 1;
         let value = match self.ladder_unserved.iter().position(|&u| u <= allowed) {
@@ -721,6 +765,36 @@ struct PlannerState {
     steps_per_day: f64,
 }
 
+/// Boots observed before the planner plans with their spread rather than the nominal
+/// delay alone.
+const BOOT_SAMPLES_NEEDED: usize = 8;
+/// Which of the observed boot times plans count on (the median).
+const BOOT_LEAD_QUANTILE: f64 = 0.5;
+
+/// Steps from launch to serving that plans count on: the nominal boot delay, or, once
+/// enough boots have been seen, their median, if longer (at most four times the nominal
+/// delay): a fleet whose boots take longer than configured launches that much earlier.
+/// Their spread is left to the service target, which sees what late boots leave
+/// unserved and keeps a margin for it (planning every launch for a late boot instead
+/// cost more for the same unserved demand in replay under the `aws` cloud).
+fn lead_steps(obs: &Observation<'_>) -> u32 {
+    let nominal = obs.boot_steps;
+    if obs.boot_times.len() < BOOT_SAMPLES_NEEDED {
+        return nominal;
+    }
+    let mut secs: Vec<f64> = obs.boot_times.iter().map(Duration::as_secs_f64).collect();
+    secs.sort_by(f64::total_cmp);
+    let rank = ((BOOT_LEAD_QUANTILE * secs.len() as f64).ceil() as usize).clamp(1, secs.len());
+    let step = obs.step.as_secs_f64().max(1e-3);
+    let observed = (secs[rank - 1] / step - 1e-9).ceil();
+    let most = nominal.saturating_mul(4).max(1);
+    (observed.clamp(0.0, f64::from(most)) as u32).max(nominal)
+}
+
+/// Hours of history a fresh planner plans through before its first decision: twice the
+/// calibration's window, so that what it rehearsed outweighs its neutral start.
+const REHEARSAL_HOURS: f64 = 2.0 * CALIBRATION_HOURS;
+
 /// The long-history ceiling: twice the recent peak, plus this many instances.
 const CEILING_SLACK: f64 = 10.0;
 /// The short-history margin above the peak never falls below this fraction.
@@ -768,17 +842,91 @@ impl DpPlanner {
         &self.config
     }
 
-    /// Brings the forecaster and the service target up to date with the observation's
-    /// new steps (all of its history at the first tick).
-    fn ingest(&mut self, obs: &Observation<'_>) -> &mut PlannerState {
-        let fresh = match &self.state {
+    /// Whether `obs` starts the planner afresh: its first tick, or a history that is not
+    /// the continuation of the one seen.
+    fn is_fresh(&self, obs: &Observation<'_>) -> bool {
+        match &self.state {
             Some(s) => {
                 s.step != obs.step
                     || s.boot_steps != obs.boot_steps
                     || obs.steps_seen < s.steps_seen
             }
             None => true,
-        };
+        }
+    }
+
+    /// A fresh planner given a history plans through its last hours first, on a fleet
+    /// of its own (boots of the nominal delay, nothing failing), so that its service
+    /// target starts calibrated by what its plans would have left unserved, rather
+    /// than at the neutral guess that every start, and every restart, would otherwise
+    /// begin from. The fleet is not touched; only the planner's state is.
+    fn rehearse(&mut self, obs: &Observation<'_>) {
+        let len = obs.demand.len();
+        if obs.steps_seen < len as u64 {
+            return;
+        }
+        let step_secs = obs.step.as_secs_f64().max(1e-3);
+        let wanted = (REHEARSAL_HOURS * 3600.0 / step_secs).ceil() as usize;
+        let steps = wanted.min(len.saturating_sub(1));
+        if steps == 0 {
+            return;
+        }
+        let start = len - steps - 1;
+        let l = obs.boot_steps as usize;
+        let first_known = obs.demand[..=start]
+            .iter()
+            .rev()
+            .copied()
+            .find(|d| d.is_finite())
+            .unwrap_or(0.0);
+        let mut serving = to_size(first_known.ceil()).clamp(obs.min.min(obs.max), obs.max);
+        // Launches by the step they serve from, as (step, count).
+        let mut booting: VecDeque<(usize, u32)> = VecDeque::new();
+        let mut served = vec![f64::NAN; len];
+        let known = obs.serving_history.len().min(len);
+        served[..known].copy_from_slice(&obs.serving_history[..known]);
+        for i in start..len - 1 {
+            while booting.front().is_some_and(|&(at, _)| at <= i) {
+                serving += booting.pop_front().map_or(0, |b| b.1);
+            }
+            let in_boot: u32 = booting.iter().map(|b| b.1).sum();
+            let rehearsed = Observation {
+                demand: &obs.demand[..=i],
+                serving_history: &served[..=i],
+                steps_seen: obs.steps_seen - (len - 1 - i) as u64,
+                serving,
+                active: serving + in_boot,
+                booting: in_boot,
+                boot_times: &[],
+                ..*obs
+            };
+            let desired = self.plan(&rehearsed).desired;
+            let active = serving + in_boot;
+            if desired > active {
+                booting.push_back((i + l.max(1), desired - active));
+            } else {
+                let mut surplus = active - desired;
+                while surplus > 0 {
+                    let Some(newest) = booting.back_mut() else {
+                        break;
+                    };
+                    let drop = newest.1.min(surplus);
+                    newest.1 -= drop;
+                    surplus -= drop;
+                    if newest.1 == 0 {
+                        booting.pop_back();
+                    }
+                }
+                serving -= surplus.min(serving);
+            }
+            served[i + 1] = f64::from(serving);
+        }
+    }
+
+    /// Brings the forecaster and the service target up to date with the observation's
+    /// new steps (all of its history at the first tick).
+    fn ingest(&mut self, obs: &Observation<'_>) -> &mut PlannerState {
+        let fresh = self.is_fresh(obs);
         if fresh {
             let horizon = self.config.horizon_steps(obs.step, obs.boot_steps);
             let step_secs = obs.step.as_secs_f64().max(1e-3);
@@ -805,9 +953,28 @@ impl DpPlanner {
                 steps_per_day: 86_400.0 / step_secs,
             });
         }
-        let Some(state) = self.state.as_mut() else {
+        let DpPlanner {
+            state,
+            levels,
+            weights,
+            quantiles,
+            ..
+        } = self;
+        let Some(state) = state.as_mut() else {
             unreachable!("state was just set")
         };
+        // A fresh planner (a started or restarted agent) prices unserved demand from the
+        // forecasts it would have made over the history it is given (the penalty's
+        // window of it), not from its first tick alone.
+        let warm_from = if fresh {
+            obs.demand
+                .len()
+                .saturating_sub((WINDOW_DAYS * state.steps_per_day) as usize)
+        } else {
+            usize::MAX
+        };
+        let m = weights.len();
+        let at = (obs.boot_steps as usize).min(state.horizon - 1);
         let new = obs
             .steps_seen
             .saturating_sub(state.steps_seen)
@@ -826,6 +993,15 @@ impl DpPlanner {
                 state.recent_peak = state.recent_peak.max(obs.demand[i]);
                 state.values_seen += 1;
             }
+            if i >= warm_from && i + 1 < obs.demand.len() {
+                state
+                    .forecaster
+                    .forecast_into(at + 1, &levels[..m], quantiles);
+                let ceiling = state.ceiling();
+                let row = &mut quantiles[at * m..(at + 1) * m];
+                row.iter_mut().for_each(|d| *d = d.min(ceiling));
+                state.target.penalty(row, weights);
+            }
         }
         state.steps_seen = obs.steps_seen;
         state
@@ -838,11 +1014,22 @@ impl Policy for DpPlanner {
     }
 
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
+        if self.is_fresh(obs) {
+            self.rehearse(obs);
+        }
+        self.plan(obs)
+    }
+}
+
+impl DpPlanner {
+    /// One tick's plan; see [`DpPlanner`].
+    fn plan(&mut self, obs: &Observation<'_>) -> Decision {
         self.ingest(obs);
         let Some(state) = self.state.as_mut() else {
             return Decision::new(obs.active, "dp: no state");
         };
-        let (h, l) = (state.horizon, obs.boot_steps);
+        let h = state.horizon;
+        let l = lead_steps(obs).min(h as u32 - 1);
         let m = self.weights.len();
         let shown = SHOWN.len();
         state

@@ -33,6 +33,9 @@ pub struct Observation<'a> {
     pub step: Duration,
     /// Steps from launch until an instance serves (`ceil(boot_delay / step)`).
     pub boot_steps: u32,
+    /// How long recent launches took to serve, as observed (oldest first; empty when
+    /// unknown). Boots vary; a policy may plan with their spread.
+    pub boot_times: &'a [Duration],
 }
 
 impl Observation<'_> {

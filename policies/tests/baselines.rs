@@ -56,6 +56,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
                 max_step_down: None,
                 step,
                 boot_steps,
+                boot_times: &[],
             };
             let decision = policy.decide(&obs);
             fleet.resize(decision.desired as usize, now);
@@ -87,6 +88,7 @@ fn observe(demand: &[f64], serving: u32, billed: u32) -> Observation<'_> {
         max_step_down: None,
         step: MINUTE,
         boot_steps: 3,
+        boot_times: &[],
     }
 }
 

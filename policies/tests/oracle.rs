@@ -60,6 +60,7 @@ fn replay(
                 max_step_down: None,
                 step: Duration::from_secs(60),
                 boot_steps,
+                boot_times: &[],
             };
             let desired = policy.decide(&obs).desired.clamp(min, max) as usize;
             if desired > fleet.len() {
