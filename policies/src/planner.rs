@@ -419,7 +419,9 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
 ///    too small, launches failed, instances died or booted late) is no error of the
 ///    forecast, and no higher price would have avoided it; capacity the planner itself
 ///    released is charged. Over a window of about six hours it divides what occurred by
-///    what was expected (both plus a pseudo-count of a quarter of the allowance),
+///    what was expected (both plus a pseudo-count of a quarter of the allowance of a
+///    whole window at the mean demand seen, so that before the window has filled one
+///    early miss does not send it to its ceiling),
 ///    giving a ratio `c` bounded to [1/4, 16], and aims at `0.7 * max_unserved / c^2`
 ///    (0.7: unserved demand comes in bursts, so what a fleet ends up with scatters
 ///    around its aim, and the target is a ceiling). With `c` alone the aim would be
@@ -464,6 +466,8 @@ pub struct ServiceTarget {
     observed_unserved: f64,
     /// Demand of the committed steps observed, over the calibration's window.
     observed_demand: f64,
+    /// Committed steps observed, over the same window (discounted alike).
+    observed_steps: f64,
     /// Demand the plan had capacity for that went unserved because the fleet fell short
     /// of the plan (late boots, deaths, failed launches), over the calibration's window.
     supply_unserved: f64,
@@ -545,6 +549,7 @@ impl ServiceTarget {
             expected_unserved: 0.0,
             observed_unserved: 0.0,
             observed_demand: 0.0,
+            observed_steps: 0.0,
             supply_unserved: 0.0,
             supply_demand: 0.0,
             supply_discount: 1.0 - 1.0 / (SUPPLY_HOURS / 24.0 * steps_per_day.max(1.0)).max(2.0),
@@ -579,6 +584,7 @@ impl ServiceTarget {
         self.expected_unserved = d * self.expected_unserved + c.expected;
         self.observed_unserved = d * self.observed_unserved + (demand - covered).max(0.0);
         self.observed_demand = d * self.observed_demand + demand.max(0.0);
+        self.observed_steps = d * self.observed_steps + 1.0;
         let supply = if c.planned.is_finite() {
             (demand.min(c.planned) - serving).max(0.0)
         } else {
@@ -627,7 +633,15 @@ impl ServiceTarget {
                     d * self.ladder_unserved[j] + shortfall_at(points, weights, to_size(keep));
             }
         }
-        let prior = 0.25 * self.target * self.observed_demand;
+        // A quarter of the allowance of a whole window of the demand seen: before the
+        // window has filled (a cold start), one early miss is no proof of a bad forecast.
+        let window = 1.0 / (1.0 - self.calibration_discount);
+        let mean = if self.observed_steps > 0.0 {
+            self.observed_demand / self.observed_steps
+        } else {
+            0.0
+        };
+        let prior = 0.25 * self.target * mean * window;
         let calibration = ((self.observed_unserved + prior) / (self.expected_unserved + prior))
             .clamp(CALIBRATION_RANGE.0, CALIBRATION_RANGE.1);
         let calibration = if calibration.is_finite() {
@@ -795,6 +809,9 @@ fn lead_steps(obs: &Observation<'_>) -> u32 {
 /// calibration's window, so that what it rehearsed outweighs its neutral start.
 const REHEARSAL_HOURS: f64 = 2.0 * CALIBRATION_HOURS;
 
+/// The most plans a rehearsal makes.
+const REHEARSED_PLANS: usize = 720;
+
 /// The long-history ceiling: twice the recent peak, plus this many instances.
 const CEILING_SLACK: f64 = 10.0;
 /// The short-history margin above the peak never falls below this fraction.
@@ -855,11 +872,12 @@ impl DpPlanner {
         }
     }
 
-    /// A fresh planner given a history plans through its last hours first, on a fleet
-    /// of its own (boots of the nominal delay, nothing failing), so that its service
-    /// target starts calibrated by what its plans would have left unserved, rather
-    /// than at the neutral guess that every start, and every restart, would otherwise
-    /// begin from. The fleet is not touched; only the planner's state is.
+    /// A fresh planner given more than a day of history plans through its last hours
+    /// first, on a fleet of its own (boots of the nominal delay, nothing failing), so
+    /// that its service target starts calibrated by what its plans would have left
+    /// unserved, rather than at the neutral guess that every start, and every restart,
+    /// would otherwise begin from. The fleet is not touched; only the planner's state
+    /// is.
     fn rehearse(&mut self, obs: &Observation<'_>) {
         let len = obs.demand.len();
         if obs.steps_seen < len as u64 {
@@ -867,11 +885,18 @@ impl DpPlanner {
         }
         let step_secs = obs.step.as_secs_f64().max(1e-3);
         let wanted = (REHEARSAL_HOURS * 3600.0 / step_secs).ceil() as usize;
-        let steps = wanted.min(len.saturating_sub(1));
+        // The first day of the history is the forecaster's own: rehearsed on, a forecast
+        // that has seen nothing yet would say little about the one that has.
+        let per_day = (86_400.0 / step_secs).ceil() as usize;
+        let steps = wanted.min(len.saturating_sub(1 + per_day));
         if steps == 0 {
             return;
         }
         let start = len - steps - 1;
+        // Short steps give long rehearsals: plan at most so many of them, evenly spread
+        // (the fleet holds between), so that a hundred fleets starting at once decide
+        // within seconds.
+        let stride = steps.div_ceil(REHEARSED_PLANS);
         let l = obs.boot_steps as usize;
         let first_known = obs.demand[..=start]
             .iter()
@@ -900,8 +925,12 @@ impl DpPlanner {
                 boot_times: &[],
                 ..*obs
             };
-            let desired = self.plan(&rehearsed).desired;
             let active = serving + in_boot;
+            let desired = if (i - start).is_multiple_of(stride) {
+                self.plan(&rehearsed).desired
+            } else {
+                active
+            };
             if desired > active {
                 booting.push_back((i + l.max(1), desired - active));
             } else {
