@@ -40,16 +40,26 @@ if [ "${1:-}" = "--check" ]; then
   exit 0
 fi
 
+# Seconds since the start time given (date +%s.%N).
+since() { python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), ${2:-1}))" "$1" "$(date +%s.%N)"; }
+
+# Runs fleetscale with the arguments after OUT into benchmarks/OUT.txt, and writes its
+# time (OUT.seconds) and command (OUT.command) beside it.
+timed() {
+  local out=$1 start
+  shift
+  echo "== fleetscale $*" >&2
+  start=$(date +%s.%N)
+  "$bin" "$@" > "benchmarks/$out.txt"
+  since "$start" > "benchmarks/$out.seconds"
+  printf '%s\n' "fleetscale $*" | sed "s|$traces|../shared/traces|g" > "benchmarks/$out.command"
+  cat "benchmarks/$out.txt"
+}
+
 mkdir -p benchmarks
 for c in "${cases[@]}"; do
   IFS='|' read -r name file column per step boot expected <<<"$c"
-  cmd=(replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --save "benchmarks/$name-sweep.json" --plot "benchmarks/$name.svg")
-  echo "== fleetscale ${cmd[*]}" >&2
-  start=$(date +%s.%N)
-  "$bin" "${cmd[@]}" > "benchmarks/$name.txt"
-  echo "$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)")" > "benchmarks/$name.seconds"
-  printf '%s\n' "fleetscale ${cmd[*]}" | sed "s|$traces|../shared/traces|g" > "benchmarks/$name.command"
-  cat "benchmarks/$name.txt"
+  timed "$name" replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --save "benchmarks/$name-sweep.json" --plot "benchmarks/$name.svg"
 done
 
 # Every policy under the realistic clouds (BENCHMARK.md's "Realistic clouds"), baselines
@@ -58,13 +68,7 @@ seed=${SEED:-1}
 for scenario in ${SCENARIOS:-aws hostile}; do
   for c in "${cases[@]}"; do
     IFS='|' read -r name file column per step boot expected <<<"$c"
-    cmd=(replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --cloud "$scenario" --seed "$seed" --save "benchmarks/$name-$scenario-sweep.json")
-    echo "== fleetscale ${cmd[*]}" >&2
-    start=$(date +%s.%N)
-    "$bin" "${cmd[@]}" > "benchmarks/$name-$scenario.txt"
-    echo "$(python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 1))" "$start" "$(date +%s.%N)")" > "benchmarks/$name-$scenario.seconds"
-    printf '%s\n' "fleetscale ${cmd[*]}" | sed "s|$traces|../shared/traces|g" > "benchmarks/$name-$scenario.command"
-    cat "benchmarks/$name-$scenario.txt"
+    timed "$name-$scenario" replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy all --sweep --cloud "$scenario" --seed "$seed" --save "benchmarks/$name-$scenario-sweep.json"
   done
 done
 
@@ -72,7 +76,7 @@ done
 IFS='|' read -r name file column per step boot expected <<<"${cases[0]}"
 start=$(date +%s.%N)
 "$bin" replay --trace "$traces/$file" --column "$column" --per-instance "$per" --step "$step" --boot "$boot" --policy dp > /dev/null
-python3 -c "import sys; print(round(float(sys.argv[2]) - float(sys.argv[1]), 2))" "$start" "$(date +%s.%N)" > benchmarks/dp-alone.seconds
+since "$start" 2 > benchmarks/dp-alone.seconds
 
 # The planner's speed (criterion), unless SKIP_CRITERION is set.
 if [ -z "${SKIP_CRITERION:-}" ]; then

@@ -176,9 +176,16 @@ pub async fn run(
         let controller =
             build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone()).await?;
         health.set(&fleet.name, true, "starting");
-        tasks.push(tokio::spawn(run_fleet(
+        let rebuild = Rebuild {
+            fleet: fleet.clone(),
+            agent: config.agent.clone(),
+            wiring,
+            clock: clock.clone(),
+        };
+        tasks.push(tokio::spawn(supervise(
             controller,
-            config.agent.tick,
+            rebuild,
+            metrics.clone(),
             stopped.clone(),
             health.clone(),
         )));
@@ -188,7 +195,7 @@ pub async fn run(
     tracing::info!("stopping: each fleet finishes its current tick");
     let _ = stop.send(true);
     for task in tasks {
-        task.await.context("a fleet task panicked")?;
+        task.await.context("a fleet's supervisor panicked")?;
     }
     server
         .await
@@ -196,6 +203,97 @@ pub async fn run(
         .context("the metrics server failed")?;
     tracing::info!("fleetscale stopped");
     Ok(())
+}
+
+/// What a fleet's controller is rebuilt from after a panic.
+pub struct Rebuild {
+    pub fleet: FleetConfig,
+    pub agent: AgentConfig,
+    pub wiring: Wiring,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// The longest wait before a fleet that panicked is started again.
+const MOST_PANIC_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Runs one fleet's loop, and starts it again, rebuilt from its config, when it panics:
+/// the panic is logged, counted (`fleetscale_fleet_panics_total`) and shown by
+/// `/healthz` (unhealthy) while the fleet waits, a tick at first and doubling up to ten
+/// minutes. Other fleets run on their own tasks and carry on. A rebuilt controller is a
+/// restarted agent for its fleet (see `crate::account`).
+pub async fn supervise(
+    controller: FleetController,
+    rebuild: Rebuild,
+    metrics: Metrics,
+    mut stopped: watch::Receiver<bool>,
+    health: Health,
+) {
+    let name = rebuild.fleet.name.clone();
+    let tick = rebuild.agent.tick;
+    let mut next = Some(controller);
+    let mut backoff = tick.max(crate::config::MIN_TICK);
+    loop {
+        let controller = match next.take() {
+            Some(controller) => controller,
+            None => match controller_on_config(&rebuild, &metrics).await {
+                Ok(controller) => controller,
+                Err(e) => {
+                    health.set(&name, false, format!("could not restart: {e:#}"));
+                    tracing::error!(fleet = %name, error = %format!("{e:#}"), "could not restart the fleet");
+                    if pause(&mut stopped, &mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let task = tokio::spawn(run_fleet(controller, tick, stopped.clone(), health.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                let message = panic_message(e.into_panic());
+                metrics.fleet_panics.with_label_values(&[&name]).inc();
+                tracing::error!(fleet = %name, panic = %message, restart_in = %humantime::format_duration(backoff), "the fleet's task panicked; restarting it");
+                health.set(&name, false, format!("panicked ({message}); restarting"));
+                if pause(&mut stopped, &mut backoff).await {
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+async fn controller_on_config(
+    rebuild: &Rebuild,
+    metrics: &Metrics,
+) -> anyhow::Result<FleetController> {
+    build_controller(
+        &rebuild.fleet,
+        &rebuild.agent,
+        rebuild.wiring,
+        Some(metrics),
+        rebuild.clock.clone(),
+    )
+    .await
+}
+
+/// Waits `backoff` (then doubles it); true if told to stop meanwhile.
+async fn pause(stopped: &mut watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(MOST_PANIC_BACKOFF);
+    tokio::select! {
+        _ = stopped.wait_for(|stop| *stop) => true,
+        _ = tokio::time::sleep(wait) => false,
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 async fn wait(mut stopped: watch::Receiver<bool>) {
@@ -209,7 +307,8 @@ pub async fn run_fleet(
     mut stopped: watch::Receiver<bool>,
     health: Health,
 ) {
-    let mut interval = tokio::time::interval(tick);
+    // A zero period would panic; config checks refuse ticks under a second.
+    let mut interval = tokio::time::interval(tick.max(crate::config::MIN_TICK));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

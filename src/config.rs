@@ -120,6 +120,45 @@ impl SignalConfig {
     }
 }
 
+/// The shortest and longest tick: below a second no VM fleet changes, and the policies'
+/// step arithmetic counts in whole steps of it.
+pub const MIN_TICK: Duration = Duration::from_secs(1);
+pub const MAX_TICK: Duration = Duration::from_secs(86_400);
+/// The longest boot delay and history a fleet may name.
+pub const MAX_BOOT_DELAY: Duration = Duration::from_secs(86_400);
+pub const MAX_HISTORY_SPAN: Duration = Duration::from_secs(90 * 86_400);
+
+/// `Ok` when `value` is within `[least, most]`, or the message saying why not.
+fn within(value: Duration, least: Duration, most: Duration) -> Result<(), String> {
+    if value < least {
+        Err(if least <= Duration::from_nanos(1) {
+            "must be longer than 0s".to_string()
+        } else {
+            format!("must be at least {}, got {}", show(least), show(value))
+        })
+    } else if value > most {
+        Err(format!(
+            "must be at most {}, got {}",
+            show(most),
+            show(value)
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// A duration as a config would write it, in whole days or hours where it is one.
+fn show(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs >= 86_400 && secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else if d.subsec_nanos() == 0 && secs >= 3600 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 mod defaults {
     use std::net::SocketAddr;
     use std::time::Duration;
@@ -218,6 +257,14 @@ fn parse_sections(text: &str, problems: &mut Vec<Problem>) -> Option<Config> {
         }
     };
     let agent = section::<AgentConfig>(table.remove("agent"), "agent", problems);
+    if let Some(agent) = &agent
+        && let Err(message) = within(agent.tick, MIN_TICK, MAX_TICK)
+    {
+        problems.push(Problem {
+            path: "agent.tick".into(),
+            message,
+        });
+    }
     let fleets = match table.remove("fleets") {
         None => {
             problems.push(Problem {
@@ -304,11 +351,16 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
                 message: "must not be empty".into(),
             });
         }
-        if header.boot_delay.is_zero() {
-            problems.push(Problem {
-                path: format!("{path}.boot_delay"),
-                message: "must be longer than 0s".into(),
-            });
+        for (field, value, most) in [
+            ("boot_delay", header.boot_delay, MAX_BOOT_DELAY),
+            ("history", header.history, MAX_HISTORY_SPAN),
+        ] {
+            if let Err(message) = within(value, Duration::from_nanos(1), most) {
+                problems.push(Problem {
+                    path: format!("{path}.{field}"),
+                    message,
+                });
+            }
         }
     }
     let header = header?;

@@ -180,6 +180,10 @@ pub struct FleetController {
     serving_after_act: f64,
     unseen: Unseen,
     boot_times: BootTimes,
+    /// When the signal was first read, and the step (counted from then) of the last
+    /// tick.
+    first_read: Option<SystemTime>,
+    last_step: Option<u128>,
     /// The first tick's time: for `read_lag` after it, a launch made before this
     /// controller existed may be in flight unseen.
     started: Option<SystemTime>,
@@ -217,6 +221,58 @@ pub enum Intent {
     ReplaceStuck(Vec<InstanceId>),
 }
 
+/// The fleet as a policy is shown it, apart from the history.
+#[derive(Debug, Clone, Copy)]
+struct FleetNow {
+    serving: u32,
+    active: u32,
+    booting: u32,
+    min: u32,
+    max: u32,
+    max_step_up: Option<u32>,
+    max_step_down: Option<u32>,
+    step: Duration,
+    boot_steps: u32,
+}
+
+/// Asks `policy` for its decision on `history` and `fleet`.
+fn ask(
+    policy: &mut dyn Policy,
+    history: &mut History,
+    fleet: &FleetNow,
+    boot_times: &[Duration],
+) -> Decision {
+    let observation = Observation {
+        demand: history.demand.make_contiguous(),
+        serving_history: history.serving.make_contiguous(),
+        steps_seen: history.steps_seen,
+        serving: fleet.serving,
+        active: fleet.active,
+        booting: fleet.booting,
+        min: fleet.min,
+        max: fleet.max,
+        max_step_up: fleet.max_step_up,
+        max_step_down: fleet.max_step_down,
+        step: fleet.step,
+        boot_steps: fleet.boot_steps,
+        boot_times,
+    };
+    policy.decide(&observation)
+}
+
+/// Stands in for a fleet's policy while it decides on the blocking pool.
+#[derive(Debug)]
+struct Holding;
+
+impl Policy for Holding {
+    fn name(&self) -> &str {
+        "holding"
+    }
+    fn decide(&mut self, obs: &Observation<'_>) -> Decision {
+        Decision::new(obs.active, "holding")
+    }
+}
+
 /// A step ended the tick early; the report says why.
 struct Stop;
 
@@ -252,6 +308,8 @@ impl FleetController {
             serving_after_act: f64::NAN,
             unseen: Unseen::default(),
             boot_times: BootTimes::default(),
+            first_read: None,
+            last_step: None,
             started: None,
         }
     }
@@ -298,7 +356,7 @@ impl FleetController {
     async fn steps(&mut self, now: SystemTime, report: &mut TickReport) -> StepResult<()> {
         let seen = self.observe(now, report).await?;
         self.check_paused(now, &seen.account, report)?;
-        let wanted = self.decide(&seen, report);
+        let wanted = self.decide(&seen, report).await;
         let intent = self.guard(now, &seen, wanted, report);
         self.act(now, &seen, intent, report).await;
         Ok(())
@@ -370,17 +428,17 @@ impl FleetController {
     }
 
     /// Decide: the policy's wish for the active size, or, without a trustworthy signal,
-    /// the size there is.
-    fn decide(&mut self, seen: &Observed, report: &mut TickReport) -> u32 {
+    /// the size there is. On a multi-threaded runtime (the agent's) the policy runs on
+    /// tokio's blocking pool, so that a long plan or warm-up never holds up the workers
+    /// that run the other fleets, the signal handler and `/metrics`; a policy that panics
+    /// there panics this fleet's task.
+    async fn decide(&mut self, seen: &Observed, report: &mut TickReport) -> u32 {
         let account = &seen.account;
         if seen.signal.is_err() {
             report.reason = "holding: no trustworthy signal".into();
             return account.active();
         }
-        let observation = Observation {
-            demand: self.history.demand.make_contiguous(),
-            serving_history: self.history.serving.make_contiguous(),
-            steps_seen: self.history.steps_seen,
+        let fleet = FleetNow {
             serving: account.serving,
             active: account.active(),
             booting: account.booting,
@@ -390,10 +448,35 @@ impl FleetController {
             max_step_down: self.guards.max_step_down,
             step: self.step,
             boot_steps: self.boot_steps,
-            boot_times: self.boot_times.recent(),
         };
+        let boot_times = self.boot_times.recent().to_vec();
         let started = Instant::now();
-        let decision = self.policy.decide(&observation);
+        let offload = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let decision = if offload {
+            let mut policy = std::mem::replace(&mut self.policy, Box::new(Holding));
+            let mut history = std::mem::take(&mut self.history);
+            let done = tokio::task::spawn_blocking(move || {
+                let decision = ask(policy.as_mut(), &mut history, &fleet, &boot_times);
+                (policy, history, decision)
+            })
+            .await;
+            match done {
+                Ok((policy, history, decision)) => {
+                    self.policy = policy;
+                    self.history = history;
+                    decision
+                }
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => {
+                    // The runtime is shutting down: hold.
+                    report.reason = format!("holding: the decision was cancelled ({e})");
+                    return account.active();
+                }
+            }
+        } else {
+            ask(self.policy.as_mut(), &mut self.history, &fleet, &boot_times)
+        };
         report.decide_time = started.elapsed();
         report.desired = Some(decision.desired);
         report.reason = decision.reason.clone();
@@ -427,7 +510,7 @@ impl FleetController {
             if self.replace_after.is_some() {
                 self.replace_wait = (self.replace_wait * 2).min(Duration::from_secs(3600));
             }
-            self.replace_after = Some(now + self.replace_wait);
+            self.replace_after = now.checked_add(self.replace_wait);
             return Intent::ReplaceStuck(stuck);
         }
         let guarded = guards::apply(
@@ -656,6 +739,7 @@ impl FleetController {
             for value in past {
                 self.history.push(value, f64::NAN);
             }
+            self.missed_steps(now);
             self.warmed = true;
             return self
                 .history
@@ -665,6 +749,13 @@ impl FleetController {
                 .filter(|v| v.is_finite())
                 .ok_or_else(|| SignalError::Missing("the signal's history is empty".into()));
         }
+        // History is kept by time: a tick that came late (a slow call, a busy machine)
+        // leaves gaps for the steps it missed, filled from the signal like an outage's.
+        let missed = self.missed_steps(now);
+        for _ in 0..missed {
+            self.history.push(f64::NAN, f64::NAN);
+        }
+        self.history.gap = (self.history.gap + missed).min(MAX_HISTORY);
         match self.signal.latest(now, serving).await {
             Ok(value) => {
                 let value = crate::signal::checked(value, "demand")?;
@@ -680,6 +771,21 @@ impl FleetController {
                 Err(e)
             }
         }
+    }
+
+    /// Steps that passed since the last tick without one, and notes this one. Ticks are
+    /// counted in whole steps from the first (rounded: a tick a little early or late is
+    /// still its step's).
+    fn missed_steps(&mut self, now: SystemTime) -> usize {
+        let step = self.step.as_nanos().max(1);
+        let anchor = *self.first_read.get_or_insert(now);
+        let since = now.duration_since(anchor).unwrap_or_default().as_nanos();
+        let index = (since + step / 2) / step;
+        let missed = self
+            .last_step
+            .map_or(0, |last| index.saturating_sub(last).saturating_sub(1));
+        self.last_step = Some(index);
+        missed.min(MAX_HISTORY as u128) as usize
     }
 
     /// After an outage, read the missed steps back (a range query) where the source can.
@@ -749,18 +855,9 @@ impl FleetController {
             .iter()
             .map(|i| format!("{} {}->{}", i.guard.as_str(), i.from, i.to))
             .collect();
-        let observed = report
-            .observed
-            .map(|v| format!("{v:.2}"))
-            .unwrap_or_else(|| "-".into());
-        let desired = report
-            .desired
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "-".into());
-        let applied = report
-            .applied
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| "-".into());
+        // Numbers stay numbers (in JSON logs too); a value there is none of is left out.
+        let observed = report.observed.map(|v| (v * 100.0).round() / 100.0);
+        let (desired, applied) = (report.desired, report.applied);
         let action = match &report.action {
             Action::None => "none".to_string(),
             Action::Grow {
@@ -773,19 +870,19 @@ impl FleetController {
         };
         match (&report.error, &report.signal_error) {
             (Some(error), _) => tracing::warn!(
-                fleet = %report.fleet, observed = %observed, serving = report.serving, billed = report.billed,
-                desired = %desired, applied = %applied, action = %action, error = %error, error_kind = %error.kind(),
+                fleet = %report.fleet, observed, serving = report.serving, billed = report.billed,
+                desired, applied, action = %action, error = %error, error_kind = %error.kind(),
                 "{}", report.reason
             ),
             (None, Some(signal_error)) => tracing::warn!(
-                fleet = %report.fleet, observed = %observed, serving = report.serving, billed = report.billed,
-                desired = %desired, applied = %applied, action = %action, signal_error = %signal_error,
+                fleet = %report.fleet, observed, serving = report.serving, billed = report.billed,
+                desired, applied, action = %action, signal_error = %signal_error,
                 "{}", report.reason
             ),
             (None, None) => tracing::info!(
-                fleet = %report.fleet, observed = %observed, serving = report.serving, billed = report.billed,
+                fleet = %report.fleet, observed, serving = report.serving, billed = report.billed,
                 booting = report.booting, leaving = report.leaving,
-                desired = %desired, applied = %applied, guards = %interventions.join(", "), action = %action,
+                desired, applied, guards = %interventions.join(", "), action = %action,
                 "{}", report.reason
             ),
         }

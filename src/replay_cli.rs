@@ -184,11 +184,16 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
                 args.seed
             );
             if args.sweep {
-                let missing: Vec<&str> = shown
+                let mut missing: Vec<&str> = Vec::new();
+                for f in shown
                     .iter()
                     .filter(|f| f.unserved_pct > replay::HEADLINE_UNSERVED_PCT)
-                    .map(|f| f.policy.as_str())
-                    .collect();
+                {
+                    // A policy swept shows once per setting; it is named once.
+                    if !missing.contains(&f.policy.as_str()) {
+                        missing.push(f.policy.as_str());
+                    }
+                }
                 if !missing.is_empty() {
                     println!(
                         "no setting kept unserved demand within {}% for: {} (shown at the least unserved)",

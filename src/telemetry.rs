@@ -23,6 +23,7 @@ pub struct Metrics {
     pub suspended: IntGaugeVec,
     pub stuck_replaced: IntCounterVec,
     pub launch_shortfall: IntCounterVec,
+    pub fleet_panics: IntCounterVec,
     pub decide_seconds: HistogramVec,
     pub adapter: fleetscale_adapters::AdapterMetrics,
 }
@@ -102,6 +103,11 @@ impl Metrics {
             "Instances asked for but not launched by the provider.",
             &["fleet"],
         );
+        let fleet_panics = counter(
+            "fleetscale_fleet_panics_total",
+            "Times a fleet's task panicked (it restarts with backoff).",
+            &["fleet"],
+        );
         let decide_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "fleetscale_decide_duration_seconds",
@@ -130,6 +136,7 @@ impl Metrics {
             suspended,
             stuck_replaced,
             launch_shortfall,
+            fleet_panics,
             decide_seconds,
             adapter,
         }

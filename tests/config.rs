@@ -189,6 +189,10 @@ fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signa
         stdout.contains("signal (synthetic): latest demand") && stdout.contains("(10 serving)"),
         "{stdout}"
     );
+    // Each permission's line says its verdict once, then how it was proven.
+    for line in stdout.lines().filter(|l| l.contains("allowed")) {
+        assert_eq!(line.matches("allowed").count(), 1, "{line}");
+    }
 
     // The Prometheus example with its server on a port where nothing listens.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -211,4 +215,52 @@ fn check_online_reads_the_cloud_and_the_signal_and_fails_on_an_unreachable_signa
         stdout.contains("signal (prometheus): FAILED") && stdout.contains("unavailable"),
         "{stdout}"
     );
+}
+
+#[test]
+fn ticks_boot_delays_and_histories_out_of_range_are_named() {
+    let fleet = |extra: &str| {
+        format!(
+            "[[fleets]]\nname = \"web\"\n{extra}\n[fleets.adapter]\nkind = \"mock\"\n\
+             [fleets.signal]\nkind = \"synthetic\"\n[fleets.guards]\nmax = 10\n"
+        )
+    };
+    for (text, path, says) in [
+        (
+            format!("[agent]\ntick = \"0s\"\n{}", fleet("")),
+            "agent.tick",
+            "at least 1s",
+        ),
+        (
+            format!("[agent]\ntick = \"1ns\"\n{}", fleet("")),
+            "agent.tick",
+            "at least 1s",
+        ),
+        (
+            format!("[agent]\ntick = \"400days\"\n{}", fleet("")),
+            "agent.tick",
+            "at most 1d",
+        ),
+        (
+            fleet("boot_delay = \"0s\""),
+            "fleets[0].boot_delay",
+            "longer than 0s",
+        ),
+        (
+            fleet("boot_delay = \"30days\""),
+            "fleets[0].boot_delay",
+            "at most 1d",
+        ),
+        (
+            fleet("history = \"1000days\""),
+            "fleets[0].history",
+            "at most 90d",
+        ),
+    ] {
+        let found = problems(&text).join("\n");
+        assert!(
+            found.contains(path) && found.contains(says),
+            "{text}\n=> {found}"
+        );
+    }
 }

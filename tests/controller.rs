@@ -674,3 +674,138 @@ async fn an_outage_longer_than_the_stabilisation_window_does_not_end_in_a_sudden
     }
     assert_eq!(billed(&rig.mock).await, 5);
 }
+
+/// A policy that panics at its first decision.
+#[derive(Debug)]
+struct Panicking;
+
+impl fleetscale_policies::Policy for Panicking {
+    fn name(&self) -> &str {
+        "panicking"
+    }
+    fn decide(
+        &mut self,
+        _: &fleetscale_policies::Observation<'_>,
+    ) -> fleetscale_policies::Decision {
+        panic!("a policy bug")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_that_panics_is_counted_shown_and_restarted_from_its_config() {
+    use fleetscale::agent::{Rebuild, Wiring, supervise};
+    use fleetscale::telemetry::Health;
+    let config = fleetscale::config::Config::parse(
+        "[agent]\ntick = \"10s\"\n[[fleets]]\nname = \"web\"\n[fleets.adapter]\nkind = \"mock\"\n\
+         initial_size = 2\n[fleets.signal]\nkind = \"synthetic\"\n[fleets.guards]\nmax = 10\n",
+        std::path::Path::new("test.toml"),
+    )
+    .unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let fleet = &config.fleets[0];
+    let signal = fleetscale::agent::build_signal(fleet, clock.as_ref()).unwrap();
+    let metrics = Metrics::new();
+    let first = FleetController::new(ControllerParts {
+        name: "web".into(),
+        adapter: Box::new(MockCloud::new(mock_config(2), clock.clone())),
+        signal,
+        policy: Box::new(Panicking),
+        guards: GuardConfig::with_max(10),
+        clock: clock.clone(),
+        step: config.agent.tick,
+        boot_delay: BOOT,
+        metrics: Some(metrics.clone()),
+        history_steps: 60,
+    });
+    let health = Health::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let rebuild = Rebuild {
+        fleet: fleet.clone(),
+        agent: config.agent.clone(),
+        wiring: Wiring { dry_run: false },
+        clock,
+    };
+    let task = tokio::spawn(supervise(
+        first,
+        rebuild,
+        metrics.clone(),
+        stopped,
+        health.clone(),
+    ));
+    let line = || health.snapshot().into_iter().find(|h| h.fleet == "web");
+    let mut seen_panic = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match line() {
+            Some(h) if !h.healthy && h.detail.contains("panicked (a policy bug)") => {
+                seen_panic = true
+            }
+            Some(h) if h.healthy && seen_panic => break,
+            _ => {}
+        }
+    }
+    assert!(seen_panic, "the panic was never shown: {:?}", line());
+    let after = line().unwrap();
+    assert!(after.healthy, "not restarted: {after:?}");
+    assert!(
+        metrics
+            .render()
+            .contains("fleetscale_fleet_panics_total{fleet=\"web\"} 1"),
+        "{}",
+        metrics.render()
+    );
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
+
+/// A policy that keeps the demand history of each observation and holds the fleet.
+#[derive(Debug)]
+struct Recording(Arc<std::sync::Mutex<Vec<Vec<f64>>>>);
+
+impl fleetscale_policies::Policy for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+    fn decide(
+        &mut self,
+        obs: &fleetscale_policies::Observation<'_>,
+    ) -> fleetscale_policies::Decision {
+        self.0.lock().unwrap().push(obs.demand.to_vec());
+        fleetscale_policies::Decision::new(obs.active, "recorded")
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_tick_fills_the_steps_it_missed_from_the_signal() {
+    // Demand t at step t: a history kept by time reads 0, 1, 2, ... without a break.
+    let demand: Vec<f64> = (0..100).map(f64::from).collect();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let start = clock.now();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut controller = FleetController::new(ControllerParts {
+        name: "web".into(),
+        adapter: Box::new(MockCloud::new(mock_config(2), clock.clone())),
+        signal: Box::new(TraceSignal::new(&demand, 1.0, start, TICK, false)),
+        policy: Box::new(Recording(seen.clone())),
+        guards: GuardConfig {
+            read_lag: Some(Duration::ZERO),
+            ..GuardConfig::with_max(10)
+        },
+        clock,
+        step: TICK,
+        boot_delay: BOOT,
+        metrics: None,
+        history_steps: 60,
+    });
+    for wait in [5, 1, 1, 4, 1] {
+        // The fourth tick comes three steps late (a slow call held the one before).
+        tokio::time::advance(TICK * wait).await;
+        controller.tick().await;
+    }
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.last().copied(), Some(11.0), "{last:?}");
+    assert!(
+        last.windows(2).all(|w| w[1] == w[0] + 1.0),
+        "the history has a break: {last:?}"
+    );
+}

@@ -342,3 +342,19 @@ fn the_plot_is_an_svg_with_labels_and_legend() {
         assert!(text.contains(label), "{label} missing from the plot");
     }
 }
+
+#[test]
+fn a_policy_no_setting_serves_is_named_once() {
+    // Spikes no reactive policy sees coming: no target-tracking setting keeps unserved
+    // demand within 0.1 %.
+    let trace: String = std::iter::once("t,rps\n".to_string())
+        .chain((0..2000).map(|t| format!("{t},{}\n", if t % 37 == 0 { 5000 } else { 100 })))
+        .collect();
+    let table = replay_cli(&trace, &["--policy", "target-tracking", "--sweep"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("no setting kept"))
+        .unwrap_or_else(|| panic!("no such line in:\n{text}"));
+    assert_eq!(line.matches("target-tracking").count(), 1, "{line}");
+}

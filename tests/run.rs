@@ -36,12 +36,10 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    // The demo config, on a free port and with a faster day so the test is short.
+    // The README's first command's config, on a free port.
     let config = std::fs::read_to_string(repo.join("examples/dry-run.toml"))
         .unwrap()
-        .replace("127.0.0.1:9910", &format!("127.0.0.1:{port}"))
-        .replace("tick = \"2s\"", "tick = \"500ms\"")
-        .replace("\"4s\"", "\"1s\"");
+        .replace("127.0.0.1:9910", &format!("127.0.0.1:{port}"));
     let path = dir.path().join("demo.toml");
     std::fs::write(&path, config).unwrap();
 
@@ -61,18 +59,32 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     let url = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
     let mut metrics = String::new();
-    while started.elapsed() < Duration::from_secs(20) {
+    let decisions = |text: &str, direction: &str| {
+        metric(
+            text,
+            &format!("fleetscale_decisions_total{{direction=\"{direction}\",fleet=\"web\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    // Within its first minute the planner both grows and shrinks the fleet.
+    while started.elapsed() < Duration::from_secs(60) {
         if let Some((200, text)) = get(&format!("{url}/metrics"))
-            && metric(&text, "fleetscale_decisions_total").is_some()
             && metric(&text, "fleetscale_serving_instances{fleet=\"web\"}").unwrap_or(0.0) > 0.0
         {
             metrics = text;
-            if started.elapsed() > Duration::from_secs(6) {
+            if decisions(&metrics, "up") > 0.0
+                && decisions(&metrics, "down") > 0.0
+                && started.elapsed() > Duration::from_secs(6)
+            {
                 break;
             }
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+    assert!(
+        decisions(&metrics, "up") > 0.0 && decisions(&metrics, "down") > 0.0,
+        "no grow and shrink within 60 s:\n{metrics}"
+    );
     for name in [
         "fleetscale_desired_instances{fleet=\"web\"}",
         "fleetscale_billed_instances{fleet=\"web\"}",
@@ -145,4 +157,16 @@ fn the_demo_runs_serves_metrics_and_stops_on_sigterm() {
     ] {
         assert!(line.get(field).is_some(), "{field} missing in {decision}");
     }
+    for field in ["observed", "serving", "billed", "desired", "applied"] {
+        assert!(
+            line[field].is_number(),
+            "{field} is not a number in {decision}"
+        );
+    }
+    // The planner decided: its reason names its forecast and its penalty.
+    let message = line["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("dp: demand in") && message.contains("penalty"),
+        "{decision}"
+    );
 }

@@ -21,7 +21,7 @@ mod operation;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use decorators::{AdapterMetrics, DryRun, Intent, Metered, Retry, RetryConfig};
+pub use decorators::{AdapterMetrics, DryRun, Intent, MAX_RETRY_WAIT, Metered, Retry, RetryConfig};
 pub use error::{AdapterError, ErrorKind};
 pub use operation::Operation;
 pub use types::{

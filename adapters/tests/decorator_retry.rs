@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use fleetscale_adapters::mock::{MockCloud, MockConfig};
 use fleetscale_adapters::{
-    AdapterError, CloudAdapter, ErrorKind, IdempotencyToken, Retry, RetryConfig, TokioClock,
+    AdapterError, CloudAdapter, ErrorKind, IdempotencyToken, MAX_RETRY_WAIT, Retry, RetryConfig,
+    TokioClock,
 };
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -272,4 +273,28 @@ fn config_reads_from_toml_and_rejects_unknown_fields() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("retries"), "{error}");
+}
+
+#[test]
+fn an_unbounded_retry_after_ends_the_call_without_overflow() {
+    let config = RetryConfig::default();
+    let huge = AdapterError::throttled(Some(Duration::MAX), "slow down");
+    assert_eq!(
+        config.next_retry(0, Duration::from_secs(1), &huge, 0.5),
+        None
+    );
+    let long = AdapterError::throttled(Some(MAX_RETRY_WAIT * 2), "slow down");
+    assert_eq!(config.next_retry(0, Duration::ZERO, &long, 0.5), None);
+    let no_deadline = RetryConfig {
+        deadline: None,
+        ..RetryConfig::default()
+    };
+    assert_eq!(no_deadline.next_retry(0, Duration::MAX, &huge, 0.5), None);
+    // A short retry-after late in a call: given up by the deadline, no overflow.
+    let short = AdapterError::throttled(Some(Duration::from_secs(2)), "slow down");
+    assert_eq!(config.next_retry(0, Duration::MAX, &short, 0.5), None);
+    assert_eq!(
+        no_deadline.next_retry(0, Duration::MAX, &short, 0.5),
+        Some(Duration::from_secs(2))
+    );
 }

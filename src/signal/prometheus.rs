@@ -786,7 +786,12 @@ impl PrometheusSignal {
             .fold(None, |min: Option<f64>, v| {
                 Some(min.map_or(v, |m| m.min(v)))
             });
-        Ok(oldest.map(|s| UNIX_EPOCH + Duration::from_secs_f64(s.max(0.0))))
+        // A timestamp beyond what a time can hold is no answer, not a panic.
+        Ok(oldest.and_then(|s| {
+            Duration::try_from_secs_f64(s.max(0.0))
+                .ok()
+                .and_then(|d| UNIX_EPOCH.checked_add(d))
+        }))
     }
 }
 
@@ -829,6 +834,12 @@ impl SignalSource for PrometheusSignal {
         steps: usize,
         serving: u32,
     ) -> Result<Vec<f64>, SignalError> {
+        // Past utilisation scaled by nothing serving would be a history of zeros, and a
+        // warm-up would take it for no demand: gaps instead (the past's serving counts
+        // are not known).
+        if serving == 0 && matches!(self.conversion, Conversion::Utilisation { .. }) {
+            return Ok(vec![f64::NAN; steps]);
+        }
         let mut values = self.values_until(now, step, steps).await?;
         self.drop_stale_tail(&mut values, now, step).await;
         Ok(values
@@ -1058,6 +1069,58 @@ fn round_ms(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for Prometheus's instant-query endpoint (`POST /api/v1/query`, form
+    /// encoded, answering a vector: Prometheus's "HTTP API" page) that answers the
+    /// freshness query with a sample time no `SystemTime` can hold, and 5 otherwise.
+    async fn answering_a_huge_timestamp() -> String {
+        use axum::{Json, Router, routing::post};
+        let app = Router::new().route(
+            "/api/v1/query",
+            post(|body: String| async move {
+                let value = if body.contains("timestamp") {
+                    "1e300"
+                } else {
+                    "5"
+                };
+                Json(serde_json::json!({
+                    "status": "success",
+                    "data": {"resultType": "vector",
+                             "result": [{"metric": {}, "value": [1700000000.0, value]}]}
+                }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{address}")
+    }
+
+    #[tokio::test]
+    async fn utilisation_history_with_nothing_serving_is_gaps_not_zeros() {
+        let mut signal = PrometheusSignal::new(&config(
+            "address = \"http://127.0.0.1:9\"\nquery = \"avg(cpu)\"\nmeaning = \"utilisation\"\ntarget = 0.6\n",
+        ))
+        .unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let history = signal
+            .history(at, Duration::from_secs(60), 30, 0)
+            .await
+            .unwrap();
+        assert_eq!(history.len(), 30);
+        assert!(history.iter().all(|v| v.is_nan()), "{history:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sample_time_beyond_any_time_is_no_answer_not_a_panic() {
+        let address = answering_a_huge_timestamp().await;
+        let signal = PrometheusSignal::new(&config(&format!(
+            "address = \"{address}\"\nquery = \"sum(up)\"\nmeaning = \"throughput\"\nper_instance = 1.0\n"
+        )))
+        .unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(signal.value_at(at).await.unwrap(), 5.0);
+    }
 
     fn config(toml_text: &str) -> PrometheusConfig {
         toml::from_str(toml_text).expect("config parses")

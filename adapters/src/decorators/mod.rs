@@ -12,4 +12,4 @@ mod retry;
 
 pub use dry_run::{DryRun, DryRunJournal, Intent};
 pub use metered::{AdapterMetrics, Metered};
-pub use retry::{Retry, RetryConfig};
+pub use retry::{MAX_RETRY_WAIT, Retry, RetryConfig};

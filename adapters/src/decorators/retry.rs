@@ -77,12 +77,21 @@ impl RetryConfig {
         let wait = self
             .backoff(retry, jitter)
             .max(error.retry_after().unwrap_or_default());
+        // A provider asking for a longer wait than a call may take is answered by giving
+        // up; the controller then backs off for that long, between ticks.
+        if wait > MAX_RETRY_WAIT {
+            return None;
+        }
         match self.deadline {
-            Some(deadline) if elapsed + wait >= deadline => None,
+            Some(deadline) if elapsed.saturating_add(wait) >= deadline => None,
             _ => Some(wait),
         }
     }
 }
+
+/// The longest wait between two attempts of one call (a provider's retry-after beyond it
+/// ends the call, failed and retryable).
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Retries retryable failures of any adapter with jittered exponential backoff, waiting at
 /// least the provider's retry-after. Waits use tokio's clock, so tests on a paused runtime

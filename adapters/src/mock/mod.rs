@@ -682,7 +682,7 @@ impl CloudAdapter for MockCloud {
                         permission: permission_name(op),
                         allowed,
                         detail: if allowed {
-                            "allowed".into()
+                            "no mock fault denies it".into()
                         } else {
                             "denied by a mock fault".into()
                         },
