@@ -83,5 +83,10 @@ if [ -z "${SKIP_CRITERION:-}" ]; then
   cargo bench -p fleetscale-policies --bench planner -- --noplot 2>/dev/null | grep -E '^[a-z].*|time:' > benchmarks/criterion.txt || true
 fi
 
+# The agent with a hundred mock fleets (./scripts/many-fleets.py), unless SKIP_MANY_FLEETS is set.
+if [ -z "${SKIP_MANY_FLEETS:-}" ]; then
+  FLEETSCALE_BIN="$bin" python3 scripts/many-fleets.py --bin "$bin" --fleets 100 --tick 10 --seconds 120 > /dev/null
+fi
+
 python3 scripts/write-benchmarks.py > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -112,3 +112,25 @@ if criterion.exists() and criterion.read_text().strip():
     print("```")
     print(criterion.read_text().strip())
     print("```")
+many = bench / "many-fleets.json"
+if many.exists():
+    m = json.loads(many.read_text())
+    print("\n## Many fleets on one machine\n")
+    print(f"`./scripts/many-fleets.py` runs the agent (release build) with {m['fleets']} mock fleets, each `dp` with a")
+    print(f"{m['tick_s']} s tick and 14 days of history read at warm-up (capped at 20,160 steps), for {m['run_s']} s on this")
+    print("2-core machine, then stops it with SIGTERM. Goals: every fleet decided within 30 s, no tick late by")
+    print("more than 10 % of the tick, peak RSS under 64 MB.\n")
+    print("| figure | value |")
+    print("| --- | ---: |")
+    rows = [
+        ("time until every fleet has decided once (s)", m["first_decisions_s"]),
+        ("fleets that decided", m["fleets_decided"]),
+        ("decisions per second once all have (expected: fleets / tick)", f"{m['decisions_per_s']} ({m['expected_decisions_per_s']})"),
+        ("worst gap between two decisions of a fleet, beyond the tick (% of the tick)", m["worst_late_pct"]),
+        ("peak RSS (MB)", m["peak_rss_mb"]),
+        ("CPU once all have decided (% of one core)", m["cpu_pct"]),
+        ("SIGTERM to exit (s)", m["stop_s"]),
+    ]
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+    print()

@@ -304,6 +304,26 @@ impl HttpStatus for HttpResponse {
 mod tests {
     use super::*;
     use crate::ErrorKind;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any code, message, status and retry-after EC2 or STS could answer maps to an
+        /// error that names the action, without a panic; a 5xx is never taken for a
+        /// refusal.
+        #[test]
+        fn any_error_answer_maps_without_panic(
+            code in "[A-Za-z.]{0,30}|RequestLimitExceeded|InsufficientInstanceCapacity|UnauthorizedOperation|AuthFailure|IdempotentParameterMismatch|InvalidInstanceID.NotFound",
+            message in "[ -~]{0,80}",
+            status in prop::sample::select(vec![0u16, 200, 400, 401, 403, 404, 429, 500, 503, 599]),
+            retry_after in prop::option::of(any::<u64>().prop_map(Duration::from_millis)),
+        ) {
+            let e = from_code("ec2:RunInstances", &code, &message, status, retry_after);
+            prop_assert!(!e.to_string().is_empty());
+            if status >= 500 && code.is_empty() {
+                prop_assert!(e.is_retryable(), "{e}");
+            }
+        }
+    }
 
     fn kind(code: &str, status: u16) -> ErrorKind {
         from_code("ec2:RunInstances", code, "message from AWS", status, None).kind()

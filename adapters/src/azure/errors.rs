@@ -387,6 +387,66 @@ pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
     use crate::ErrorKind;
+    use proptest::prelude::*;
+
+    /// Bodies ARM, Entra ID or a proxy in front of them could send: JSON error shapes
+    /// (ARM's "Common error response" and long-running operation status), with odd
+    /// types in their fields, and text that is not JSON.
+    fn body() -> impl Strategy<Value = String> {
+        let field = prop_oneof![
+            "[ -~]{0,20}".prop_map(|s| serde_json::Value::String(s).to_string()),
+            Just("null".to_string()),
+            Just("17".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+        ];
+        prop_oneof![
+            (field.clone(), field.clone()).prop_map(|(c, m)| format!("{{\"error\":{{\"code\":{c},\"message\":{m}}}}}")),
+            (field.clone(), field.clone(), field.clone()).prop_map(|(c, m, d)| format!(
+                "{{\"error\":{{\"code\":{c},\"message\":{m},\"details\":[{{\"code\":\"TooManyRequests\",\"message\":{d}}}]}}}}"
+            )),
+            (field.clone(), field).prop_map(|(c, m)| format!("{{\"status\":\"Failed\",\"error\":{{\"Code\":{c},\"Message\":{m}}}}}")),
+            "[ -~]{0,200}",
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ]
+    }
+
+    proptest! {
+        /// Any body and status maps to an error without a panic, and a 5xx or 429 is
+        /// always one to retry.
+        #[test]
+        fn any_arm_answer_maps_without_panic(
+            body in body(),
+            status in prop::sample::select(vec![200u16, 400, 401, 403, 404, 409, 429, 500, 503]),
+            retry_after in prop::option::of(any::<u64>().prop_map(Duration::from_millis)),
+        ) {
+            let (code, message) = error_code_and_message(body.as_bytes());
+            let failure = ArmFailure {
+                status,
+                code,
+                message,
+                retry_after,
+                request_id: None,
+                request: "PATCH virtualMachineScaleSets/web".to_owned(),
+            };
+            let e = from_arm(&failure, "Microsoft.Compute/virtualMachineScaleSets/write");
+            prop_assert!(!e.to_string().is_empty());
+            if status >= 500 || status == 429 {
+                prop_assert!(e.is_retryable(), "{status} {body}: {e}");
+            }
+        }
+
+        /// Any retry-after header value is a wait or none, never a panic.
+        #[test]
+        fn any_retry_after_header_is_read_without_panic(
+            name in prop::sample::select(vec!["retry-after", "retry-after-ms", "x-ms-retry-after-ms"]),
+            value in "[0-9]{0,25}|[ -~]{0,40}|Wed, 21 Oct 2015 07:28:00 GMT|Fri, 31 Dec 9999 23:59:59 GMT",
+        ) {
+            let mut headers = Headers::new();
+            headers.insert(name, value);
+            let _ = retry_after(&headers);
+        }
+    }
 
     fn arm(status: u16, code: &str, message: &str) -> ArmFailure {
         ArmFailure {
