@@ -140,18 +140,23 @@ def main():
     by_fleet = {}
     for t, f in decisions:
         by_fleet.setdefault(f, []).append(t)
-    worst_gap = max((b - a for ts in by_fleet.values() for a, b in zip(ts, ts[1:])), default=0.0)
+    gaps = [b - a for ts in by_fleet.values() for a, b in zip(ts, ts[1:])]
+    # Every fleet's first decision, even if it came after the run (while stopping).
+    firsts = [min(ts) for ts in by_fleet.values()]
+    last_first = max(firsts) - started if len(firsts) >= args.fleets else None
     result = {
         "fleets": args.fleets,
         "tick_s": args.tick,
         "run_s": args.seconds,
-        "first_decisions_s": None if all_decided is None else round(all_decided - started, 1),
+        "first_decisions_s": None if last_first is None else round(last_first, 1),
+        "all_decided_within_run": all_decided is not None,
         "fleets_decided": len(by_fleet),
         "decisions": len(decisions),
         "decisions_per_s": None if steady is None or end[0] <= steady[0]
         else round((end[2] - steady[2]) / (end[0] - steady[0]), 2),
         "expected_decisions_per_s": round(args.fleets / args.tick, 2),
-        "worst_late_pct": round(100.0 * max(0.0, worst_gap - args.tick) / args.tick, 1),
+        # None: no fleet decided twice within the run.
+        "worst_late_pct": round(100.0 * max(0.0, max(gaps) - args.tick) / args.tick, 1) if gaps else None,
         "peak_rss_mb": round(peak_rss / 1024, 1),
         "cpu_pct": None if steady is None or end[0] <= steady[0]
         else round(100.0 * (end[1] - steady[1]) / (end[0] - steady[0]), 1),

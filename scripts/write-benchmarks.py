@@ -123,12 +123,14 @@ if many.exists():
     print("| figure | value |")
     print("| --- | ---: |")
     rows = [
-        ("time until every fleet has decided once (s)", m["first_decisions_s"]),
+        ("time until every fleet has decided once (s)", f"{m['first_decisions_s']}" + ("" if m.get("all_decided_within_run", True) else " (after the run, while stopping)")),
         ("fleets that decided", m["fleets_decided"]),
-        ("decisions per second once all have (expected: fleets / tick)", f"{m['decisions_per_s']} ({m['expected_decisions_per_s']})"),
-        ("worst gap between two decisions of a fleet, beyond the tick (% of the tick)", m["worst_late_pct"]),
+        ("decisions per second once all have (expected: fleets / tick)",
+         f"{'not all decided within the run' if m['decisions_per_s'] is None else m['decisions_per_s']} ({m['expected_decisions_per_s']})"),
+        ("worst gap between two decisions of a fleet, beyond the tick (% of the tick)",
+         "none decided twice within the run" if m["worst_late_pct"] is None else m["worst_late_pct"]),
         ("peak RSS (MB)", m["peak_rss_mb"]),
-        ("CPU once all have decided (% of one core)", m["cpu_pct"]),
+        ("CPU once all have decided (% of one core)", "-" if m["cpu_pct"] is None else m["cpu_pct"]),
         ("SIGTERM to exit (s)", m["stop_s"]),
     ]
     for label, value in rows:
