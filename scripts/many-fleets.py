@@ -112,6 +112,9 @@ def main():
                 except ValueError:
                     continue
                 fields = entry.get("fields", entry)
+                message = str(fields.get("message", entry.get("message", "")))
+                if message.startswith("stopping:"):
+                    continue  # a decision abandoned at the stop
                 if "applied" in fields or "desired" in fields:
                     decisions.append((time.monotonic(), fields.get("fleet")))
                 elif entry.get("level") in ("ERROR",):

@@ -123,7 +123,9 @@ if many.exists():
     print("| figure | value |")
     print("| --- | ---: |")
     rows = [
-        ("time until every fleet has decided once (s)", f"{m['first_decisions_s']}" + ("" if m.get("all_decided_within_run", True) else " (after the run, while stopping)")),
+        ("time until every fleet has decided once (s)",
+         f"more than the {m['run_s']} s run" if m["first_decisions_s"] is None
+         else f"{m['first_decisions_s']}" + ("" if m.get("all_decided_within_run", True) else " (after the run, while stopping)")),
         ("fleets that decided", m["fleets_decided"]),
         ("decisions per second once all have (expected: fleets / tick)",
          f"{'not all decided within the run' if m['decisions_per_s'] is None else m['decisions_per_s']} ({m['expected_decisions_per_s']})"),

@@ -307,6 +307,7 @@ pub async fn run_fleet(
     mut stopped: watch::Receiver<bool>,
     health: Health,
 ) {
+    controller.stop_on(stopped.clone());
     // A zero period would panic; config checks refuse ticks under a second.
     let mut interval = tokio::time::interval(tick.max(crate::config::MIN_TICK));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -180,14 +180,19 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 fn run(args: RunArgs) -> Result<(), Failure> {
     let config = load_config(&args.config)?;
     telemetry::init_logging(args.log_format.unwrap_or(config.agent.log_format));
-    runtime()?.block_on(async {
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(async {
         let wiring = Wiring {
             dry_run: args.dry_run,
         };
         agent::run(&config, wiring, Arc::new(SystemClock), stop_signal())
             .await
             .map_err(Failure::Runtime)
-    })
+    });
+    // A decision abandoned at the stop may still be computing on the blocking pool; its
+    // result is not needed.
+    runtime.shutdown_background();
+    outcome
 }
 
 /// Resolves on SIGINT or SIGTERM.

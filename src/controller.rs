@@ -180,6 +180,10 @@ pub struct FleetController {
     serving_after_act: f64,
     unseen: Unseen,
     boot_times: BootTimes,
+    /// Whether the policy has decided once (its warm-up is done).
+    decided: bool,
+    /// Told when the agent stops: a decision in progress is then abandoned.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
     /// When the signal was first read, and the step (counted from then) of the last
     /// tick.
     first_read: Option<SystemTime>,
@@ -260,6 +264,17 @@ fn ask(
     policy.decide(&observation)
 }
 
+/// The warm-ups that may run at once on the blocking pool: one per core.
+fn warming_up() -> Arc<tokio::sync::Semaphore> {
+    static DECIDING: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    DECIDING
+        .get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Arc::new(tokio::sync::Semaphore::new(cores))
+        })
+        .clone()
+}
+
 /// Stands in for a fleet's policy while it decides on the blocking pool.
 #[derive(Debug)]
 struct Holding;
@@ -308,6 +323,8 @@ impl FleetController {
             serving_after_act: f64::NAN,
             unseen: Unseen::default(),
             boot_times: BootTimes::default(),
+            decided: false,
+            stop: None,
             first_read: None,
             last_step: None,
             started: None,
@@ -316,6 +333,12 @@ impl FleetController {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Abandons a decision in progress (on the blocking pool) once `stop` turns true,
+    /// so that a stop never waits for a long plan or a warm-up.
+    pub fn stop_on(&mut self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.stop = Some(stop);
     }
 
     pub fn step(&self) -> Duration {
@@ -454,17 +477,49 @@ impl FleetController {
         let offload = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let decision = if offload {
+            // Warm-ups (a policy's first decision, over the whole history) run no more
+            // than one per core at once: a hundred fleets starting together then decide
+            // one after another rather than all at the end, and the fleets already
+            // running decide meanwhile without waiting.
+            let mut stop = self.stop.clone();
+            let permit = if self.decided {
+                None
+            } else {
+                match &mut stop {
+                    Some(stop) => tokio::select! {
+                        permit = warming_up().acquire_owned() => permit.ok(),
+                        _ = stop.wait_for(|stop| *stop) => {
+                            report.reason = "stopping: no decision was started; nothing changed".into();
+                            return account.active();
+                        }
+                    },
+                    None => warming_up().acquire_owned().await.ok(),
+                }
+            };
             let mut policy = std::mem::replace(&mut self.policy, Box::new(Holding));
             let mut history = std::mem::take(&mut self.history);
-            let done = tokio::task::spawn_blocking(move || {
+            let handle = tokio::task::spawn_blocking(move || {
                 let decision = ask(policy.as_mut(), &mut history, &fleet, &boot_times);
+                drop(permit);
                 (policy, history, decision)
-            })
-            .await;
+            });
+            // Told to stop meanwhile (a warm-up can take seconds): the decision is
+            // abandoned before anything was asked of the cloud.
+            let done = match stop {
+                Some(mut stop) => tokio::select! {
+                    done = handle => done,
+                    _ = stop.wait_for(|stop| *stop) => {
+                        report.reason = "stopping: the decision in progress was abandoned; nothing changed".into();
+                        return account.active();
+                    }
+                },
+                None => handle.await,
+            };
             match done {
                 Ok((policy, history, decision)) => {
                     self.policy = policy;
                     self.history = history;
+                    self.decided = true;
                     decision
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
