@@ -158,7 +158,7 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().context("registering the agent's metrics")?;
     let health = Health::default();
     let listener = telemetry::bind(config.agent.metrics_address).await?;
     let address = listener.local_addr()?;

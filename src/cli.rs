@@ -185,7 +185,9 @@ fn run(args: RunArgs) -> Result<(), Failure> {
         let wiring = Wiring {
             dry_run: args.dry_run,
         };
-        agent::run(&config, wiring, Arc::new(SystemClock), stop_signal())
+        let stop = stop_signal()
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot listen for SIGTERM: {e}")))?;
+        agent::run(&config, wiring, Arc::new(SystemClock), stop)
             .await
             .map_err(Failure::Runtime)
     });
@@ -195,23 +197,25 @@ fn run(args: RunArgs) -> Result<(), Failure> {
     outcome
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Listens for SIGTERM (on unix) at once; the future resolves on SIGINT or SIGTERM.
+/// Fails when SIGTERM cannot be listened for. Call it within the runtime.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received"),
-            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = interrupt => tracing::info!("SIGINT received"),
+                _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
+        #[cfg(not(unix))]
+        {
+            let _ = interrupt.await;
+        }
+    })
 }
 
 /// Reads a fleet's signal once and describes its latest value.

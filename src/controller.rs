@@ -849,11 +849,12 @@ impl FleetController {
         // The history call returns the steps ending before now, the last being the
         // latest (pushed separately): the `gap` steps before it fill the holes.
         if let Ok(values) = self.signal.history(now, self.step, gap + 1, serving).await {
-            let filled = &values[..values.len().saturating_sub(1)];
-            let len = self.history.demand.len();
-            for (k, value) in filled.iter().rev().enumerate().take(gap.min(len)) {
+            let filled = values.split_last().map_or(&[][..], |(_, before)| before);
+            // The latest filled step goes to the history's last slot, and so on back.
+            let slots = self.history.demand.iter_mut().rev();
+            for (slot, value) in slots.zip(filled.iter().rev()).take(gap) {
                 if value.is_finite() && *value >= 0.0 {
-                    self.history.demand[len - 1 - k] = *value;
+                    *slot = *value;
                 }
             }
         }

@@ -316,19 +316,19 @@ pub fn table(report: &PlanReport) -> String {
         );
     }
     let _ = writeln!(out);
-    if report.forecast.is_empty() {
+    let Some(first) = report.forecast.first() else {
         let _ = writeln!(
             out,
             "forecast: none (the history is too short for a seasonal forecast: at least a day is needed)"
         );
         return out;
-    }
+    };
     let source = match report.forecast_source {
         "policy" => "forecast and plan (the policy's)",
         _ => "forecast (seasonal reference; the policy makes no plan)",
     };
     let _ = writeln!(out, "{source}, demand in instances");
-    let quantiles: Vec<f64> = report.forecast[0].demand.iter().map(|(q, _)| *q).collect();
+    let quantiles: Vec<f64> = first.demand.iter().map(|(q, _)| *q).collect();
     let mut header = format!("  {:>5}  {:<20}", "ahead", "at");
     for q in &quantiles {
         header.push_str(&format!(" {:>9}", format!("q{q}")));

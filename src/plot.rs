@@ -45,10 +45,12 @@ pub fn svg(out: &Path, scenario: &Scenario, runs: &[&Run], title: &str) -> anyho
 /// The window of `len` steps with the most demand.
 fn busiest_window(demand: &[f64], len: usize) -> std::ops::Range<usize> {
     let len = len.max(1).min(demand.len());
-    let mut sum: f64 = demand[..len].iter().sum();
+    let mut sum: f64 = demand.iter().take(len).sum();
     let (mut best, mut best_sum) = (0, sum);
-    for start in 1..=demand.len() - len {
-        sum += demand[start + len - 1] - demand[start - 1];
+    // Sliding one step: the window starting at `start` gains `entering` and loses `leaving`.
+    let slides = demand.iter().zip(demand.iter().skip(len));
+    for (start, (leaving, entering)) in (1..).zip(slides) {
+        sum += entering - leaving;
         if sum > best_sum {
             best = start;
             best_sum = sum;
@@ -89,11 +91,22 @@ where
     let hours = scenario.step.as_secs_f64() / 3600.0;
     let x0 = range.start as f64 * hours;
     let x1 = range.end.max(range.start + 1) as f64 * hours;
-    let mut y_max = scenario.demand[range.clone()]
+    let mut y_max = scenario
+        .demand
         .iter()
+        .skip(range.start)
+        .take(range.len())
         .fold(1.0_f64, |a, b| a.max(*b));
     for run in runs {
-        y_max = y_max.max(run.billed[range.clone()].iter().copied().max().unwrap_or(0) as f64);
+        let billed_max = run
+            .billed
+            .iter()
+            .skip(range.start)
+            .take(range.len())
+            .copied()
+            .max()
+            .unwrap_or(0);
+        y_max = y_max.max(billed_max as f64);
     }
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 22))
@@ -118,8 +131,7 @@ where
         .draw_series(AreaSeries::new(demand, 0.0, BLACK.mix(0.15)).border_style(BLACK.mix(0.6)))?
         .label("demand")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 16, y + 5)], BLACK.mix(0.3).filled()));
-    for (k, run) in runs.iter().enumerate() {
-        let colour = COLOURS[k % COLOURS.len()];
+    for (run, &colour) in runs.iter().zip(COLOURS.iter().cycle()) {
         let serving = series(
             run.serving.iter().map(|v| f64::from(*v)),
             range.clone(),

@@ -1,7 +1,7 @@
 //! `fleetscale replay`: choose policies, run them (two at a time), print figures, draw.
 
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetscale_policies::{OraclePolicy, OracleSchedule, Policy, PolicyConfig};
@@ -203,14 +203,16 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
                 }
             }
         }
-        Format::Json => println!(
+        Format::Json => println!("{}", figures_json(&shown)?),
+        Format::Csv => print!(
             "{}",
-            serde_json::to_string_pretty(&shown).expect("figures serialize")
+            replay::csv(&shown).map_err(|e| Failure::Runtime(anyhow::anyhow!(
+                "cannot write the figures as CSV: {e}"
+            )))?
         ),
-        Format::Csv => print!("{}", replay::csv(&shown)),
     }
     if let Some(out) = &args.save {
-        let json = serde_json::to_string_pretty(&figures).expect("figures serialize");
+        let json = figures_json(&figures)?;
         std::fs::write(out, json + "\n").map_err(|e| {
             Failure::Runtime(anyhow::anyhow!("cannot write {}: {e}", out.display()))
         })?;
@@ -227,6 +229,11 @@ pub fn replay(args: ReplayArgs) -> Result<(), Failure> {
         eprintln!("wrote {}", out.display());
     }
     Ok(())
+}
+
+fn figures_json(figures: &[Figures]) -> Result<String, Failure> {
+    serde_json::to_string_pretty(figures)
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot write the figures as JSON: {e}")))
 }
 
 /// The runs a plot shows: without a sweep, every run but the reference ones; with a
@@ -264,57 +271,64 @@ fn run_all(
     oracle: &OracleSchedule,
     bar: &ProgressBar,
 ) -> Vec<Run> {
-    let next = Mutex::new(0usize);
-    let results: Mutex<Vec<Option<Run>>> = Mutex::new(vec![None; candidates.len()]);
+    let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(candidates.len())
         .max(1);
     let progress = |n: u64| bar.inc(n);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                loop {
-                    let k = {
-                        let mut next = next.lock().expect("work queue");
-                        let k = *next;
-                        *next += 1;
-                        k
-                    };
-                    let Some(candidate) = candidates.get(k) else {
-                        break;
-                    };
-                    let policy = || candidate.build(scenario, oracle);
-                    // Static-peak holds its peak from the first step, as BENCHMARK.md's
-                    // reference figure counts it.
-                    let initial =
-                        matches!(candidate.kind, Kind::StaticPeak).then(|| scenario.peak());
-                    let setup = Setup {
-                        cloud,
-                        seed,
-                        initial,
-                    };
-                    let run = replay::run_in(
-                        scenario,
-                        &setup,
-                        &candidate.name,
-                        candidate.setting,
-                        &policy,
-                        &progress,
-                    );
-                    results.lock().expect("results")[k] = Some(run);
-                }
-            });
-        }
+    let mut done: Vec<(usize, Run)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(candidate) = candidates.get(k) else {
+                            break mine;
+                        };
+                        let policy = || candidate.build(scenario, oracle);
+                        // Static-peak holds its peak from the first step, as BENCHMARK.md's
+                        // reference figure counts it.
+                        let initial =
+                            matches!(candidate.kind, Kind::StaticPeak).then(|| scenario.peak());
+                        let setup = Setup {
+                            cloud,
+                            seed,
+                            initial,
+                        };
+                        let run = replay::run_in(
+                            scenario,
+                            &setup,
+                            &candidate.name,
+                            candidate.setting,
+                            &policy,
+                            &progress,
+                        );
+                        mine.push((k, run));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| {
+                // A worker's panic goes on in this thread, as the scope's own join would.
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     });
-    results
-        .into_inner()
-        .expect("results")
-        .into_iter()
-        .map(|r| r.expect("every candidate ran"))
-        .collect()
+    // The workers take candidates in turn; their runs are reported in candidate order.
+    done.sort_by_key(|(k, _)| *k);
+    done.into_iter().map(|(_, run)| run).collect()
 }
+
+/// The progress bar's look (a test checks that indicatif accepts it).
+const PROGRESS_TEMPLATE: &str =
+    "{spinner} replaying [{bar:40}] {percent}% {pos}/{len} steps, eta {eta}";
 
 /// A progress bar on stderr, drawn only on a terminal and only once a run has taken
 /// more than a second.
@@ -324,11 +338,9 @@ fn progress_bar(total: u64) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} replaying [{bar:40}] {percent}% {pos}/{len} steps, eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template(PROGRESS_TEMPLATE)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     let shown = bar.clone();
     std::thread::spawn(move || {
@@ -339,4 +351,14 @@ fn progress_bar(total: u64) -> ProgressBar {
         }
     });
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_template_is_valid() {
+        assert!(ProgressStyle::with_template(PROGRESS_TEMPLATE).is_ok());
+    }
 }

@@ -30,26 +30,24 @@ pub fn choose(instances: &[Instance], count: usize) -> Vec<InstanceId> {
     }
 
     let mut chosen = Vec::with_capacity(count);
-    let mut taken = vec![false; candidates.len()];
+    // The candidates not chosen yet, in the order above.
+    let mut remaining = candidates;
     while chosen.len() < count {
         // Booting instances go first regardless of zone; then the largest zone gives up
-        // its newest instance.
-        let next = candidates
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| !taken[*k])
-            .min_by(|(ka, a), (kb, b)| {
-                let booting = |i: &Instance| i.state == InstanceState::Pending;
-                booting(b)
-                    .cmp(&booting(a))
-                    .then(per_zone[b.zone.as_str()].cmp(&per_zone[a.zone.as_str()]))
-                    .then(ka.cmp(kb))
-            });
-        let Some((k, instance)) = next else { break };
-        taken[k] = true;
-        *per_zone
-            .get_mut(instance.zone.as_str())
-            .expect("zone counted") -= 1;
+        // its newest instance. Every candidate's zone is counted (it is not Stopping).
+        let zone_size = |i: &Instance| per_zone.get(i.zone.as_str()).copied().unwrap_or(0);
+        let next = remaining.iter().enumerate().min_by(|(ka, a), (kb, b)| {
+            let booting = |i: &Instance| i.state == InstanceState::Pending;
+            booting(b)
+                .cmp(&booting(a))
+                .then(zone_size(b).cmp(&zone_size(a)))
+                .then(ka.cmp(kb))
+        });
+        let Some((k, &instance)) = next else { break };
+        remaining.remove(k);
+        if let Some(size) = per_zone.get_mut(instance.zone.as_str()) {
+            *size -= 1;
+        }
         chosen.push(instance.id.clone());
     }
     chosen

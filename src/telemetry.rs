@@ -1,7 +1,7 @@
 //! Metrics, logs and the agent's HTTP endpoints (/metrics, /healthz).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -29,85 +29,81 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// Creates every metric in a registry of its own. Fails only on a metric the
+    /// registry refuses (a bad name, or one registered twice): a mistake in this code,
+    /// reported rather than panicked on.
+    pub fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["fleet"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
+            let g = IntGaugeVec::new(Opts::new(name, help), &["fleet"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
         };
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("metric registered once");
-            c
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
         };
         let desired = gauge(
             "fleetscale_desired_instances",
             "Fleet size the policy wants (billed instances).",
-        );
+        )?;
         let applied = gauge(
             "fleetscale_applied_instances",
             "Fleet size after the guards.",
-        );
+        )?;
         let billed = gauge(
             "fleetscale_billed_instances",
             "Instances billed now (booting, serving or stopping).",
-        );
-        let serving = gauge("fleetscale_serving_instances", "Instances serving now.");
+        )?;
+        let serving = gauge("fleetscale_serving_instances", "Instances serving now.")?;
         let suspended = gauge(
             "fleetscale_fleet_suspended",
             "1 while the fleet is suspended after repeated failures.",
-        );
+        )?;
         let demand = GaugeVec::new(
             Opts::new(
                 "fleetscale_observed_demand_instances",
                 "Latest observed demand, in instances.",
             ),
             &["fleet"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(demand.clone()))
-            .expect("metric registered once");
+        )?;
+        registry.register(Box::new(demand.clone()))?;
         let decisions = counter(
             "fleetscale_decisions_total",
             "Decisions by direction (up, down, none).",
             &["fleet", "direction"],
-        );
+        )?;
         let guard_interventions = counter(
             "fleetscale_guard_interventions_total",
             "Times a guard changed the policy's wish.",
             &["fleet", "guard"],
-        );
+        )?;
         let signal_errors = counter(
             "fleetscale_signal_errors_total",
             "Signal reads that failed, by reason.",
             &["fleet", "reason"],
-        );
+        )?;
         let tick_failures = counter(
             "fleetscale_tick_failures_total",
             "Ticks that failed on an adapter call, by error kind.",
             &["fleet", "kind"],
-        );
+        )?;
         let stuck_replaced = counter(
             "fleetscale_stuck_instances_replaced_total",
             "Instances removed for booting past max_boot_time.",
             &["fleet"],
-        );
+        )?;
         let launch_shortfall = counter(
             "fleetscale_launch_shortfall_total",
             "Instances asked for but not launched by the provider.",
             &["fleet"],
-        );
+        )?;
         let fleet_panics = counter(
             "fleetscale_fleet_panics_total",
             "Times a fleet's task panicked (it restarts with backoff).",
             &["fleet"],
-        );
+        )?;
         let decide_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "fleetscale_decide_duration_seconds",
@@ -115,14 +111,10 @@ impl Metrics {
             )
             .buckets(vec![1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0]),
             &["fleet"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(decide_seconds.clone()))
-            .expect("metric registered once");
-        let adapter = fleetscale_adapters::AdapterMetrics::register(&registry)
-            .expect("adapter metrics registered once");
-        Metrics {
+        )?;
+        registry.register(Box::new(decide_seconds.clone()))?;
+        let adapter = fleetscale_adapters::AdapterMetrics::register(&registry)?;
+        Ok(Metrics {
             registry,
             desired,
             applied,
@@ -139,22 +131,15 @@ impl Metrics {
             fleet_panics,
             decide_seconds,
             adapter,
-        }
+        })
     }
 
     /// The text exposition format.
-    pub fn render(&self) -> String {
+    pub fn render(&self) -> prometheus::Result<String> {
         let mut buffer = Vec::new();
-        prometheus::TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buffer)
-            .expect("text encoding cannot fail");
-        String::from_utf8(buffer).expect("exposition is UTF-8")
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+        prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer)
+            .map_err(|e| prometheus::Error::Msg(format!("the exposition is not UTF-8: {e}")))
     }
 }
 
@@ -172,7 +157,7 @@ pub struct Health(Arc<Mutex<Vec<FleetHealth>>>);
 
 impl Health {
     pub fn set(&self, fleet: &str, healthy: bool, detail: impl Into<String>) {
-        let mut board = self.0.lock().expect("health lock");
+        let mut board = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let line = FleetHealth {
             fleet: fleet.into(),
             healthy,
@@ -185,7 +170,10 @@ impl Health {
     }
 
     pub fn snapshot(&self) -> Vec<FleetHealth> {
-        self.0.lock().expect("health lock").clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -196,17 +184,23 @@ pub async fn serve(
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::{Json, Router, http::StatusCode, routing::get};
+    use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
                 async move {
-                    (
-                        [("content-type", prometheus::TEXT_FORMAT)],
-                        metrics.render(),
-                    )
+                    match metrics.render() {
+                        Ok(text) => {
+                            ([("content-type", prometheus::TEXT_FORMAT)], text).into_response()
+                        }
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("cannot render the metrics: {e}\n"),
+                        )
+                            .into_response(),
+                    }
                 }
             }),
         )

@@ -5,6 +5,8 @@
 //!
 //! Needs `moto_server` on PATH (`pip install 'moto[server]'`).
 #![cfg(feature = "aws")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../adapters/tests/support/moto.rs"]
 mod moto;

@@ -2,6 +2,8 @@
 //! `[fleets.adapter] kind = "azure"` section, to scale a VM Scale Set up and down on the
 //! local ARM and Entra ID stand-in.
 #![cfg(feature = "azure")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "../adapters/tests/support/arm_standin.rs"]
 mod arm_standin;

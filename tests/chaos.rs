@@ -2,6 +2,8 @@
 //! scenario (and under random scenarios), on the simulated clock, asserting the safety
 //! figures: no double launch, no scale-in while blind, no bound violated, and no step
 //! with demand and nothing serving.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::time::Duration;
 

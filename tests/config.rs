@@ -1,5 +1,7 @@
 //! The config: every example parses and validates; broken configs report every problem at
 //! once, each with the path of the field at fault.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

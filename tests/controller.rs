@@ -1,5 +1,7 @@
 //! The controller against the mock cloud, on a paused tokio clock: each test drives ticks
 //! and asserts on what the cloud and the reports show.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,7 +104,7 @@ fn rig_from(
         inner: TraceSignal::new(demand, 1.0, start, TICK, false),
         down: signal_down.clone(),
     };
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().unwrap();
     let controller = FleetController::new(ControllerParts {
         name: "web".into(),
         adapter,
@@ -704,7 +706,7 @@ async fn a_fleet_that_panics_is_counted_shown_and_restarted_from_its_config() {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let fleet = &config.fleets[0];
     let signal = fleetscale::agent::build_signal(fleet, clock.as_ref()).unwrap();
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().unwrap();
     let first = FleetController::new(ControllerParts {
         name: "web".into(),
         adapter: Box::new(MockCloud::new(mock_config(2), clock.clone())),
@@ -750,9 +752,10 @@ async fn a_fleet_that_panics_is_counted_shown_and_restarted_from_its_config() {
     assert!(
         metrics
             .render()
+            .unwrap()
             .contains("fleetscale_fleet_panics_total{fleet=\"web\"} 1"),
         "{}",
-        metrics.render()
+        metrics.render().unwrap()
     );
     stop.send(true).unwrap();
     task.await.unwrap();

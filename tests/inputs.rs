@@ -1,6 +1,8 @@
 //! Inputs the agent does not control, random and mutated: config files, CSV traces and
 //! Prometheus answers. None may panic; each is accepted or refused with an error that
 //! names the field, line or answer at fault.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -3,6 +3,8 @@
 //! stopped mid-run, wrong credentials and faulty series hold the fleet; `fleetscale plan`
 //! prints a forecast built from a backfilled history; the example scrape config scrapes
 //! the running agent.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/prometheus.rs"]
 mod support;
@@ -132,7 +134,7 @@ async fn a_live_exporter_drives_the_fleet_up_and_down_and_an_outage_holds_it() {
         2,
         &throughput(&prometheus.address(), "shop_requests_per_second", ""),
     );
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().unwrap();
     let mut shop = controller(&config, &metrics).await;
 
     // 40 requests/s at 10 per instance: demand 4, 5 instances at 0.8.
@@ -198,7 +200,7 @@ async fn wrong_credentials_give_a_clear_error_and_no_scaling() {
         )
     };
     // 10 requests/s: demand 1, so 2 instances would do; the fleet has 6.
-    let metrics = Metrics::new();
+    let metrics = Metrics::new().unwrap();
     let wrong = config(
         6,
         &throughput(&prometheus.address(), "vector(10)", &auth("battery staple")),
@@ -224,7 +226,7 @@ async fn wrong_credentials_give_a_clear_error_and_no_scaling() {
         6,
         &throughput(&prometheus.address(), "vector(10)", &auth("correct horse")),
     );
-    let mut shop = controller(&right, &Metrics::new()).await;
+    let mut shop = controller(&right, &Metrics::new().unwrap()).await;
     let report = shop.tick().await;
     assert_eq!(report.signal_error, None);
     assert_eq!(report.observed, Some(1.0));
@@ -262,7 +264,7 @@ async fn two_series_nan_and_stale_series_hold_the_fleet() {
         ("shop_broken", "absurd", ""),
         ("shop_old", "stale", "staleness_limit = \"20s\"\n"),
     ] {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new().unwrap();
         let mut shop = controller(
             &config(6, &throughput(&prometheus.address(), query, extra)),
             &metrics,

@@ -1,6 +1,8 @@
 //! The Prometheus signal against a real `prometheus` server (Debian package `prometheus`,
 //! which also gives `promtool`): history backfilled with promtool, live scrapes, strict
 //! reading, authentication and TLS.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/prometheus.rs"]
 mod support;

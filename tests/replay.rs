@@ -1,5 +1,7 @@
 //! Replay under BENCHMARK.md's model, on hand-made traces whose answers are known, and on
 //! bad traces.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,5 +1,7 @@
 //! `fleetscale run` as a user runs it: the demo config, /metrics and /healthz served, the
 //! fleet following the load, and SIGTERM stopping it with exit 0.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::io::Read;
 use std::net::TcpListener;

@@ -7,6 +7,8 @@
 //! The rendered configs use the `aws` and `azure` adapters, hence the features. A missing
 //! checker tool fails the test with the command that installs it; nothing is skipped.
 #![cfg(all(feature = "aws", feature = "azure"))]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Where "now" comes from. The mock cloud and the controller read time only through a
 //! [`Clock`], so replay and tests drive them on a simulated clock, fast and repeatable.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -28,17 +28,17 @@ impl ManualClock {
     }
 
     pub fn set(&self, now: SystemTime) {
-        *self.0.lock().expect("clock lock") = now;
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = now;
     }
 
     pub fn advance(&self, by: Duration) {
-        *self.0.lock().expect("clock lock") += by;
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.0.lock().expect("clock lock")
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -204,7 +204,9 @@ pub async fn grow_launches_instances_that_reads_show(
     )
     .await;
     for id in &outcome.launched {
-        let instance = find(&fleet, id).expect("checked by read_until");
+        let Some(instance) = find(&fleet, id) else {
+            panic!("{}: launched instance {id} is not listed", adapter.name());
+        };
         assert!(
             !instance.protected,
             "{}: a new instance is protected: {instance:?}",
@@ -279,13 +281,9 @@ pub async fn shrink_removes_named_instances_idempotently(
     harness: &dyn Harness,
 ) {
     let launched = grow(adapter, 2, &token("shrink")).await.launched;
-    assert_eq!(
-        launched.len(),
-        2,
-        "{}: grow(2) launched {launched:?}",
-        adapter.name()
-    );
-    let (gone, kept) = (&launched[0], &launched[1]);
+    let [gone, kept] = launched.as_slice() else {
+        panic!("{}: grow(2) launched {launched:?}", adapter.name());
+    };
     read_until(
         adapter,
         harness,
@@ -337,13 +335,9 @@ pub async fn shrink_naming_a_protected_instance_removes_nothing(
     harness: &dyn Harness,
 ) {
     let launched = grow(adapter, 2, &token("protect")).await.launched;
-    assert_eq!(
-        launched.len(),
-        2,
-        "{}: grow(2) launched {launched:?}",
-        adapter.name()
-    );
-    let (protected, free) = (&launched[0], &launched[1]);
+    let [protected, free] = launched.as_slice() else {
+        panic!("{}: grow(2) launched {launched:?}", adapter.name());
+    };
     read_until(
         adapter,
         harness,

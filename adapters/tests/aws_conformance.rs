@@ -1,6 +1,8 @@
 //! The conformance suite every adapter passes, run against the EC2 adapter on the local
 //! EC2 emulator (moto) with IAM enforced, bare and under the decorators.
 #![cfg(all(feature = "aws", feature = "conformance"))]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/moto.rs"]
 mod moto;

@@ -4,6 +4,8 @@
 //! Needs `moto_server` on PATH (`pip install 'moto[server]'`); without it these tests
 //! fail, saying so.
 #![cfg(feature = "aws")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/moto.rs"]
 mod moto;

@@ -8,6 +8,8 @@
 //! requests EC2 authorises for the agent's calls. On a real account, confirm the same
 //! cases with the IAM policy simulator (see the module docs of `fleetscale_adapters::aws`).
 #![cfg(feature = "aws")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 

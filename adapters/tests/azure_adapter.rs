@@ -2,6 +2,8 @@
 //! grows followed through their long-running operations, idempotent grows, shrinks,
 //! protection, and access verification.
 #![cfg(feature = "azure")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/arm_standin.rs"]
 mod arm_standin;

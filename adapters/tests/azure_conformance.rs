@@ -1,6 +1,8 @@
 //! The conformance suite every adapter passes, run against the Azure VM Scale Set
 //! adapter on the local ARM and Entra ID stand-in, bare and under the decorators.
 #![cfg(all(feature = "azure", feature = "conformance"))]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/arm_standin.rs"]
 mod arm_standin;

@@ -1,6 +1,8 @@
 //! Every way the Azure adapter can sign in, against the stand-in's Entra ID and metadata
 //! endpoints. No test touches the process environment or a real metadata service.
 #![cfg(feature = "azure")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/arm_standin.rs"]
 mod arm_standin;

@@ -1,6 +1,8 @@
 //! Azure's failures as the controller sees them: each mapped to its kind, with a message
 //! an operator can act on and no secret in it.
 #![cfg(feature = "azure")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/arm_standin.rs"]
 mod arm_standin;

@@ -2,6 +2,8 @@
 //! off and recovered from, a lost answer to a grow does not grow twice, and a refused
 //! credential is not retried into a storm.
 #![cfg(feature = "azure")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 #[path = "support/arm_standin.rs"]
 mod arm_standin;

@@ -3,6 +3,8 @@
 //! A test binary of its own: tracing caches, per call site, whether any subscriber wants
 //! it, and a test elsewhere in the same process making calls with no subscriber at the
 //! same moment could leave the call site switched off for the capture below.
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -202,6 +202,7 @@ pub fn run_in(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Run {
     // Paused: the retry decorator's waits pass at once, as the simulated clock's steps do.
+    #[allow(clippy::expect_used)] // building fails only on opening the IO driver, which is off
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -227,9 +228,10 @@ async fn run_async(
         cloud.mock(scenario.step, boot_delay, setup.seed),
         Arc::new(clock.clone()),
     );
+    // An empty trace (never loaded: it has at least two rows) starts at the minimum.
+    let first_demand = scenario.demand.first().copied().unwrap_or(0.0);
     let initial = setup.initial.unwrap_or_else(|| {
-        ((scenario.demand[0] * cloud.start_fraction).ceil() as u32)
-            .clamp(scenario.min, scenario.max)
+        ((first_demand * cloud.start_fraction).ceil() as u32).clamp(scenario.min, scenario.max)
     });
     mock.seed_serving(initial);
     let lost = cloud.missing_steps(scenario.steps(), scenario.step, setup.seed);
@@ -277,7 +279,7 @@ async fn run_async(
     let lag_steps = cloud.read_lag(scenario.step).as_nanos() / scenario.step.as_nanos().max(1);
     let mut last_death: Option<usize> = None;
     let mut died = 0;
-    for t in 1..steps {
+    for (t, &demand_now) in scenario.demand.iter().enumerate().skip(1) {
         clock.set(start + scenario.step * t as u32);
         if cloud.restart_every > 0 && (t as u64).is_multiple_of(cloud.restart_every) {
             restarts += 1;
@@ -315,7 +317,7 @@ async fn run_async(
         if after.serving == 0 && before.serving > 0 {
             zero_by_agent = matches!(report.action, Action::Shrink { removed, .. } if removed > 0);
         }
-        if after.serving == 0 && scenario.demand[t] > 0.0 && zero_by_agent {
+        if after.serving == 0 && demand_now > 0.0 && zero_by_agent {
             safety.agent_zero_serving_steps += 1;
         }
         billed.push(after.active());
@@ -379,12 +381,16 @@ fn worst_window_served(demand: &[f64], serving: &[u32], window: usize) -> f64 {
     let window = window.clamp(1, demand.len().max(1));
     let (mut want, mut got) = (0.0, 0.0);
     let mut worst: f64 = 1.0;
-    for t in 0..demand.len() {
-        want += demand[t].max(0.0);
-        got += served[t];
-        if t >= window {
-            want -= demand[t - window].max(0.0);
-            got -= served[t - window];
+    for (t, (demand_now, served_now)) in demand.iter().zip(&served).enumerate() {
+        want += demand_now.max(0.0);
+        got += served_now;
+        // The step `window` before this one leaves the window.
+        let left = t
+            .checked_sub(window)
+            .and_then(|then| Some((demand.get(then)?, served.get(then)?)));
+        if let Some((demand_then, served_then)) = left {
+            want -= demand_then.max(0.0);
+            got -= served_then;
         }
         if t + 1 >= window && want > 1e-9 {
             worst = worst.min((got / want).clamp(0.0, 1.0));
@@ -415,7 +421,12 @@ impl Figures {
             .filter(|(d, _)| **d > 0.0)
             .map(|(d, s)| (f64::from(*s) - d).max(0.0) / d)
             .sum();
-        let actions = run.billed.windows(2).filter(|w| w[0] != w[1]).count() as u64;
+        let actions = run
+            .billed
+            .iter()
+            .zip(run.billed.iter().skip(1))
+            .filter(|(before, after)| before != after)
+            .count() as u64;
         let mut ms: Vec<f64> = run
             .decide_times
             .iter()
@@ -423,11 +434,8 @@ impl Figures {
             .collect();
         ms.sort_by(f64::total_cmp);
         let quantile = |q: f64| {
-            if ms.is_empty() {
-                0.0
-            } else {
-                ms[((ms.len() - 1) as f64 * q).round() as usize]
-            }
+            let rank = (ms.len().saturating_sub(1) as f64 * q).round() as usize;
+            ms.get(rank).copied().unwrap_or(0.0)
         };
         let steps = demand.len() as f64;
         let zero_serving_steps = demand
@@ -548,10 +556,12 @@ pub fn table(figures: &[Figures]) -> String {
 }
 
 /// CSV with a header row.
-pub fn csv(figures: &[Figures]) -> String {
+pub fn csv(figures: &[Figures]) -> Result<String, csv::Error> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     for f in figures {
-        writer.serialize(f).expect("figures serialize to CSV");
+        writer.serialize(f)?;
     }
-    String::from_utf8(writer.into_inner().expect("in-memory writer")).expect("CSV is UTF-8")
+    let bytes = writer.into_inner().map_err(|e| e.into_error())?;
+    // Serialised from Rust strings and numbers, the bytes are UTF-8: nothing is replaced.
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -620,10 +620,10 @@ impl PrometheusSignal {
                     )));
                 }
             };
-            let series = match series.len() {
-                0 => continue,
-                1 => series.into_iter().next().expect("one series"),
-                _ => return Err(ambiguous(&self.query, series.iter().map(|s| &s.metric))),
+            let series = match <[_; 1]>::try_from(series) {
+                Ok([one]) => one,
+                Err(none) if none.is_empty() => continue,
+                Err(many) => return Err(ambiguous(&self.query, many.iter().map(|s| &s.metric))),
             };
             for [at, value] in series.values {
                 let (Some(at), Some(value)) = (number(&at), number(&value)) else {
@@ -633,8 +633,11 @@ impl PrometheusSignal {
                 if !(0.0..steps as f64).contains(&index) {
                     continue;
                 }
+                let Some(slot) = values.get_mut(index as usize) else {
+                    continue;
+                };
                 if value.is_finite() && value >= 0.0 {
-                    values[index as usize] = value;
+                    *slot = value;
                 } else {
                     absurd += 1;
                 }
@@ -746,13 +749,13 @@ impl PrometheusSignal {
             ApiData::Scalar([_, value]) => number(&value).ok_or_else(|| {
                 SignalError::Ambiguous(format!("the scalar {value} is not a number"))
             }),
-            ApiData::Vector(samples) => match samples.len() {
-                0 => Err(SignalError::Missing(format!(
+            ApiData::Vector(samples) => match samples.as_slice() {
+                [] => Err(SignalError::Missing(format!(
                     "the query returned no series: {}",
                     self.query
                 ))),
-                1 => {
-                    let [_, value] = &samples[0].value;
+                [sample] => {
+                    let [_, value] = &sample.value;
                     number(value).ok_or_else(|| {
                         SignalError::Ambiguous(format!("the value {value} is not a number"))
                     })
@@ -1043,7 +1046,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The first bytes of a body, printable, for an error message.
 fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(120)]);
+    let text = String::from_utf8_lossy(body.get(..120).unwrap_or(body));
     let text: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

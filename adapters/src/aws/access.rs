@@ -58,6 +58,12 @@ pub(super) async fn verify(fleet: &Ec2Fleet) -> Result<AccessReport> {
     checks.push(check("ec2:DescribeSubnets", subnets));
 
     let [instance_tags, volume_tags] = fleet.tag_specifications();
+    let first_subnet = fleet.subnet_ids.first().ok_or_else(|| {
+        AdapterError::invalid(format!(
+            "fleet {} has no subnet to probe ec2:RunInstances in: list at least one subnet",
+            fleet.fleet_name
+        ))
+    })?;
     let launch = probe(
         "ec2:RunInstances",
         fleet
@@ -65,7 +71,7 @@ pub(super) async fn verify(fleet: &Ec2Fleet) -> Result<AccessReport> {
             .run_instances()
             .dry_run(true)
             .launch_template(fleet.template.clone())
-            .subnet_id(&fleet.subnet_ids[0])
+            .subnet_id(first_subnet)
             .min_count(1)
             .max_count(1)
             .tag_specifications(instance_tags)

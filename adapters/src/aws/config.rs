@@ -211,7 +211,12 @@ impl AwsConfig {
                     format!("subnets[{index}]"),
                     format!("{subnet:?} is not a subnet id (like \"subnet-0abcd1234ef567890\")"),
                 );
-            } else if self.subnets[..index].contains(subnet) {
+            } else if self
+                .subnets
+                .iter()
+                .take(index)
+                .any(|earlier| earlier == subnet)
+            {
                 problem(
                     format!("subnets[{index}]"),
                     format!("{subnet} is listed twice"),
@@ -249,11 +254,14 @@ impl AwsConfig {
 fn is_region_name(region: &str) -> bool {
     // partition-style names: us-east-1, eu-central-2, us-gov-west-1, cn-north-1…
     let parts: Vec<&str> = region.split('-').collect();
-    parts.len() >= 3
-        && parts[..parts.len() - 1]
+    let Some((number, names)) = parts.split_last() else {
+        return false;
+    };
+    names.len() >= 2
+        && names
             .iter()
             .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-        && parts[parts.len() - 1].parse::<u32>().is_ok()
+        && number.parse::<u32>().is_ok()
 }
 
 fn check_endpoint_url(url: &str) -> Result<(), String> {

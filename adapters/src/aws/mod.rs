@@ -533,8 +533,11 @@ impl CloudAdapter for Ec2Fleet {
         let mut launched = Vec::new();
         let mut first_error: Option<AdapterError> = None;
         for (index, n) in placement::split_launch(count, subnets, &existing) {
-            let subnet = &subnets[index];
-            match self.launch(subnet, n, &tokens[index]).await {
+            // split_launch names only indexes of `subnets`, and `tokens` has one per subnet.
+            let (Some(subnet), Some(client_token)) = (subnets.get(index), tokens.get(index)) else {
+                continue;
+            };
+            match self.launch(subnet, n, client_token).await {
                 Ok(ids) => {
                     if (ids.len() as u32) < n {
                         tracing::warn!(

@@ -21,64 +21,72 @@ pub(crate) fn split_launch(
     subnets: &[Subnet],
     existing: &[(Option<String>, Option<String>)],
 ) -> Vec<(usize, u32)> {
-    if subnets.is_empty() {
-        return Vec::new();
-    }
-    // Zones in the order their first subnet is configured.
-    let mut zones: Vec<&str> = Vec::new();
+    // Zones in the order their first subnet is configured, with their live instances.
+    let mut zones: Vec<(&str, u32)> = Vec::new();
     for subnet in subnets {
-        if !zones.contains(&subnet.zone.as_str()) {
-            zones.push(&subnet.zone);
+        if !zones.iter().any(|(zone, _)| *zone == subnet.zone) {
+            zones.push((&subnet.zone, 0));
         }
     }
-    let mut per_zone: Vec<u32> = vec![0; zones.len()];
-    let mut per_subnet: Vec<u32> = vec![0; subnets.len()];
+    // Each configured subnet, in config order, with its live instances and the
+    // instances this grow launches into it.
+    let mut loads: Vec<SubnetLoad> = subnets
+        .iter()
+        .map(|subnet| SubnetLoad {
+            subnet,
+            live: 0,
+            planned: 0,
+        })
+        .collect();
     for (subnet_id, zone) in existing {
-        let subnet_index = subnet_id
+        let configured = subnet_id
             .as_deref()
-            .and_then(|id| subnets.iter().position(|s| s.id == id));
-        let zone = match subnet_index {
-            Some(index) => Some(subnets[index].zone.as_str()),
+            .and_then(|id| loads.iter_mut().find(|load| load.subnet.id == id));
+        let zone = match &configured {
+            Some(load) => Some(load.subnet.zone.as_str()),
             None => zone.as_deref(),
         };
-        if let Some(zone_index) = zone.and_then(|z| zones.iter().position(|known| *known == z)) {
-            per_zone[zone_index] += 1;
+        if let Some((_, live)) = zone.and_then(|z| zones.iter_mut().find(|(known, _)| *known == z))
+        {
+            *live += 1;
         }
-        if let Some(index) = subnet_index {
-            per_subnet[index] += 1;
+        if let Some(load) = configured {
+            load.live += 1;
         }
     }
 
-    let mut planned: Vec<u32> = vec![0; subnets.len()];
     for _ in 0..count {
-        let zone_index = argmin(&per_zone);
-        let zone = zones[zone_index];
-        let subnet_index = subnets
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.zone == zone)
-            .min_by_key(|(i, _)| (per_subnet[*i], *i))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        per_zone[zone_index] += 1;
-        per_subnet[subnet_index] += 1;
-        planned[subnet_index] += 1;
+        // The first zone with the fewest instances (none when no subnet is configured).
+        let Some((zone, zone_live)) = zones.iter_mut().min_by_key(|(_, live)| *live) else {
+            break;
+        };
+        *zone_live += 1;
+        // Within it, the first subnet with the fewest instances.
+        let zone: &str = zone;
+        if let Some(load) = loads
+            .iter_mut()
+            .filter(|load| load.subnet.zone == zone)
+            .min_by_key(|load| load.live)
+        {
+            load.live += 1;
+            load.planned += 1;
+        }
     }
-    planned
+    loads
         .into_iter()
         .enumerate()
-        .filter(|(_, n)| *n > 0)
+        .filter(|(_, load)| load.planned > 0)
+        .map(|(index, load)| (index, load.planned))
         .collect()
 }
 
-/// The first index of the smallest value.
-fn argmin(values: &[u32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .min_by_key(|(i, v)| (**v, *i))
-        .map(|(i, _)| i)
-        .unwrap_or(0)
+/// A configured subnet's share of a grow.
+struct SubnetLoad<'a> {
+    subnet: &'a Subnet,
+    /// Its live instances, and those the grow has placed in it so far.
+    live: u32,
+    /// The instances the grow launches into it.
+    planned: u32,
 }
 
 /// The ClientToken of a grow's launch into one subnet: readable (it starts with the

@@ -4,7 +4,7 @@
 //! own client-assertion flow.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -127,7 +127,7 @@ impl ClientCertificateCredential {
 #[async_trait]
 impl TokenCredential for ClientCertificateCredential {
     async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
-        if let Some(token) = &*self.cache.lock().expect("credential lock")
+        if let Some(token) = &*self.cache.lock().unwrap_or_else(PoisonError::into_inner)
             && token.expires_on > OffsetDateTime::now_utc() + Duration::from_secs(300)
         {
             return Ok(token.clone());
@@ -154,12 +154,12 @@ impl TokenCredential for ClientCertificateCredential {
             response.access_token().clone(),
             OffsetDateTime::now_utc() + Duration::from_secs(response.expires_in),
         );
-        *self.cache.lock().expect("credential lock") = Some(token.clone());
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
         Ok(token)
     }
 
     async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.cache.lock().expect("credential lock") = None;
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 }

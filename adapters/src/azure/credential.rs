@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -133,14 +133,18 @@ impl std::fmt::Debug for FleetCredential {
 }
 
 impl FleetCredential {
+    /// Fails only when `config.authority_host` is not a URL (a validated config's is).
     pub(crate) fn new(
         config: &AzureConfig,
         env: &AzureEnvironment,
         http: Arc<dyn HttpClient>,
-    ) -> Self {
-        let authority = Url::parse(&config.authority_host).unwrap_or_else(|_| {
-            Url::parse(super::config::PUBLIC_AUTHORITY_HOST).expect("constant URL")
-        });
+    ) -> crate::Result<Self> {
+        let authority = Url::parse(&config.authority_host).map_err(|e| {
+            crate::AdapterError::invalid(format!(
+                "authority_host: `{}` is not a URL: {e}",
+                config.authority_host
+            ))
+        })?;
         let build = Builder {
             env,
             http,
@@ -187,22 +191,24 @@ impl FleetCredential {
             )],
             CredentialConfig::AzureCli => vec![build.azure_cli(true)],
         };
-        FleetCredential {
+        Ok(FleetCredential {
             sources,
             chosen: Mutex::new(None),
             refused: Mutex::new(None),
             authority: config.authority_host.clone(),
-        }
+        })
     }
 
     /// The source that issued the last token ("client secret (client id …)").
     pub(crate) fn source_in_use(&self) -> Option<String> {
-        let chosen = *self.chosen.lock().expect("credential lock");
-        chosen.map(|i| self.sources[i].description.clone())
+        let chosen = *self.chosen.lock().unwrap_or_else(PoisonError::into_inner);
+        chosen
+            .and_then(|i| self.sources.get(i))
+            .map(|source| source.description.clone())
     }
 
     async fn token(&self, scopes: &[&str]) -> Result<AccessToken, CredentialFailure> {
-        if let Some((at, failure)) = &*self.refused.lock().expect("credential lock")
+        if let Some((at, failure)) = &*self.refused.lock().unwrap_or_else(PoisonError::into_inner)
             && at.elapsed() < REFUSAL_HOLD
         {
             return Err(failure.clone());
@@ -211,16 +217,15 @@ impl FleetCredential {
         if let Err(failure) = &result
             && failure.kind == CredentialFailureKind::Refused
         {
-            *self.refused.lock().expect("credential lock") =
+            *self.refused.lock().unwrap_or_else(PoisonError::into_inner) =
                 Some((Instant::now(), failure.clone()));
         }
         result
     }
 
     async fn token_uncached(&self, scopes: &[&str]) -> Result<AccessToken, CredentialFailure> {
-        let chosen = *self.chosen.lock().expect("credential lock");
-        if let Some(i) = chosen {
-            let source = &self.sources[i];
+        let chosen = *self.chosen.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(source) = chosen.and_then(|i| self.sources.get(i)) {
             let Availability::Ready(credential) = &source.credential else {
                 return Err(refused(format!("{}: not available", source.description)));
             };
@@ -260,7 +265,7 @@ impl FleetCredential {
             };
             match result {
                 Ok(token) => {
-                    *self.chosen.lock().expect("credential lock") = Some(i);
+                    *self.chosen.lock().unwrap_or_else(PoisonError::into_inner) = Some(i);
                     return Ok(token);
                 }
                 Err(error) => {
@@ -394,7 +399,7 @@ impl TokenCredential for FleetCredential {
     }
 
     async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.refused.lock().expect("credential lock") = None;
+        *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
         for source in &self.sources {
             if let Availability::Ready(credential) = &source.credential {
                 credential.clear_cache().await?;
@@ -675,7 +680,7 @@ impl TokenCredential for WorkloadIdentityFromFile {
                 )
             })?;
         let credential = {
-            let mut current = self.current.lock().expect("credential lock");
+            let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
             match &*current {
                 Some((known, credential)) if *known == assertion => credential.clone(),
                 _ => {
@@ -695,7 +700,7 @@ impl TokenCredential for WorkloadIdentityFromFile {
     }
 
     async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.current.lock().expect("credential lock") = None;
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 }
@@ -735,7 +740,7 @@ fn as_seconds(value: &serde_json::Value) -> Option<i64> {
 #[async_trait]
 impl TokenCredential for ManagedIdentityCredential {
     async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
-        if let Some(token) = &*self.cache.lock().expect("credential lock")
+        if let Some(token) = &*self.cache.lock().unwrap_or_else(PoisonError::into_inner)
             && token.expires_on > OffsetDateTime::now_utc() + Duration::from_secs(300)
         {
             return Ok(token.clone());
@@ -809,12 +814,12 @@ impl TokenCredential for ManagedIdentityCredential {
             })
             .unwrap_or(now + Duration::from_secs(600));
         let token = AccessToken::new(Secret::new(token.access_token), expires_on);
-        *self.cache.lock().expect("credential lock") = Some(token.clone());
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(token.clone());
         Ok(token)
     }
 
     async fn clear_cache(&self) -> azure_core::Result<()> {
-        *self.cache.lock().expect("credential lock") = None;
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
 }

@@ -87,7 +87,13 @@ impl Policy for ArmErrorPolicy {
         request: &mut Request,
         next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
-        let response = next[0].send(ctx, request, &next[1..]).await?;
+        let Some((transport, rest)) = next.split_first() else {
+            return Err(azure_core::Error::message(
+                AzureErrorKind::Other,
+                "ArmErrorPolicy is the pipeline's last policy: no transport follows it to send the request",
+            ));
+        };
+        let response = transport.send(ctx, request, rest).await?;
         if response.status().is_success() {
             return Ok(response);
         }

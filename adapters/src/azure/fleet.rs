@@ -1,7 +1,7 @@
 //! [`ScaleSetFleet`]: one VM Scale Set behind the [`CloudAdapter`] trait.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -154,7 +154,7 @@ impl ScaleSetFleet {
             .join(azure_core::auth::DEFAULT_SCOPE_SUFFIX)
             .map_err(|e| AdapterError::invalid(format!("arm_endpoint: {e}")))?
             .to_string();
-        let credential = Arc::new(FleetCredential::new(&config, &env, http_client.clone()));
+        let credential = Arc::new(FleetCredential::new(&config, &env, http_client.clone())?);
 
         // Retrying is the Retry decorator's job, deciding on the error's kind: the client
         // sends each request once, and every failure is read by ArmErrorPolicy.
@@ -231,12 +231,12 @@ impl ScaleSetFleet {
     }
 
     fn remembered(&self, token: &str) -> Option<GrowRecord> {
-        let grows = self.grows.lock().expect("grow ledger lock");
+        let grows = self.grows.lock().unwrap_or_else(PoisonError::into_inner);
         grows.iter().rev().find(|g| g.token == token).cloned()
     }
 
     fn remember(&self, record: GrowRecord) {
-        let mut grows = self.grows.lock().expect("grow ledger lock");
+        let mut grows = self.grows.lock().unwrap_or_else(PoisonError::into_inner);
         grows.retain(|g| g.token != record.token);
         grows.push_back(record);
         while grows.len() > REMEMBERED_GROWS {
@@ -245,7 +245,7 @@ impl ScaleSetFleet {
     }
 
     fn update_remembered(&self, token: &str, update: impl FnOnce(&mut GrowRecord)) {
-        let mut grows = self.grows.lock().expect("grow ledger lock");
+        let mut grows = self.grows.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(record) = grows.iter_mut().find(|g| g.token == token) {
             update(record);
         }

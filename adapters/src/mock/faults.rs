@@ -70,12 +70,12 @@ impl Faults {
                 "the mock identity is denied this operation",
             ));
         }
-        if let Some(pos) = self
+        if let Some((pos, fault)) = self
             .scripted
-            .iter()
-            .position(|f| f.operation.is_none_or(|op| op == operation))
+            .iter_mut()
+            .enumerate()
+            .find(|(_, f)| f.operation.is_none_or(|op| op == operation))
         {
-            let fault = &mut self.scripted[pos];
             let error = fault.error.clone();
             fault.remaining -= 1;
             if fault.remaining == 0 {

@@ -256,9 +256,11 @@ impl State {
             .collect();
         (0..count)
             .map(|_| {
-                let index = (0..per_zone.len())
-                    .min_by_key(|i| (per_zone[*i], *i))
-                    .unwrap_or(0);
+                let index = per_zone
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(i, n)| (**n, *i))
+                    .map_or(0, |(i, _)| i);
                 if let Some(n) = per_zone.get_mut(index) {
                     *n += 1;
                 }
