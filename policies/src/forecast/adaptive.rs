@@ -8,8 +8,12 @@ use super::errors::HorizonErrors;
 use super::seasonal::SeasonalProfile;
 
 const DAY: f64 = 86_400.0;
-/// Memory and time per step grow with the square of the tracked horizon.
-const MAX_TRACKED_HORIZON: usize = 360;
+/// Memory and time per step grow with the longest horizon tracked (the ring of forecasts
+/// made) and the logarithm of it (the horizons scored).
+const MAX_TRACKED_HORIZON: usize = 1440;
+/// Members of the ensemble: four smoothing weights, with and without a damped trend,
+/// with and without the seasonal profiles.
+const MEMBERS: usize = 16;
 /// Members are weighed by their recent squared error to this negative power.
 const WEIGHT_POWER: i32 = 8;
 /// A value more than this many one-step scales below the forecast is a sudden drop: the
@@ -23,7 +27,7 @@ const DROP_PERSISTS: u32 = 5;
 pub struct ForecastSettings {
     /// Length of one step.
     pub step: Duration,
-    /// Longest horizon, in steps, whose errors are tracked (at most 360; forecasts
+    /// Longest horizon, in steps, whose errors are tracked (at most 1,440; forecasts
     /// further out extrapolate the spread and follow the last tracked weights).
     pub max_horizon: usize,
     /// Values well below `unit` are forecast with absolute errors, values well above it
@@ -63,43 +67,66 @@ impl Member {
 }
 
 /// The mean of the last `len` values, gaps skipped; known once half of them are values.
+/// Values are summed in blocks of `width` steps, so that a day of short steps takes
+/// little memory: the mean is over the last `len / width` blocks, the current one
+/// (partly filled) included.
 #[derive(Debug, Clone)]
 struct MovingMean {
-    ring: Vec<f64>,
+    /// Sum and count of values of each block.
+    blocks: Vec<(f64, u32)>,
+    width: u32,
+    /// The block being filled, and how many steps it has had.
     next: usize,
+    filled: u32,
     sum: f64,
-    count: usize,
+    count: u64,
+    len: u64,
 }
 
 impl MovingMean {
-    fn new(len: usize) -> Self {
+    fn new(len: usize, width: usize) -> Self {
+        let width = width.clamp(1, len.max(1));
+        let blocks = len.max(1).div_ceil(width);
         MovingMean {
-            ring: vec![f64::NAN; len.max(1)],
+            blocks: vec![(0.0, 0); blocks],
+            width: width as u32,
             next: 0,
+            filled: 0,
             sum: 0.0,
             count: 0,
+            len: (blocks * width) as u64,
         }
     }
 
     fn push(&mut self, y: f64) {
-        let old = std::mem::replace(&mut self.ring[self.next], y);
-        if old.is_finite() {
-            self.sum -= old;
-            self.count -= 1;
+        if self.filled == self.width {
+            self.filled = 0;
+            self.next = (self.next + 1) % self.blocks.len();
+            if self.next == 0 {
+                // Re-add from scratch once a period, so rounding does not accumulate.
+                self.sum = self.blocks.iter().map(|b| b.0).sum();
+            }
         }
-        if y.is_finite() {
+        if self.filled == 0
+            && let Some(old) = self.blocks.get_mut(self.next)
+        {
+            self.sum -= old.0;
+            self.count -= u64::from(old.1);
+            *old = (0.0, 0);
+        }
+        if let Some(block) = self.blocks.get_mut(self.next)
+            && y.is_finite()
+        {
+            block.0 += y;
+            block.1 += 1;
             self.sum += y;
             self.count += 1;
         }
-        self.next = (self.next + 1) % self.ring.len();
-        if self.next == 0 {
-            // Re-add from scratch once a period, so rounding does not accumulate.
-            self.sum = self.ring.iter().filter(|v| v.is_finite()).sum();
-        }
+        self.filled += 1;
     }
 
     fn mean(&self) -> Option<f64> {
-        (2 * self.count >= self.ring.len()).then(|| self.sum / self.count as f64)
+        (2 * self.count >= self.len).then(|| self.sum / self.count as f64)
     }
 }
 
@@ -139,14 +166,16 @@ pub struct AdaptiveForecaster {
     daily: Option<SeasonalProfile>,
     weekly: Option<SeasonalProfile>,
     members: Vec<Member>,
+    /// The horizons scored (ascending, from 1), as the errors track them.
+    horizons: Vec<usize>,
     /// Damped-trend multipliers: `damping[k][h] = phi + ... + phi^h` for member `k`.
     damping: Vec<Vec<f64>>,
     /// Member states after each of the last `max_horizon` steps: ring of `[level, trend]`.
     history: Vec<Vec<[f64; 2]>>,
     /// Combined forecasts made after each of the last `max_horizon` steps (ring, row per
-    /// step, `max_horizon` columns), NaN when none was made.
+    /// step, a column per scored horizon), NaN when none was made.
     made: Vec<f64>,
-    /// Recent squared error of each member at each horizon (`member * max_horizon + h`).
+    /// Recent squared error of each member at each scored horizon (`j * members + m`).
     member_error: Vec<f64>,
     member_samples: Vec<u32>,
     member_smoothing: f64,
@@ -170,11 +199,13 @@ impl AdaptiveForecaster {
         };
         let max_horizon = settings.max_horizon.clamp(1, MAX_TRACKED_HORIZON);
         let per_day = DAY / step;
+        // Profiles in slots of a minute at least: the shape of a day needs no finer.
+        let width = (60.0 / step).round().max(1.0) as usize;
         let daily = (2.0..=100_000.0)
             .contains(&per_day)
-            .then(|| SeasonalProfile::new(per_day.round() as usize, 0.2));
+            .then(|| SeasonalProfile::new(per_day.round() as usize, width, 0.2));
         let weekly = (per_day >= 1.0 && 7.0 * per_day <= 200_000.0)
-            .then(|| SeasonalProfile::new((7.0 * per_day).round() as usize, 0.3));
+            .then(|| SeasonalProfile::new((7.0 * per_day).round() as usize, width, 0.3));
         // Smoothing weights per step for a given half-life.
         let per_half_life = |seconds: f64| 1.0 - 0.5f64.powf(step / seconds);
         let mut members = Vec::new();
@@ -211,7 +242,11 @@ impl AdaptiveForecaster {
         // changes with its level and the hour. The shape is remembered for two days.
         let window = (3600.0 / step).max(50.0);
         let shape_window = (2.0 * DAY / step).max(500.0);
+        debug_assert_eq!(members.len(), MEMBERS);
         let k = members.len();
+        let errors = HorizonErrors::new(max_horizon, window, shape_window, 0.5);
+        let horizons = errors.horizons().to_vec();
+        let scored = horizons.len();
         AdaptiveForecaster {
             unit,
             max_horizon,
@@ -224,18 +259,20 @@ impl AdaptiveForecaster {
                     .as_ref()
                     .or(weekly.as_ref())
                     .map_or(1, SeasonalProfile::period),
+                width,
             ),
             daily,
             weekly,
             history: vec![vec![[f64::NAN; 2]; k]; max_horizon],
-            made: vec![f64::NAN; max_horizon * max_horizon],
-            member_error: vec![0.0; k * max_horizon],
-            member_samples: vec![0; k * max_horizon],
+            made: vec![f64::NAN; max_horizon * scored],
+            member_error: vec![0.0; k * scored],
+            member_samples: vec![0; k * scored],
             member_smoothing: 1.0 / window,
             members,
+            horizons,
             damping,
-            errors: HorizonErrors::new(max_horizon, window, shape_window, 0.5),
-            point: vec![0.0; max_horizon],
+            errors,
+            point: vec![0.0; scored],
         }
     }
 
@@ -288,7 +325,12 @@ impl AdaptiveForecaster {
         let t = self.steps;
         let season_now = self.season(t);
         let k = self.members.len();
-        for h in 1..=self.max_horizon.min(t as usize) {
+        let scored = self.horizons.len();
+        for j in 0..scored {
+            let h = self.horizons[j];
+            if h as u64 > t {
+                break;
+            }
             let slot = ((t - h as u64) % self.max_horizon as u64) as usize;
             for m in 0..k {
                 let state = self.history[slot][m];
@@ -296,13 +338,13 @@ impl AdaptiveForecaster {
                     continue;
                 }
                 let e = y - self.member_forecast(m, state, h, season_now);
-                let i = m * self.max_horizon + h - 1;
+                let i = j * k + m;
                 let n = self.member_samples[i];
                 let w = self.member_smoothing.max(1.0 / (f64::from(n) + 1.0));
                 self.member_error[i] += w * (e * e - self.member_error[i]);
                 self.member_samples[i] = n.saturating_add(1);
             }
-            let made = self.made[slot * self.max_horizon + h - 1];
+            let made = self.made[slot * scored + j];
             if made.is_finite() {
                 self.errors.record(h, y - made);
             }
@@ -354,7 +396,7 @@ impl AdaptiveForecaster {
             return y;
         }
         let slot = ((t - 1) % self.max_horizon as u64) as usize;
-        let forecast = self.made[slot * self.max_horizon];
+        let forecast = self.made[slot * self.horizons.len()];
         let (bias, scale) = self.errors.bias_and_scale(1);
         let floor = forecast + bias - DROP_SCALES * scale;
         if forecast.is_finite() && scale > 0.0 && y < floor && self.drop_run < DROP_PERSISTS {
@@ -373,29 +415,57 @@ impl AdaptiveForecaster {
         for (m, member) in self.members.iter().enumerate() {
             self.history[slot][m] = [member.level, member.trend];
         }
-        for h in 1..=self.max_horizon {
-            self.point[h - 1] = self.combined(h, t + h as u64);
+        let scored = self.horizons.len();
+        for j in 0..scored {
+            let h = self.horizons[j];
+            self.point[j] = self.combined(h, t + h as u64);
         }
-        let row = &mut self.made[slot * self.max_horizon..(slot + 1) * self.max_horizon];
+        let row = &mut self.made[slot * scored..(slot + 1) * scored];
         row.copy_from_slice(&self.point);
     }
 
     /// The members' forecast for absolute step `target`, `horizon` steps ahead, weighted
-    /// by the inverse of their recent squared errors at that horizon.
+    /// by the inverse of their recent squared errors at that horizon (interpolated
+    /// between the scored horizons around it).
     fn combined(&self, horizon: usize, target: u64) -> f64 {
         let season = self.season(target);
-        let scored = (horizon.min(self.max_horizon)) - 1;
-        let (mut sum, mut weights) = (0.0, 0.0);
+        let scored = self.horizons.len();
+        let horizon_scored = horizon.min(self.max_horizon);
+        let above = self
+            .horizons
+            .partition_point(|&h| h < horizon_scored)
+            .min(scored - 1);
+        let below = if self.horizons[above] == horizon_scored {
+            above
+        } else {
+            above.saturating_sub(1)
+        };
+        let w = if above == below {
+            0.0
+        } else {
+            let (lo, hi) = (self.horizons[below], self.horizons[above]);
+            (horizon_scored - lo) as f64 / (hi - lo) as f64
+        };
+        let k = self.members.len();
+        let (lo, hi) = (below * k, above * k);
+        let errors = self.member_error[lo..lo + k]
+            .iter()
+            .zip(&self.member_error[hi..hi + k])
+            .map(|(e0, e1)| e0 + w * (e1 - e0));
+        let mut error = [0.0; MEMBERS];
+        let mut best = f64::INFINITY;
+        for (slot, e) in error.iter_mut().zip(errors) {
+            *slot = e;
+            best = best.min(e);
+        }
         // Scale errors by the best member's so that the powers below stay finite.
-        let best = (0..self.members.len())
-            .map(|m| self.member_error[m * self.max_horizon + scored])
-            .fold(f64::INFINITY, f64::min)
-            .max(1e-300);
+        let best = best.max(1e-300);
+        let (mut sum, mut weights) = (0.0, 0.0);
         for (m, member) in self.members.iter().enumerate() {
-            let i = m * self.max_horizon + scored;
+            let samples = self.member_samples[lo + m].min(self.member_samples[hi + m]);
             // Close to choosing the best member, without jumping between near-equals.
-            let w = if self.member_samples[i] >= 3 {
-                (self.member_error[i] / best + 1e-12).powi(-WEIGHT_POWER)
+            let w = if samples >= 3 {
+                (error[m] / best + 1e-12).powi(-WEIGHT_POWER)
             } else {
                 1.0
             };
@@ -444,9 +514,15 @@ impl Forecaster for AdaptiveForecaster {
         let last = self.steps - 1; // the last step seen (a gap or a value)
         // The combined forecasts made after the last step, for the horizons tracked.
         let slot = (last % self.max_horizon as u64) as usize;
-        let made = &self.made[slot * self.max_horizon..(slot + 1) * self.max_horizon];
+        let scored = self.horizons.len();
+        let made = &self.made[slot * scored..(slot + 1) * scored];
+        let mut j = 0;
         for h in 1..=horizon {
-            let point = match made.get(h - 1) {
+            while self.horizons.get(j).is_some_and(|&tracked| tracked < h) {
+                j += 1;
+            }
+            let made_now = made.get(j).filter(|_| self.horizons.get(j) == Some(&h));
+            let point = match made_now {
                 Some(&y) if y.is_finite() => y,
                 _ => self.combined(h, last + h as u64),
             };

@@ -21,9 +21,41 @@ const RECENT_WEIGHT: f64 = 0.125;
 const MAX_VOLATILITY: f64 = 4.0;
 /// Errors beyond this many scales are clipped before they update a horizon's scale.
 const CLIP: f64 = 5.0;
+/// Every horizon up to this one is tracked; beyond it, horizons about this ratio apart.
+const EVERY_HORIZON_UP_TO: usize = 32;
+const HORIZON_RATIO: f64 = 1.25;
+
+/// The horizons whose errors are tracked, for forecasts up to `max` steps ahead: all of
+/// the first few, then a geometric series, then `max`. Errors change slowly with the
+/// horizon, so horizons between two tracked ones are interpolated; the time and memory
+/// of every step then grow with the logarithm of `max`, not its square.
+pub(crate) fn tracked_horizons(max: usize) -> Vec<usize> {
+    let max = max.max(1);
+    let mut tracked: Vec<usize> = (1..=max.min(EVERY_HORIZON_UP_TO)).collect();
+    let mut next = EVERY_HORIZON_UP_TO as f64;
+    loop {
+        next *= HORIZON_RATIO;
+        let h = next.round() as usize;
+        if h >= max {
+            break;
+        }
+        tracked.push(h);
+    }
+    if tracked.last() != Some(&max) {
+        tracked.push(max);
+    }
+    tracked
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct HorizonErrors {
+    /// The horizons tracked, ascending from 1 (see [`tracked_horizons`]); the vectors
+    /// below hold one entry for each.
+    horizons: Vec<usize>,
+    /// How many horizons each tracked one stands for (those since the tracked one
+    /// before): its errors' weight in the shared shape, which then has the mix of
+    /// horizons it would have if every horizon were tracked.
+    stands_for: Vec<f64>,
     bias: Vec<f64>,
     variance: Vec<f64>,
     samples: Vec<u32>,
@@ -37,14 +69,29 @@ pub(crate) struct HorizonErrors {
 }
 
 impl HorizonErrors {
-    /// Tracks horizons `1 ..= horizons`; `window` is the number of recent errors the scale
-    /// remembers, `shape_window` the number of steps the shared shape remembers.
-    pub(crate) fn new(horizons: usize, window: f64, shape_window: f64, prior_scale: f64) -> Self {
-        let horizons = horizons.max(1);
+    /// Tracks the horizons of [`tracked_horizons`]`(max_horizon)`; `window` is the number
+    /// of recent errors the scale remembers, `shape_window` the number of steps the
+    /// shared shape remembers.
+    pub(crate) fn new(
+        max_horizon: usize,
+        window: f64,
+        shape_window: f64,
+        prior_scale: f64,
+    ) -> Self {
+        let horizons = tracked_horizons(max_horizon);
+        let n = horizons.len();
+        let stands_for = horizons
+            .iter()
+            .scan(0, |before, &h| {
+                Some((h - std::mem::replace(before, h)) as f64)
+            })
+            .collect();
         HorizonErrors {
-            bias: vec![0.0; horizons],
-            variance: vec![prior_scale * prior_scale; horizons],
-            samples: vec![0; horizons],
+            horizons,
+            stands_for,
+            bias: vec![0.0; n],
+            variance: vec![prior_scale * prior_scale; n],
+            samples: vec![0; n],
             smoothing: 1.0 / window.max(1.0),
             prior_variance: prior_scale * prior_scale,
             shape: Shape::new(shape_window),
@@ -52,9 +99,15 @@ impl HorizonErrors {
         }
     }
 
-    /// Records the error of a forecast made `horizon` steps (1-based) before its target.
+    /// The horizons tracked, ascending.
+    pub(crate) fn horizons(&self) -> &[usize] {
+        &self.horizons
+    }
+
+    /// Records the error of a forecast made `horizon` steps (1-based) before its target;
+    /// errors of horizons that are not tracked are ignored.
     pub(crate) fn record(&mut self, horizon: usize, error: f64) {
-        let Some(i) = horizon.checked_sub(1).filter(|&i| i < self.bias.len()) else {
+        let Ok(i) = self.horizons.binary_search(&horizon) else {
             return;
         };
         if !error.is_finite() {
@@ -63,7 +116,8 @@ impl HorizonErrors {
         let n = self.samples[i];
         let scale = self.variance[i].sqrt() * self.volatility();
         if n >= SHAPE_AFTER && scale > 0.0 {
-            self.shape.add((error - self.bias[i]) / scale);
+            let weight = self.stands_for.get(i).copied().unwrap_or(1.0);
+            self.shape.add((error - self.bias[i]) / scale, weight);
         }
         // The prior counts as two samples, then an average, then exponential smoothing.
         // Once the scale rests on some errors, outliers are clipped before they update
@@ -112,32 +166,67 @@ impl HorizonErrors {
         self.shape.tick();
     }
 
-    /// Bias and scale of errors `horizon` steps (1-based) ahead. Horizons without enough
-    /// errors borrow from the longest horizon that has some, growing the variance in
+    /// Bias and scale of errors `horizon` steps (1-based) ahead. A horizon between two
+    /// tracked ones interpolates their bias and variance; horizons without enough errors
+    /// borrow from the longest shorter horizon that has some, growing the variance in
     /// proportion to the horizon (a random walk).
     pub(crate) fn bias_and_scale(&self, horizon: usize) -> (f64, f64) {
-        let last = self.bias.len() - 1;
-        let i = horizon.saturating_sub(1).min(last);
+        let horizon = horizon.max(1);
         let volatility = self.volatility();
-        if self.samples[i] >= 5 {
-            let extra = horizon.saturating_sub(self.bias.len()) as f64;
-            let variance = self.variance[i] * (1.0 + extra / (i as f64 + 1.0));
-            return (self.bias[i], variance.max(0.0).sqrt() * volatility);
-        }
-        match (0..i).rev().find(|&j| self.samples[j] >= 5) {
-            Some(j) => {
-                let growth = horizon as f64 / (j as f64 + 1.0);
-                (
-                    self.bias[j],
-                    (self.variance[j] * growth).max(0.0).sqrt() * volatility,
-                )
+        // The last tracked horizon at or below `horizon` (the first is 1).
+        let below = self
+            .horizons
+            .partition_point(|&h| h <= horizon)
+            .saturating_sub(1);
+        let (bias, variance) = match self.horizons.get(below + 1) {
+            Some(&above) if self.horizons.get(below) != Some(&horizon) => {
+                let low = self.horizons.get(below).copied().unwrap_or(1);
+                let w = (horizon - low) as f64 / (above - low).max(1) as f64;
+                match (
+                    self.bias_and_variance(below, low),
+                    self.bias_and_variance(below + 1, horizon),
+                ) {
+                    ((Some(b0), v0), (Some(b1), v1)) => {
+                        (Some(b0 + w * (b1 - b0)), v0 + w * (v1 - v0))
+                    }
+                    (below, _) => below,
+                }
             }
+            _ => self.bias_and_variance(below, horizon),
+        };
+        match bias {
+            Some(bias) => (bias, variance.max(0.0).sqrt() * volatility),
             // No errors yet: the prior, growing a little with the horizon.
             None => (
                 0.0,
                 (self.prior_variance * (horizon as f64).min(4.0)).sqrt(),
             ),
         }
+    }
+
+    /// Bias and variance of the errors `horizon` steps ahead as tracked horizon `i` tells
+    /// them: its own when it has enough errors (grown in proportion when `horizon` lies
+    /// beyond the last tracked), else those of the longest shorter horizon that has
+    /// some, grown alike; no bias when no horizon has any.
+    fn bias_and_variance(&self, i: usize, horizon: usize) -> (Option<f64>, f64) {
+        let known = (0..=i)
+            .rev()
+            .find(|&j| self.samples.get(j).is_some_and(|&n| n >= 5));
+        let Some(j) = known else {
+            let prior = self.prior_variance * (horizon as f64).min(4.0);
+            return (None, prior);
+        };
+        let (bias, variance) = (
+            self.bias.get(j).copied().unwrap_or(0.0),
+            self.variance.get(j).copied().unwrap_or(self.prior_variance),
+        );
+        let tracked = self.horizons.get(j).copied().unwrap_or(1) as f64;
+        let growth = if j == i {
+            (horizon as f64 / tracked).max(1.0)
+        } else {
+            horizon as f64 / tracked
+        };
+        (Some(bias), variance * growth)
     }
 
     /// Standardised-error quantiles for sorted or unsorted levels, into `out`.
@@ -185,11 +274,12 @@ impl Shape {
         }
     }
 
-    fn add(&mut self, z: f64) {
+    /// Adds a standardised error `z`, counted `weight` times.
+    fn add(&mut self, z: f64, weight: f64) {
         let bin = ((z + Z_LIMIT) / BIN_WIDTH).floor();
         let bin = bin.clamp(0.0, (self.counts.len() - 1) as f64) as usize;
-        self.counts[bin] += self.increment;
-        self.total += self.increment;
+        self.counts[bin] += self.increment * weight;
+        self.total += self.increment * weight;
     }
 
     fn tick(&mut self) {
@@ -269,6 +359,53 @@ mod tests {
         assert!((q[2] + 4.39).abs() < 0.1, "{q:?}");
         assert_eq!(e.bias_and_scale(2), (0.0, (0.25f64 * 2.0).sqrt()));
         assert_eq!(e.bias_and_scale(3), e.bias_and_scale(3));
+    }
+
+    #[test]
+    fn tracks_the_first_horizons_then_a_geometric_series() {
+        assert_eq!(tracked_horizons(1), vec![1]);
+        assert_eq!(tracked_horizons(10), (1..=10).collect::<Vec<_>>());
+        let long = tracked_horizons(360);
+        let every = EVERY_HORIZON_UP_TO;
+        assert_eq!(long[..every], (1..=every).collect::<Vec<_>>()[..]);
+        assert_eq!(long.last(), Some(&360));
+        assert!(long.len() < every + 15, "{long:?}");
+        for pair in long.windows(2) {
+            assert!(pair[0] < pair[1], "{long:?}");
+            assert!(pair[1] as f64 <= 1.3 * pair[0] as f64 + 1.0, "{long:?}");
+        }
+    }
+
+    #[test]
+    fn horizons_between_tracked_ones_interpolate_their_spread() {
+        let mut e = HorizonErrors::new(100, 1000.0, 1000.0, 1.0);
+        let tracked = e.horizons().to_vec();
+        let (below, above) = (
+            tracked[EVERY_HORIZON_UP_TO],
+            tracked[EVERY_HORIZON_UP_TO + 1],
+        );
+        assert!(above > below + 1, "{tracked:?}");
+        for i in 0..2000 {
+            let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+            for &h in &tracked {
+                // Errors of a random walk: variance in proportion to the horizon.
+                e.record(h, sign * 0.01 * (h as f64).sqrt() + 0.001 * h as f64);
+            }
+            // Untracked horizons are ignored.
+            e.record(below + 1, 1000.0);
+            e.tick();
+        }
+        let (b0, s0) = e.bias_and_scale(below);
+        let (b1, s1) = e.bias_and_scale(above);
+        let mid = (below + above) / 2;
+        let (b, s) = e.bias_and_scale(mid);
+        let w = (mid - below) as f64 / (above - below) as f64;
+        assert!((b - (b0 + w * (b1 - b0))).abs() < 1e-9, "{b0} {b} {b1}");
+        assert!(s0 < s && s < s1, "{s0} {s} {s1}");
+        // The variance is linear in the horizon, and so is its interpolation.
+        assert!((s * s - (s0 * s0 + w * (s1 * s1 - s0 * s0))).abs() < 1e-9);
+        let r2 = 2f64.sqrt();
+        assert!((s - 0.01 * (mid as f64).sqrt() * r2).abs() < 0.002, "{s}");
     }
 
     #[test]
