@@ -359,47 +359,105 @@ impl StageStep<'_> {
     }
 
     /// The common case, without binding step limits, in two tight passes: suffix minima
-    /// of the previous values, then one forward sweep with a running prefix minimum.
+    /// of the previous values, then one forward sweep with a running prefix minimum. The
+    /// sweep is split where the previous range begins and ends, so that each part is one
+    /// loop over zipped slices: sizes below it only shrink to, sizes above it only grow
+    /// to, sizes within it take the better of both.
     fn solve_unlimited<B: Offset>(&self, next: &mut [f64], back: &mut [B], buf: &mut StageBuffers) {
-        let (prev, plo, phi, l) = (self.prev, self.plo, self.phi, self.launch_cost);
-        // from_top[m]: least V over previous indices >= len - 1 - m (the larger index on
-        // ties), built from the top down.
-        let from_top = &mut buf.down;
-        from_top.clear();
+        let (prev, plo, l) = (self.prev, self.plo, self.launch_cost);
+        // suffix[j]: least V over previous indices >= j (the larger index on ties).
+        let suffix = &mut buf.down;
+        suffix.clear();
+        suffix.resize(prev.len(), (f64::INFINITY, NONE));
         let mut best = (f64::INFINITY, NONE);
-        for j in (0..prev.len()).rev() {
-            if prev[j] < best.0 {
-                best = (prev[j], j as u32);
+        for (j, (slot, &v)) in suffix.iter_mut().zip(prev).enumerate().rev() {
+            if v < best.0 {
+                best = (v, j as u32);
             }
-            from_top.push(best);
+            *slot = best;
         }
-        let top = prev.len() - 1;
+        // Sizes below the previous range: every predecessor is larger.
+        let below = (plo.saturating_sub(self.lo) as usize).min(next.len());
+        // Sizes within it: predecessors at or below the size (index `j`), and above it.
+        let within = (self.phi.min(self.hi) + 1)
+            .saturating_sub(self.lo.max(plo))
+            .min((next.len() - below) as u32) as usize;
+        let (next_below, next) = next.split_at_mut(below);
+        let (back_below, back) = back.split_at_mut(below);
+        let (costs_below, costs) = self.costs.split_at(below);
+        let (next_within, next_above) = next.split_at_mut(within);
+        let (back_within, back_above) = back.split_at_mut(within);
+        let (costs_within, costs_above) = costs.split_at(within);
         // A missing candidate is +inf, so that the comparisons below need no flags.
-        let (mut prefix, mut prefix_at) = (f64::INFINITY, NONE);
-        let mut pushed = 0i64;
-        for (i, (slot, from)) in next.iter_mut().zip(back.iter_mut()).enumerate() {
-            let s = self.lo + i as u32;
-            let last = i64::from(s.min(phi)) - i64::from(plo);
-            while pushed <= last {
-                let key = prev[pushed as usize] - l * f64::from(plo + pushed as u32);
-                if key <= prefix {
-                    (prefix, prefix_at) = (key, pushed as u32);
-                }
-                pushed += 1;
-            }
-            let up = prefix + l * f64::from(s);
-            let (down, down_at) = if s < phi {
-                from_top[top - (s + 1).saturating_sub(plo) as usize]
-            } else {
-                (f64::INFINITY, NONE)
-            };
+        // Only non-finite costs leave a size without a predecessor; it points at the
+        // lowest previous size rather than nowhere.
+        let pick = |up: f64, up_at: u32, down: (f64, u32)| {
             // Ties go to the shrink side, whose predecessor is larger.
-            let shrink = down <= up;
-            *slot = if shrink { down } else { up } + self.costs[i];
-            let at = if shrink { down_at } else { prefix_at };
-            // Only non-finite costs leave a size without a predecessor; point it at the
-            // lowest previous size rather than nowhere.
-            *from = B::from_index(if at == NONE { 0 } else { at });
+            let (v, at) = if down.0 <= up { down } else { (up, up_at) };
+            (v, if at == NONE { 0 } else { at })
+        };
+        let anywhere = suffix.first().copied().unwrap_or((f64::INFINITY, NONE));
+        for ((slot, from), &cost) in next_below.iter_mut().zip(back_below).zip(costs_below) {
+            let (v, at) = pick(f64::INFINITY, NONE, anywhere);
+            *slot = v + cost;
+            *from = B::from_index(at);
+        }
+        // The size of the first cell within, and its previous index.
+        let first = self.lo.max(plo);
+        let j0 = (first - plo) as usize;
+        let (mut prefix, mut prefix_at) = (f64::INFINITY, NONE);
+        let mut pushed = 0usize;
+        // Predecessors below the first size within (when this range starts above the
+        // previous one's start).
+        for (j, &v) in prev.iter().enumerate().take(j0) {
+            let key = v - l * f64::from(plo + j as u32);
+            if key <= prefix {
+                (prefix, prefix_at) = (key, j as u32);
+            }
+            pushed = j + 1;
+        }
+        let above = suffix
+            .iter()
+            .skip(j0 + 1)
+            .copied()
+            .chain(std::iter::repeat((f64::INFINITY, NONE)));
+        let cells = next_within.iter_mut().zip(back_within).zip(costs_within);
+        for (((slot, from), &cost), ((j, &v), down)) in
+            cells.zip(prev.iter().enumerate().skip(j0).zip(above))
+        {
+            let size = plo + j as u32;
+            let key = v - l * f64::from(size);
+            if key <= prefix {
+                (prefix, prefix_at) = (key, j as u32);
+            }
+            pushed = j + 1;
+            let (v, at) = pick(prefix + l * f64::from(size), prefix_at, down);
+            *slot = v + cost;
+            *from = B::from_index(at);
+        }
+        // Predecessors not yet pushed (when this range ends below the previous one's
+        // end) have no size above them in this stage: push them for the sizes above.
+        for (j, &v) in prev.iter().enumerate().skip(pushed) {
+            let key = v - l * f64::from(plo + j as u32);
+            if key <= prefix {
+                (prefix, prefix_at) = (key, j as u32);
+            }
+        }
+        let size_above = first + within as u32;
+        for (i, ((slot, from), &cost)) in next_above
+            .iter_mut()
+            .zip(back_above)
+            .zip(costs_above)
+            .enumerate()
+        {
+            let size = size_above + i as u32;
+            let (v, at) = pick(
+                prefix + l * f64::from(size),
+                prefix_at,
+                (f64::INFINITY, NONE),
+            );
+            *slot = v + cost;
+            *from = B::from_index(at);
         }
     }
 

@@ -242,21 +242,22 @@ fn fill_stage_costs(
         above_sum += w * d;
         above_weight += w;
     }
-    let mut next = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        let kept = lo + i as u32;
-        let x = f64::from(kept.min(cap));
-        while next < points.len() && points[next] <= x {
-            above_sum -= weights[next] * points[next];
-            above_weight -= weights[next];
-            next += 1;
+    // Sizes counted in f64 (exact below 2^53): no conversion per size.
+    let (mut kept, cap) = (f64::from(lo), f64::from(cap));
+    let mut remaining = points.iter().zip(weights).peekable();
+    for slot in out.iter_mut() {
+        let x = kept.min(cap);
+        while let Some((&d, &w)) = remaining.next_if(|&(&d, _)| d <= x) {
+            above_sum -= w * d;
+            above_weight -= w;
         }
-        let short = if next == points.len() {
+        let short = if remaining.peek().is_none() {
             0.0
         } else {
             (above_sum - x * above_weight).max(0.0)
         };
-        *slot = f64::from(kept) + penalty * short;
+        *slot = kept + penalty * short;
+        kept += 1.0;
     }
 }
 
