@@ -144,6 +144,12 @@ impl History {
         if self.demand.len() == MAX_HISTORY {
             self.demand.pop_front();
             self.serving.pop_front();
+        } else if self.demand.len() == self.demand.capacity() {
+            // Grow by an eighth, not double: a full history would otherwise hold room
+            // for half as much again as it keeps, for every fleet.
+            let more = (self.demand.len() / 8).clamp(64, MAX_HISTORY - self.demand.len());
+            self.demand.reserve_exact(more);
+            self.serving.reserve_exact(more);
         }
         self.demand.push_back(demand);
         self.serving.push_back(serving);
@@ -979,6 +985,26 @@ impl FleetController {
             m.guard_interventions
                 .with_label_values(&[fleet, i.guard.as_str()])
                 .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_history_holds_little_more_room_than_it_keeps() {
+        let mut history = History::default();
+        for i in 0..MAX_HISTORY + 100 {
+            history.push(i as f64, 1.0);
+        }
+        assert_eq!(history.demand.len(), MAX_HISTORY);
+        assert_eq!(history.steps_seen, (MAX_HISTORY + 100) as u64);
+        assert_eq!(history.demand.front(), Some(&100.0));
+        // Doubling would leave room for 32,768 steps.
+        for room in [history.demand.capacity(), history.serving.capacity()] {
+            assert!(room < MAX_HISTORY + MAX_HISTORY / 7, "{room}");
         }
     }
 }

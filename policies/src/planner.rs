@@ -756,7 +756,7 @@ pub struct DpPlanner {
     solver: Solver,
     levels: Vec<f64>,
     weights: Vec<f64>,
-    // Scratch buffers reused every tick.
+    // Scratch buffers, reused by the plans of one decision (a rehearsal makes many).
     quantiles: Vec<f64>,
     demand: Vec<f64>,
     arrivals: Vec<u32>,
@@ -1047,7 +1047,14 @@ impl Policy for DpPlanner {
         if self.is_fresh(obs) {
             self.rehearse(obs);
         }
-        self.plan(obs)
+        let decision = self.plan(obs);
+        // The plan's buffers (quantiles of every step, the program's back-pointers) are
+        // reused within a decision, and let go between: a fleet waiting for its next
+        // tick holds only what it learnt, which matters when one agent runs many.
+        self.quantiles = Vec::new();
+        self.demand = Vec::new();
+        self.solver = Solver::default();
+        decision
     }
 }
 
