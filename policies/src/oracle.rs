@@ -90,22 +90,17 @@ pub fn solve(
     max: u32,
 ) -> Result<OracleSchedule, OracleError> {
     let need = required_instances(demand, min, max)?;
-    if need.is_empty() {
+    let Some(&initial) = need.first() else {
         return Err(OracleError::EmptyDemand);
-    }
+    };
     let reach = boot_steps as usize;
     let behind = window_max(&need, reach, false);
     let ahead = window_max(&need, reach, true);
-    let stages: Vec<Stage> = (0..need.len())
-        .map(|t| {
-            if t == 0 {
-                Stage::new(need[0], need[0])
-            } else {
-                Stage::new(need[t], behind[t].min(ahead[t]))
-            }
-        })
+    let later = need.iter().zip(behind.iter().zip(&ahead)).skip(1);
+    let stages: Vec<Stage> = std::iter::once(Stage::new(initial, initial))
+        .chain(later.map(|(&need, (&behind, &ahead))| Stage::new(need, behind.min(ahead))))
         .collect();
-    let solution = dp::solve(need[0], &stages, f64::from(boot_steps), |_, lo, costs| {
+    let solution = dp::solve(initial, &stages, f64::from(boot_steps), |_, lo, costs| {
         for (i, c) in costs.iter_mut().enumerate() {
             *c = f64::from(lo) + i as f64;
         }
@@ -132,25 +127,25 @@ fn from_dp_error(e: dp::DpError) -> OracleError {
 /// For each t, the largest of `values[t - reach ..= t]` (or `values[t ..= t + reach]`
 /// when `ahead`), clipped at the ends.
 fn window_max(values: &[u32], reach: usize, ahead: bool) -> Vec<u32> {
-    let n = values.len();
-    let mut out = vec![0; n];
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    let order: Box<dyn Iterator<Item = usize>> = if ahead {
-        Box::new((0..n).rev())
-    } else {
-        Box::new(0..n)
-    };
-    for t in order {
-        while queue.back().is_some_and(|&j| values[j] <= values[t]) {
+    // Candidates for the maximum, as (index, value): values decrease from front to back.
+    let mut queue: VecDeque<(usize, u32)> = VecDeque::new();
+    let mut window = |(t, &value): (usize, &u32)| {
+        while queue.back().is_some_and(|&(_, v)| v <= value) {
             queue.pop_back();
         }
-        queue.push_back(t);
-        while queue.front().is_some_and(|&j| j.abs_diff(t) > reach) {
+        queue.push_back((t, value));
+        while queue.front().is_some_and(|&(j, _)| j.abs_diff(t) > reach) {
             queue.pop_front();
         }
-        out[t] = queue.front().map_or(values[t], |&j| values[j]);
+        queue.front().map_or(value, |&(_, v)| v)
+    };
+    if ahead {
+        let mut out: Vec<u32> = values.iter().enumerate().rev().map(&mut window).collect();
+        out.reverse();
+        out
+    } else {
+        values.iter().enumerate().map(window).collect()
     }
-    out
 }
 
 impl OracleSchedule {
@@ -170,20 +165,17 @@ impl OracleSchedule {
     pub fn desired_billed(&self) -> Vec<u32> {
         let l = self.boot_steps as usize;
         let s = &self.serving;
-        let increase = |t: usize| {
-            if t == 0 {
-                0
-            } else {
-                s[t].saturating_sub(s[t - 1])
-            }
+        let increase = |t: usize| match (t.checked_sub(1).and_then(|p| s.get(p)), s.get(t)) {
+            (Some(&before), Some(&now)) => now.saturating_sub(before),
+            _ => 0,
         };
         // Running sum of the increases in (t, t + L].
         let mut under_way: u64 = (1..=l.min(s.len().saturating_sub(1)))
             .map(|t| u64::from(increase(t)))
             .sum();
         let mut out = Vec::with_capacity(s.len());
-        for t in 0..s.len() {
-            out.push(u32::try_from(u64::from(s[t]) + under_way).unwrap_or(u32::MAX));
+        for (t, &serving) in s.iter().enumerate() {
+            out.push(u32::try_from(u64::from(serving) + under_way).unwrap_or(u32::MAX));
             if t + 1 + l < s.len() {
                 under_way += u64::from(increase(t + 1 + l));
             }

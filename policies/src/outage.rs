@@ -88,12 +88,12 @@ impl OutageWatch {
             self.hour_count += 1;
         }
         // The value leaving the hour's window, then the one leaving the day's.
-        if self.day.len() > self.steps_per_hour {
-            let left = self.day[self.day.len() - 1 - self.steps_per_hour];
-            if left.is_finite() {
-                self.hour_sum -= left;
-                self.hour_count -= 1;
-            }
+        let leaving = self.day.len().checked_sub(self.steps_per_hour + 1);
+        if let Some(&left) = leaving.and_then(|i| self.day.get(i))
+            && left.is_finite()
+        {
+            self.hour_sum -= left;
+            self.hour_count -= 1;
         }
         if self.day.len() > self.steps_per_day {
             self.day.pop_front();

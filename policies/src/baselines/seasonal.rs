@@ -87,7 +87,7 @@ impl SeasonalForecast {
             }
         }
         let from = obs.demand.len() - new.min(available) as usize;
-        for &value in &obs.demand[from..] {
+        for &value in obs.demand.iter().skip(from) {
             self.push(value);
         }
     }

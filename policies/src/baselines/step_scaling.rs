@@ -90,7 +90,7 @@ impl StepPolicy {
         if self.evaluation_periods == 0 {
             return Err(format!("{field}.evaluation_periods must be at least 1"));
         }
-        let Some(first) = self.steps.first() else {
+        let (Some(first), Some(last)) = (self.steps.first(), self.steps.last()) else {
             return Err(format!("{field}.steps must hold at least one step"));
         };
         for (i, step) in self.steps.iter().enumerate() {
@@ -155,7 +155,6 @@ impl StepPolicy {
                 ));
             }
         }
-        let last = &self.steps[self.steps.len() - 1];
         match side {
             Side::Above if last.upper_bound.is_some() => Err(format!(
                 "{field}.steps[{}].upper_bound must be absent: the last scale-out step reaches infinity",

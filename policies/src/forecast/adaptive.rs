@@ -64,6 +64,13 @@ impl Member {
             }
         }
     }
+
+    /// This member's forecast from `[level, trend]`, with `damping` the damped-trend
+    /// multiplier of the horizon and `season` the target's seasonal offset.
+    fn forecast(&self, [level, trend]: [f64; 2], damping: f64, season: f64) -> f64 {
+        let trend = damping * trend;
+        level + trend + if self.seasonal { season } else { 0.0 }
+    }
 }
 
 /// The mean of the last `len` values, gaps skipped; known once half of them are values.
@@ -168,16 +175,17 @@ pub struct AdaptiveForecaster {
     members: Vec<Member>,
     /// The horizons scored (ascending, from 1), as the errors track them.
     horizons: Vec<usize>,
-    /// Damped-trend multipliers: `damping[k][h] = phi + ... + phi^h` for member `k`.
-    damping: Vec<Vec<f64>>,
+    /// Damped-trend multipliers: `damping[h][k] = phi + ... + phi^h` for member `k`, for
+    /// `h` in `0 ..= max_horizon`.
+    damping: Vec<[f64; MEMBERS]>,
     /// Member states after each of the last `max_horizon` steps: ring of `[level, trend]`.
-    history: Vec<Vec<[f64; 2]>>,
+    history: Vec<[[f64; 2]; MEMBERS]>,
     /// Combined forecasts made after each of the last `max_horizon` steps (ring, row per
     /// step, a column per scored horizon), NaN when none was made.
     made: Vec<f64>,
-    /// Recent squared error of each member at each scored horizon (`j * members + m`).
-    member_error: Vec<f64>,
-    member_samples: Vec<u32>,
+    /// Recent squared error of each member (column) at each scored horizon (row).
+    member_error: Vec<[f64; MEMBERS]>,
+    member_samples: Vec<[u32; MEMBERS]>,
     member_smoothing: f64,
     errors: HorizonErrors,
     /// Scratch: combined point forecast for each horizon.
@@ -223,19 +231,16 @@ impl AdaptiveForecaster {
                 }
             }
         }
-        let damping = members
-            .iter()
-            .map(|m| {
-                let mut sum = 0.0;
-                let mut power = 1.0;
-                (0..=max_horizon)
-                    .map(|_| {
-                        let here = sum;
-                        power *= m.phi;
-                        sum += power;
-                        here
-                    })
-                    .collect()
+        let mut sum = [0.0; MEMBERS];
+        let mut power = [1.0; MEMBERS];
+        let damping = (0..=max_horizon)
+            .map(|_| {
+                let here = sum;
+                for ((sum, power), m) in sum.iter_mut().zip(&mut power).zip(&members) {
+                    *power *= m.phi;
+                    *sum += *power;
+                }
+                here
             })
             .collect();
         // Errors are remembered for about an hour (at least 50 steps): demand's noise
@@ -243,7 +248,6 @@ impl AdaptiveForecaster {
         let window = (3600.0 / step).max(50.0);
         let shape_window = (2.0 * DAY / step).max(500.0);
         debug_assert_eq!(members.len(), MEMBERS);
-        let k = members.len();
         let errors = HorizonErrors::new(max_horizon, window, shape_window, 0.5);
         let horizons = errors.horizons().to_vec();
         let scored = horizons.len();
@@ -263,10 +267,10 @@ impl AdaptiveForecaster {
             ),
             daily,
             weekly,
-            history: vec![vec![[f64::NAN; 2]; k]; max_horizon],
+            history: vec![[[f64::NAN; 2]; MEMBERS]; max_horizon],
             made: vec![f64::NAN; max_horizon * scored],
-            member_error: vec![0.0; k * scored],
-            member_samples: vec![0; k * scored],
+            member_error: vec![[0.0; MEMBERS]; scored],
+            member_samples: vec![[0; MEMBERS]; scored],
             member_smoothing: 1.0 / window,
             members,
             horizons,
@@ -314,38 +318,38 @@ impl AdaptiveForecaster {
         day + week
     }
 
-    fn member_forecast(&self, k: usize, state: [f64; 2], horizon: usize, season: f64) -> f64 {
-        let m = &self.members[k];
-        let trend = self.damping[k][horizon.min(self.max_horizon)] * state[1];
-        state[0] + trend + if m.seasonal { season } else { 0.0 }
-    }
-
     /// Scores every member and the combined forecast on the value of step `self.steps`.
     fn score(&mut self, y: f64) {
         let t = self.steps;
         let season_now = self.season(t);
-        let k = self.members.len();
         let scored = self.horizons.len();
-        for j in 0..scored {
-            let h = self.horizons[j];
+        let rows = self.member_error.iter_mut().zip(&mut self.member_samples);
+        for (j, (&h, (errors, samples))) in self.horizons.iter().zip(rows).enumerate() {
             if h as u64 > t {
                 break;
             }
             let slot = ((t - h as u64) % self.max_horizon as u64) as usize;
-            for m in 0..k {
-                let state = self.history[slot][m];
+            let (Some(states), Some(damping)) = (
+                self.history.get(slot),
+                self.damping.get(h.min(self.max_horizon)),
+            ) else {
+                continue;
+            };
+            let columns = self.members.iter().zip(states).zip(damping);
+            for (((member, &state), &damping), (error, samples)) in
+                columns.zip(errors.iter_mut().zip(samples.iter_mut()))
+            {
                 if !state[0].is_finite() {
                     continue;
                 }
-                let e = y - self.member_forecast(m, state, h, season_now);
-                let i = j * k + m;
-                let n = self.member_samples[i];
+                let e = y - member.forecast(state, damping, season_now);
+                let n = *samples;
                 let w = self.member_smoothing.max(1.0 / (f64::from(n) + 1.0));
-                self.member_error[i] += w * (e * e - self.member_error[i]);
-                self.member_samples[i] = n.saturating_add(1);
+                *error += w * (e * e - *error);
+                *samples = n.saturating_add(1);
             }
-            let made = self.made[slot * scored + j];
-            if made.is_finite() {
+            let made = self.made.get(slot * scored + j).copied();
+            if let Some(made) = made.filter(|made| made.is_finite()) {
                 self.errors.record(h, y - made);
             }
         }
@@ -396,7 +400,12 @@ impl AdaptiveForecaster {
             return y;
         }
         let slot = ((t - 1) % self.max_horizon as u64) as usize;
-        let forecast = self.made[slot * self.horizons.len()];
+        // The one-step forecast made after the last step (NaN when none was).
+        let forecast = self
+            .made
+            .get(slot * self.horizons.len())
+            .copied()
+            .unwrap_or(f64::NAN);
         let (bias, scale) = self.errors.bias_and_scale(1);
         let floor = forecast + bias - DROP_SCALES * scale;
         if forecast.is_finite() && scale > 0.0 && y < floor && self.drop_run < DROP_PERSISTS {
@@ -412,45 +421,66 @@ impl AdaptiveForecaster {
     fn remember(&mut self) {
         let t = self.steps;
         let slot = (t % self.max_horizon as u64) as usize;
-        for (m, member) in self.members.iter().enumerate() {
-            self.history[slot][m] = [member.level, member.trend];
+        if let Some(states) = self.history.get_mut(slot) {
+            for (state, member) in states.iter_mut().zip(&self.members) {
+                *state = [member.level, member.trend];
+            }
         }
         let scored = self.horizons.len();
-        for j in 0..scored {
-            let h = self.horizons[j];
-            self.point[j] = self.combined(h, t + h as u64);
+        let mut point = std::mem::take(&mut self.point);
+        for (point, &h) in point.iter_mut().zip(&self.horizons) {
+            *point = self.combined(h, t + h as u64);
         }
-        let row = &mut self.made[slot * scored..(slot + 1) * scored];
-        row.copy_from_slice(&self.point);
+        if let Some(row) = self.made.get_mut(slot * scored..(slot + 1) * scored) {
+            for (made, &point) in row.iter_mut().zip(&point) {
+                *made = point;
+            }
+        }
+        self.point = point;
     }
 
     /// The members' forecast for absolute step `target`, `horizon` steps ahead, weighted
     /// by the inverse of their recent squared errors at that horizon (interpolated
     /// between the scored horizons around it).
     fn combined(&self, horizon: usize, target: u64) -> f64 {
+        // The first member follows the last value; its level stands in for a forecast
+        // that cannot be combined.
+        let fallback = self.members.first().map_or(0.0, |m| m.level);
         let season = self.season(target);
         let scored = self.horizons.len();
         let horizon_scored = horizon.min(self.max_horizon);
         let above = self
             .horizons
             .partition_point(|&h| h < horizon_scored)
-            .min(scored - 1);
-        let below = if self.horizons[above] == horizon_scored {
+            .min(scored.saturating_sub(1));
+        let Some(&hi) = self.horizons.get(above) else {
+            return fallback;
+        };
+        let below = if hi == horizon_scored {
             above
         } else {
             above.saturating_sub(1)
         };
+        let lo = self.horizons.get(below).copied().unwrap_or(hi);
         let w = if above == below {
             0.0
         } else {
-            let (lo, hi) = (self.horizons[below], self.horizons[above]);
             (horizon_scored - lo) as f64 / (hi - lo) as f64
         };
-        let k = self.members.len();
-        let (lo, hi) = (below * k, above * k);
-        let errors = self.member_error[lo..lo + k]
+        let (Some(errors_below), Some(errors_above), Some(samples_below), Some(samples_above)) = (
+            self.member_error.get(below),
+            self.member_error.get(above),
+            self.member_samples.get(below),
+            self.member_samples.get(above),
+        ) else {
+            return fallback;
+        };
+        let Some(damping) = self.damping.get(horizon_scored) else {
+            return fallback;
+        };
+        let errors = errors_below
             .iter()
-            .zip(&self.member_error[hi..hi + k])
+            .zip(errors_above)
             .map(|(e0, e1)| e0 + w * (e1 - e0));
         let mut error = [0.0; MEMBERS];
         let mut best = f64::INFINITY;
@@ -461,23 +491,21 @@ impl AdaptiveForecaster {
         // Scale errors by the best member's so that the powers below stay finite.
         let best = best.max(1e-300);
         let (mut sum, mut weights) = (0.0, 0.0);
-        for (m, member) in self.members.iter().enumerate() {
-            let samples = self.member_samples[lo + m].min(self.member_samples[hi + m]);
+        let counts = samples_below.iter().zip(samples_above);
+        let columns = self.members.iter().zip(&error).zip(counts).zip(damping);
+        for (((member, &error), (&n0, &n1)), &damping) in columns {
+            let samples = n0.min(n1);
             // Close to choosing the best member, without jumping between near-equals.
             let w = if samples >= 3 {
-                (error[m] / best + 1e-12).powi(-WEIGHT_POWER)
+                (error / best + 1e-12).powi(-WEIGHT_POWER)
             } else {
                 1.0
             };
-            sum += w * self.member_forecast(m, [member.level, member.trend], horizon, season);
+            sum += w * member.forecast([member.level, member.trend], damping, season);
             weights += w;
         }
         let y = sum / weights;
-        if y.is_finite() {
-            y
-        } else {
-            self.members[0].level
-        }
+        if y.is_finite() { y } else { fallback }
     }
 }
 
@@ -515,7 +543,10 @@ impl Forecaster for AdaptiveForecaster {
         // The combined forecasts made after the last step, for the horizons tracked.
         let slot = (last % self.max_horizon as u64) as usize;
         let scored = self.horizons.len();
-        let made = &self.made[slot * scored..(slot + 1) * scored];
+        let made = self
+            .made
+            .get(slot * scored..(slot + 1) * scored)
+            .unwrap_or_default();
         let mut j = 0;
         for h in 1..=horizon {
             while self.horizons.get(j).is_some_and(|&tracked| tracked < h) {

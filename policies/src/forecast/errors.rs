@@ -113,49 +113,55 @@ impl HorizonErrors {
         if !error.is_finite() {
             return;
         }
-        let n = self.samples[i];
-        let scale = self.variance[i].sqrt() * self.volatility();
+        let volatility = self.volatility();
+        let (Some(bias), Some(variance), Some(samples)) = (
+            self.bias.get_mut(i),
+            self.variance.get_mut(i),
+            self.samples.get_mut(i),
+        ) else {
+            return;
+        };
+        let n = *samples;
+        let scale = variance.sqrt() * volatility;
         if n >= SHAPE_AFTER && scale > 0.0 {
             let weight = self.stands_for.get(i).copied().unwrap_or(1.0);
-            self.shape.add((error - self.bias[i]) / scale, weight);
+            self.shape.add((error - *bias) / scale, weight);
         }
         // The prior counts as two samples, then an average, then exponential smoothing.
         // Once the scale rests on some errors, outliers are clipped before they update
         // it, so that one surge does not widen every forecast for hours: the shared
         // shape above has recorded them unclipped, and carries the tails.
         let weight = self.smoothing.max(1.0 / (f64::from(n) + 2.0));
-        let mut deviation = error - self.bias[i];
+        let mut deviation = error - *bias;
         if n >= SHAPE_AFTER {
             deviation = deviation.clamp(-CLIP * scale, CLIP * scale);
         }
         if i == 0 {
-            let mad = (self.variance[0] / 2.0).sqrt();
-            let absolute = (error - self.bias[0])
-                .abs()
-                .min(CLIP * 4.0 * mad.max(1e-12));
+            let mad = (*variance / 2.0).sqrt();
+            let absolute = (error - *bias).abs().min(CLIP * 4.0 * mad.max(1e-12));
             self.recent_mad = if self.recent_mad.is_finite() {
                 self.recent_mad + RECENT_WEIGHT * (absolute - self.recent_mad)
             } else {
                 absolute
             };
         }
-        self.bias[i] += weight * deviation;
+        *bias += weight * deviation;
         let absolute = deviation.abs();
         // A mean absolute deviation, kept as the variance of a Laplace law with it.
-        let mad = (self.variance[i] / 2.0).sqrt();
+        let mad = (*variance / 2.0).sqrt();
         let mad = mad + weight * (absolute - mad);
-        self.variance[i] = 2.0 * mad * mad;
-        self.samples[i] = n.saturating_add(1);
+        *variance = 2.0 * mad * mad;
+        *samples = n.saturating_add(1);
     }
 
     /// How much more volatile the last few one-step errors were than usual (at least 1).
     fn volatility(&self) -> f64 {
-        let usual = (self.variance[0] / 2.0).sqrt();
-        if self.samples[0] < SHAPE_AFTER
-            || usual.is_nan()
-            || usual <= 0.0
-            || !self.recent_mad.is_finite()
-        {
+        let (Some(&variance), Some(&samples)) = (self.variance.first(), self.samples.first())
+        else {
+            return 1.0;
+        };
+        let usual = (variance / 2.0).sqrt();
+        if samples < SHAPE_AFTER || usual.is_nan() || usual <= 0.0 || !self.recent_mad.is_finite() {
             return 1.0;
         }
         (self.recent_mad / usual).clamp(1.0, MAX_VOLATILITY)
@@ -277,9 +283,11 @@ impl Shape {
     /// Adds a standardised error `z`, counted `weight` times.
     fn add(&mut self, z: f64, weight: f64) {
         let bin = ((z + Z_LIMIT) / BIN_WIDTH).floor();
-        let bin = bin.clamp(0.0, (self.counts.len() - 1) as f64) as usize;
-        self.counts[bin] += self.increment * weight;
-        self.total += self.increment * weight;
+        let bin = bin.clamp(0.0, self.counts.len().saturating_sub(1) as f64) as usize;
+        if let Some(count) = self.counts.get_mut(bin) {
+            *count += self.increment * weight;
+            self.total += self.increment * weight;
+        }
     }
 
     fn tick(&mut self) {
@@ -324,22 +332,31 @@ impl Shape {
 
     /// Quantiles by linear interpolation within bins.
     fn histogram_quantiles(&self, levels: &[f64], out: &mut [f64]) {
-        let mut order: Vec<usize> = (0..levels.len()).collect();
-        order.sort_by(|&a, &b| levels[a].total_cmp(&levels[b]));
+        // Ascending levels, each with its place in `out` (a stable sort: equal levels keep
+        // their order), answered in one pass over the bins.
+        let mut order: Vec<(f64, &mut f64)> = levels.iter().copied().zip(out).collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut bins = self.counts.iter().copied().enumerate();
+        let Some((mut bin, mut count)) = bins.next() else {
+            return;
+        };
         let mut cumulative = 0.0;
-        let mut bin = 0;
-        for &i in &order {
-            let target = levels[i].clamp(1e-9, 1.0 - 1e-9) * self.total;
-            while bin < self.counts.len() - 1 && cumulative + self.counts[bin] < target {
-                cumulative += self.counts[bin];
-                bin += 1;
+        for (level, z) in order {
+            let target = level.clamp(1e-9, 1.0 - 1e-9) * self.total;
+            // On to the bin where the count reaches the target, the last one at most.
+            while cumulative + count < target {
+                let Some(next) = bins.next() else {
+                    break;
+                };
+                cumulative += count;
+                (bin, count) = next;
             }
-            let inside = if self.counts[bin] > 0.0 {
-                ((target - cumulative) / self.counts[bin]).clamp(0.0, 1.0)
+            let inside = if count > 0.0 {
+                ((target - cumulative) / count).clamp(0.0, 1.0)
             } else {
                 0.5
             };
-            out[i] = -Z_LIMIT + (bin as f64 + inside) * BIN_WIDTH;
+            *z = -Z_LIMIT + (bin as f64 + inside) * BIN_WIDTH;
         }
     }
 }
