@@ -83,6 +83,9 @@ if [ -z "${SKIP_CRITERION:-}" ]; then
   cargo bench -p fleetscale-policies --bench planner -- --noplot 2>/dev/null | grep -E '^[a-z].*|time:' > benchmarks/criterion.txt || true
 fi
 
+# One dp fleet's first decision at a 10 s tick: time and memory (policies/examples/warm_up.rs).
+cargo run --release -q -p fleetscale-policies --example warm_up > benchmarks/warm-up.txt
+
 # The agent with a hundred mock fleets (./scripts/many-fleets.py), unless SKIP_MANY_FLEETS is set.
 if [ -z "${SKIP_MANY_FLEETS:-}" ]; then
   FLEETSCALE_BIN="$bin" python3 scripts/many-fleets.py --bin "$bin" --fleets 100 --tick 10 --seconds 120 > /dev/null

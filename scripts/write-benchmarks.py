@@ -112,6 +112,15 @@ if criterion.exists() and criterion.read_text().strip():
     print("```")
     print(criterion.read_text().strip())
     print("```")
+warm = bench / "warm-up.txt"
+if warm.exists() and warm.read_text().strip():
+    print("\n## One fleet's warm-up\n")
+    print("`cargo run --release -p fleetscale-policies --example warm_up`: the `dp` policy's first decision on")
+    print("20,160 steps of 10 s history (a daily cycle with noise), then 100 more decisions on the same")
+    print("observation; the heap it keeps between decisions and its peak, counted by the example's allocator:\n")
+    print("```")
+    print(warm.read_text().strip())
+    print("```")
 many = bench / "many-fleets.json"
 if many.exists():
     m = json.loads(many.read_text())

@@ -274,7 +274,8 @@ fn shortfall_at(points: &[f64], weights: &[f64], x: u32) -> f64 {
 /// step plus a launch (`1 + L`), which bounds the plan from below; and a unit nobody
 /// could need at a stage is kept only to bridge, for at most `L` steps, to a stage
 /// where some quantile point needs it, which bounds it from above. With step limits the
-/// units interact, so every stage gets the union of the windows.
+/// units interact, so every stage gets the union of the windows, unless the limits are
+/// too wide to bind any move within it.
 fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
     let h = input.stages();
     let l = input.boot_steps as usize;
@@ -305,7 +306,16 @@ fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
     if input.max_step_up.is_some() || input.max_step_down.is_some() {
         let lo = windows.iter().map(|w| w.0).min().unwrap_or(0);
         let hi = windows.iter().map(|w| w.1).max().unwrap_or(0);
-        windows.iter_mut().for_each(|w| *w = (lo, hi));
+        // Limits at least as wide as every move within the union, as the bounds keep it
+        // (from the pool too), bind no plan there, and the best plan without them lies
+        // within the windows.
+        let (min, max) = (input.min.min(input.max), input.max);
+        let (lo_kept, hi_kept) = (lo.clamp(min, max), hi.clamp(min, max));
+        let widest = hi_kept.max(input.pool) - lo_kept.min(input.pool);
+        let binds = |limit: Option<u32>| limit.is_some_and(|l| l < widest);
+        if binds(input.max_step_up) || binds(input.max_step_down) {
+            windows.iter_mut().for_each(|w| *w = (lo, hi));
+        }
     }
     windows
 }
@@ -1229,6 +1239,44 @@ mod tests {
                 let want = f64::from(kept) + penalty * short;
                 prop_assert!((got - want).abs() <= 1e-9 * want.max(1.0), "{kept}: {got} vs {want}");
             }
+        }
+    }
+
+    #[test]
+    fn step_limits_too_wide_to_bind_keep_each_stage_to_its_window() {
+        let (levels, weights) = planning_grid();
+        // Demand climbing from 10 to 40 over 12 steps, a spread of a tenth.
+        let demand: Vec<f64> = (0..12)
+            .flat_map(|k| {
+                let centre = 10.0 + 2.5 * k as f64;
+                levels.iter().map(move |q| centre * (1.0 + 0.1 * (q - 0.5)))
+            })
+            .collect();
+        let input = |limit: Option<u32>| PlanInput {
+            pool: 12,
+            arrivals: &[12, 12],
+            boot_steps: 2,
+            min: 1,
+            max: 1000,
+            max_step_up: limit,
+            max_step_down: limit,
+            penalty: 50.0,
+            demand: &demand,
+            weights: &weights,
+        };
+        let free = stage_windows(&input(None));
+        assert!(free.windows(2).any(|w| w[0] != w[1]), "{free:?}");
+        assert_eq!(stage_windows(&input(Some(1_000))), free);
+        let union = stage_windows(&input(Some(3)));
+        assert!(union.iter().all(|&w| w == union[0]), "{union:?}");
+        let plan = |limit| plan_capacity(&input(limit), &mut Solver::default()).unwrap();
+        assert_eq!(plan(Some(1_000)), plan(None));
+        // Limits that bind still hold.
+        let limited = plan(Some(3));
+        let mut prev = 12;
+        for &kept in &limited.kept {
+            assert!(kept.abs_diff(prev) <= 3, "{:?}", limited.kept);
+            prev = kept;
         }
     }
 
