@@ -1,6 +1,9 @@
 //! Speed of the planner's parts: one plan over H steps and N candidate sizes, one
 //! forecaster update, and one whole `dp` tick.
 
+// Benchmark and example code: a panic is a failure of the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -13,6 +13,9 @@
 //! the baselines.
 //! `BASELINES_SIM_EXPLAIN=FROM..TO` prints the decisions of those steps with their reasons.
 
+// Benchmark and example code: a panic is a failure of the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use fleetscale_policies::{Observation, PolicyConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -10,6 +10,9 @@
 //! The CSV is read with the standard library only: a header line, comma-separated fields
 //! without quoting.
 
+// Benchmark and example code: a panic is a failure of the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::process::ExitCode;
 
 #[path = "support/trace.rs"]

@@ -24,6 +24,9 @@
 //! [1, unbounded]); launches serve `L = ceil(boot / step)` steps later and are billed at
 //! once; scale-in removes the newest instances first.
 
+// Benchmark and example code: a panic is a failure of the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,9 @@
 //! The history is a daily cycle with noise, as ./scripts/many-fleets.py's fleets see
 //! (defaults: 10 s steps, 20,160 steps, a boot of 3 steps).
 
+// Benchmark and example code: a panic is a failure of the run.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

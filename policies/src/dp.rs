@@ -19,6 +19,12 @@
 //! greatest one (componentwise): ties prefer the larger size, which keeps plans monotone
 //! in their inputs.
 
+// Indexing here is into the program's own arrays (values, costs, back-pointers, ranges),
+// all sized at the start of each solve from the same stage ranges, with indices taken from
+// loops over those ranges: never from an input value. Its hot loops (a stage's minima)
+// are written as zipped slices where that reads as well.
+#![allow(clippy::indexing_slicing)]
+
 use std::fmt;
 
 /// Bounds and step limits of one stage.

@@ -16,6 +16,12 @@
 //! size wanted now: the instances kept now plus the launches whose capacity is needed at
 //! step `L`.
 
+// Indexing here is into buffers the planner sizes itself: quantile rows of
+// `horizon * levels` values, stage windows and costs of the plan's own stages, and the
+// observation's history, within its length (`from..len`, `..=i` for i < len). Indices come
+// from loops over those lengths, never from an input value.
+#![allow(clippy::indexing_slicing)]
+
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The baseline policies on hand-made traces with known answers, under the fleet model of
 //! the replay benchmark, and the policy configs they are built from.
 
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use fleetscale_policies::baselines::{
     AdjustmentType, Predictive, PredictiveConfig, SeasonalForecast, StaticConfig, StepAdjustment,
     StepPolicy, StepScaling, StepScalingConfig, TargetTracking, TargetTrackingConfig,

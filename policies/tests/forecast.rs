@@ -3,6 +3,9 @@
 //! and ordered by quantile; on a clean seasonal series the quantiles cover the truth at
 //! about their nominal rate.
 
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use fleetscale_policies::forecast::{AdaptiveForecaster, ForecastSettings, Forecaster};

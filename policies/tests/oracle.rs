@@ -2,6 +2,9 @@
 //! model of the benchmark's controller (launches serve `L` steps later, newest-first
 //! scale-in, billed from launch).
 
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use fleetscale_policies::oracle::{self, OracleError, OracleSchedule};

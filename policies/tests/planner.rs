@@ -2,6 +2,9 @@
 //! monotonicity in the forecast, and the `dp` policy end to end on a small model of the
 //! benchmark's controller.
 
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::time::Duration;
 
 use fleetscale_policies::dp::Solver;
