@@ -140,6 +140,22 @@ struct History {
 }
 
 impl History {
+    /// Keeps only the latest `steps` (and the gap at the end, still to be filled).
+    fn keep_latest(&mut self, steps: usize) {
+        let keep = steps.max(self.gap);
+        let drop = self.demand.len().saturating_sub(keep);
+        if drop == 0 {
+            return;
+        }
+        self.demand.drain(..drop);
+        self.serving.drain(..drop);
+        let room = keep.max(64);
+        if self.demand.capacity() > 2 * room {
+            self.demand.shrink_to(room);
+            self.serving.shrink_to(room);
+        }
+    }
+
     fn push(&mut self, demand: f64, serving: f64) {
         if self.demand.len() == MAX_HISTORY {
             self.demand.pop_front();
@@ -522,7 +538,10 @@ impl FleetController {
                 None => handle.await,
             };
             match done {
-                Ok((policy, history, decision)) => {
+                Ok((policy, mut history, decision)) => {
+                    if let Some(steps) = policy.history_kept() {
+                        history.keep_latest(steps);
+                    }
                     self.policy = policy;
                     self.history = history;
                     self.decided = true;
@@ -536,7 +555,11 @@ impl FleetController {
                 }
             }
         } else {
-            ask(self.policy.as_mut(), &mut self.history, &fleet, &boot_times)
+            let decision = ask(self.policy.as_mut(), &mut self.history, &fleet, &boot_times);
+            if let Some(steps) = self.policy.history_kept() {
+                self.history.keep_latest(steps);
+            }
+            decision
         };
         report.decide_time = started.elapsed();
         report.desired = Some(decision.desired);
@@ -1002,6 +1025,25 @@ mod tests {
         assert_eq!(history.demand.len(), MAX_HISTORY);
         assert_eq!(history.steps_seen, (MAX_HISTORY + 100) as u64);
         assert_eq!(history.demand.front(), Some(&100.0));
+        // A policy that keeps what it learnt lets the history go, but for the gap that
+        // is still to be filled from the signal.
+        let mut short = History::default();
+        for i in 0..1000 {
+            short.push(i as f64, 1.0);
+        }
+        short.gap = 3;
+        short.keep_latest(0);
+        assert_eq!(
+            short.demand.iter().copied().collect::<Vec<_>>(),
+            [997.0, 998.0, 999.0]
+        );
+        assert_eq!(short.serving.len(), 3);
+        assert_eq!(short.steps_seen, 1000);
+        assert!(
+            short.demand.capacity() <= 128,
+            "{}",
+            short.demand.capacity()
+        );
         // Doubling would leave room for 32,768 steps.
         for room in [history.demand.capacity(), history.serving.capacity()] {
             assert!(room < MAX_HISTORY + MAX_HISTORY / 7, "{room}");

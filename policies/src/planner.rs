@@ -1059,6 +1059,12 @@ impl Policy for DpPlanner {
         "dp"
     }
 
+    /// Once warmed up, the planner reads only the steps added since its last decision:
+    /// its forecaster, target and peak hold what it learnt from the others.
+    fn history_kept(&self) -> Option<usize> {
+        self.state.as_ref().map(|_| 0)
+    }
+
     fn decide(&mut self, obs: &Observation<'_>) -> Decision {
         if self.is_fresh(obs) {
             self.rehearse(obs);

@@ -88,4 +88,12 @@ pub trait Policy: Send + std::fmt::Debug {
     /// The name it is selected by in configs and on the command line.
     fn name(&self) -> &str;
     fn decide(&mut self, obs: &Observation<'_>) -> Decision;
+
+    /// How many steps of the history shown at this decision the policy reads at its
+    /// later ones (besides the steps added after it): `None`, the default, when it may
+    /// read all it is given. A policy that keeps what it has learnt needs only the new
+    /// steps, and the controller then keeps no more history than that between decisions.
+    fn history_kept(&self) -> Option<usize> {
+        None
+    }
 }
