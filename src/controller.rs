@@ -399,9 +399,10 @@ impl FleetController {
     }
 
     async fn steps(&mut self, now: SystemTime, report: &mut TickReport) -> StepResult<()> {
+        let permit = self.warm_up_permit(report).await?;
         let seen = self.observe(now, report).await?;
         self.check_paused(now, &seen.account, report)?;
-        let wanted = self.decide(&seen, report).await;
+        let wanted = self.decide(&seen, permit, report).await;
         let intent = self.guard(now, &seen, wanted, report);
         self.act(now, &seen, intent, report).await;
         Ok(())
@@ -477,7 +478,39 @@ impl FleetController {
     /// tokio's blocking pool, so that a long plan or warm-up never holds up the workers
     /// that run the other fleets, the signal handler and `/metrics`; a policy that panics
     /// there panics this fleet's task.
-    async fn decide(&mut self, seen: &Observed, report: &mut TickReport) -> u32 {
+    /// Warm-ups (a policy's first decision, over the whole history) run no more than one
+    /// per core at once: a hundred fleets starting together then decide one after
+    /// another rather than all at the end, and the fleets already running decide
+    /// meanwhile without waiting. The wait comes before the tick reads anything, so that
+    /// a fleet reads its history (the signal's, up to 20,160 steps) only once it may
+    /// use it: fleets waiting their turn hold none.
+    async fn warm_up_permit(
+        &mut self,
+        report: &mut TickReport,
+    ) -> StepResult<Option<tokio::sync::OwnedSemaphorePermit>> {
+        let offload = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if self.decided || !offload {
+            return Ok(None);
+        }
+        match &mut self.stop {
+            Some(stop) => tokio::select! {
+                permit = warming_up().acquire_owned() => Ok(permit.ok()),
+                _ = stop.wait_for(|stop| *stop) => {
+                    report.reason = "stopping: no decision was started; nothing changed".into();
+                    Err(Stop)
+                }
+            },
+            None => Ok(warming_up().acquire_owned().await.ok()),
+        }
+    }
+
+    async fn decide(
+        &mut self,
+        seen: &Observed,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        report: &mut TickReport,
+    ) -> u32 {
         let account = &seen.account;
         if seen.signal.is_err() {
             report.reason = "holding: no trustworthy signal".into();
@@ -499,25 +532,7 @@ impl FleetController {
         let offload = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let decision = if offload {
-            // Warm-ups (a policy's first decision, over the whole history) run no more
-            // than one per core at once: a hundred fleets starting together then decide
-            // one after another rather than all at the end, and the fleets already
-            // running decide meanwhile without waiting.
-            let mut stop = self.stop.clone();
-            let permit = if self.decided {
-                None
-            } else {
-                match &mut stop {
-                    Some(stop) => tokio::select! {
-                        permit = warming_up().acquire_owned() => permit.ok(),
-                        _ = stop.wait_for(|stop| *stop) => {
-                            report.reason = "stopping: no decision was started; nothing changed".into();
-                            return account.active();
-                        }
-                    },
-                    None => warming_up().acquire_owned().await.ok(),
-                }
-            };
+            let stop = self.stop.clone();
             let mut policy = std::mem::replace(&mut self.policy, Box::new(Holding));
             let mut history = std::mem::take(&mut self.history);
             let handle = tokio::task::spawn_blocking(move || {

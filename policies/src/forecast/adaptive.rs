@@ -11,6 +11,8 @@ const DAY: f64 = 86_400.0;
 /// Memory and time per step grow with the longest horizon tracked (the ring of forecasts
 /// made) and the logarithm of it (the horizons scored).
 const MAX_TRACKED_HORIZON: usize = 1440;
+/// The damping of the trended members' trends, per step.
+const TREND_PHI: f64 = 0.9;
 /// Members of the ensemble: four smoothing weights, with and without a damped trend,
 /// with and without the seasonal profiles.
 const MEMBERS: usize = 16;
@@ -66,9 +68,10 @@ impl Member {
     }
 
     /// This member's forecast from `[level, trend]`, with `damping` the damped-trend
-    /// multiplier of the horizon and `season` the target's seasonal offset.
+    /// multiplier of the horizon for [`TREND_PHI`] and `season` the target's seasonal
+    /// offset. A member without a trend has none to damp (`phi = 0`).
     fn forecast(&self, [level, trend]: [f64; 2], damping: f64, season: f64) -> f64 {
-        let trend = damping * trend;
+        let trend = if self.phi == 0.0 { 0.0 } else { damping } * trend;
         level + trend + if self.seasonal { season } else { 0.0 }
     }
 }
@@ -175,9 +178,9 @@ pub struct AdaptiveForecaster {
     members: Vec<Member>,
     /// The horizons scored (ascending, from 1), as the errors track them.
     horizons: Vec<usize>,
-    /// Damped-trend multipliers: `damping[h][k] = phi + ... + phi^h` for member `k`, for
+    /// Damped-trend multipliers: `damping[h] = phi + ... + phi^h` for [`TREND_PHI`], for
     /// `h` in `0 ..= max_horizon`.
-    damping: Vec<[f64; MEMBERS]>,
+    damping: Vec<f64>,
     /// Member states after each of the last `max_horizon` steps: ring of `[level, trend]`.
     history: Vec<[[f64; 2]; MEMBERS]>,
     /// Combined forecasts made after each of the last `max_horizon` steps (ring, row per
@@ -223,7 +226,7 @@ impl AdaptiveForecaster {
                     members.push(Member {
                         alpha,
                         beta: if trended { 0.2 } else { 0.0 },
-                        phi: if trended { 0.9 } else { 0.0 },
+                        phi: if trended { TREND_PHI } else { 0.0 },
                         seasonal,
                         level: 0.0,
                         trend: 0.0,
@@ -231,15 +234,12 @@ impl AdaptiveForecaster {
                 }
             }
         }
-        let mut sum = [0.0; MEMBERS];
-        let mut power = [1.0; MEMBERS];
+        let (mut sum, mut power) = (0.0, 1.0);
         let damping = (0..=max_horizon)
             .map(|_| {
                 let here = sum;
-                for ((sum, power), m) in sum.iter_mut().zip(&mut power).zip(&members) {
-                    *power *= m.phi;
-                    *sum += *power;
-                }
+                power *= TREND_PHI;
+                sum += power;
                 here
             })
             .collect();
@@ -335,7 +335,11 @@ impl AdaptiveForecaster {
             ) else {
                 continue;
             };
-            let columns = self.members.iter().zip(states).zip(damping);
+            let columns = self
+                .members
+                .iter()
+                .zip(states)
+                .zip(std::iter::repeat(damping));
             for (((member, &state), &damping), (error, samples)) in
                 columns.zip(errors.iter_mut().zip(samples.iter_mut()))
             {
@@ -492,7 +496,12 @@ impl AdaptiveForecaster {
         let best = best.max(1e-300);
         let (mut sum, mut weights) = (0.0, 0.0);
         let counts = samples_below.iter().zip(samples_above);
-        let columns = self.members.iter().zip(&error).zip(counts).zip(damping);
+        let columns = self
+            .members
+            .iter()
+            .zip(&error)
+            .zip(counts)
+            .zip(std::iter::repeat(damping));
         for (((member, &error), (&n0, &n1)), &damping) in columns {
             let samples = n0.min(n1);
             // Close to choosing the best member, without jumping between near-equals.
