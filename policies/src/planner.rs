@@ -1042,9 +1042,9 @@ impl DpPlanner {
             if i >= warm_from && i + 1 < obs.demand.len() {
                 state
                     .forecaster
-                    .forecast_into(at + 1, &levels[..m], quantiles);
+                    .forecast_step_into(at + 1, &levels[..m], quantiles);
                 let ceiling = state.ceiling();
-                let row = &mut quantiles[at * m..(at + 1) * m];
+                let row = &mut quantiles[..m];
                 row.iter_mut().for_each(|d| *d = d.min(ceiling));
                 state.target.penalty(row, weights);
             }

@@ -541,9 +541,26 @@ impl Forecaster for AdaptiveForecaster {
     }
 
     fn forecast_into(&self, horizon: usize, quantiles: &[f64], out: &mut Vec<f64>) {
+        self.forecast_steps_into(1..=horizon, quantiles, out);
+    }
+}
+
+impl AdaptiveForecaster {
+    /// Quantiles of the value `horizon` steps after the last observed step alone (as row
+    /// `horizon - 1` of [`Forecaster::forecast_into`]).
+    pub fn forecast_step_into(&self, horizon: usize, quantiles: &[f64], out: &mut Vec<f64>) {
+        self.forecast_steps_into(horizon.max(1)..=horizon.max(1), quantiles, out);
+    }
+
+    fn forecast_steps_into(
+        &self,
+        horizons: std::ops::RangeInclusive<usize>,
+        quantiles: &[f64],
+        out: &mut Vec<f64>,
+    ) {
         out.clear();
         if self.values == 0 {
-            out.resize(horizon * quantiles.len(), 0.0);
+            out.resize(horizons.count() * quantiles.len(), 0.0);
             return;
         }
         let mut z = Vec::with_capacity(quantiles.len());
@@ -557,7 +574,7 @@ impl Forecaster for AdaptiveForecaster {
             .get(slot * scored..(slot + 1) * scored)
             .unwrap_or_default();
         let mut j = 0;
-        for h in 1..=horizon {
+        for h in horizons {
             while self.horizons.get(j).is_some_and(|&tracked| tracked < h) {
                 j += 1;
             }
@@ -584,6 +601,27 @@ mod tests {
             step: Duration::from_secs(step),
             max_horizon: 10,
             unit: 1.0,
+        }
+    }
+
+    #[test]
+    fn one_step_alone_is_that_row_of_the_whole_forecast() {
+        let mut f = AdaptiveForecaster::new(ForecastSettings {
+            step: Duration::from_secs(10),
+            max_horizon: 100,
+            unit: 1.0,
+        });
+        for t in 0..3000 {
+            f.observe(20.0 + 5.0 * (t as f64 / 300.0).sin() + (t % 7) as f64);
+        }
+        let levels = [0.01, 0.5, 0.9, 0.999];
+        let mut all = Vec::new();
+        f.forecast_into(100, &levels, &mut all);
+        let mut one = Vec::new();
+        // Tracked horizons and one between two of them (33 and 40 are tracked).
+        for h in [1, 4, 33, 37, 100] {
+            f.forecast_step_into(h, &levels, &mut one);
+            assert_eq!(one[..], all[(h - 1) * 4..h * 4], "horizon {h}");
         }
     }
 
