@@ -84,8 +84,10 @@ fn mutate(text: &str, mutation: &Mutation) -> String {
             }
         }
         Mutation::OddValue(i, v) => {
-            let line = &mut lines[i % n];
-            if let Some(at) = line.find('=') {
+            // An earlier mutation may have left no line (a truncation to nothing).
+            if let Some(line) = lines.get_mut(i % n)
+                && let Some(at) = line.find('=')
+            {
                 line.truncate(at + 1);
                 line.push(' ');
                 line.push_str(ODD_VALUES[v % ODD_VALUES.len()]);
