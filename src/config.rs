@@ -396,6 +396,9 @@ fn signal_problems(signal: &SignalConfig) -> Vec<(&'static str, String)> {
             if t.step.is_zero() {
                 problems.push(("step", "must be longer than 0s".into()));
             }
+            if t.start_row.is_some() && t.start_at.is_some() {
+                problems.push(("start_at", "give start_row or start_at, not both".into()));
+            }
             if !t.path.is_file() {
                 problems.push((
                     "path",

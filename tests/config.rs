@@ -266,3 +266,22 @@ fn ticks_boot_delays_and_histories_out_of_range_are_named() {
         );
     }
 }
+
+#[test]
+fn a_trace_started_by_both_row_and_offset_is_refused_naming_the_field() {
+    let trace = repo().join("tests/data/worldcup98-excerpt.csv");
+    assert!(trace.is_file(), "{} is missing", trace.display());
+    let text = format!(
+        "[[fleets]]\nname = \"web\"\n[fleets.adapter]\nkind = \"mock\"\n[fleets.signal]\n\
+         kind = \"trace\"\npath = {:?}\ncolumn = \"count\"\nper_instance = 1000.0\n\
+         start_row = 60\nstart_at = \"1h\"\n[fleets.guards]\nmax = 10\n",
+        trace.display().to_string()
+    );
+    let found = problems(&text);
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("fleets[0].signal.start_at") && p.contains("not both")),
+        "{found:?}"
+    );
+}

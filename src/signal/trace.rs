@@ -122,6 +122,24 @@ pub struct TraceConfig {
     /// Start again from the first row after the last.
     #[serde(default = "default_true", rename = "loop")]
     pub repeat: bool,
+    /// The row (0: the first data row) that plays when the agent starts. The rows
+    /// before it are the signal's past: the history read at start.
+    #[serde(default)]
+    pub start_row: Option<u64>,
+    /// Or how far into the trace, in the trace's own time, playing starts (rounded down
+    /// to a row), e.g. `"1d"` to start with a day of history.
+    #[serde(with = "humantime_serde", default)]
+    pub start_at: Option<Duration>,
+}
+
+impl TraceConfig {
+    /// The row that plays first: `start_row`, or `start_at` in rows, or 0.
+    pub fn first_row(&self) -> u64 {
+        let by_offset = self.start_at.map(|at| {
+            (at.as_nanos() / self.step.as_nanos().max(1)).min(u128::from(u64::MAX)) as u64
+        });
+        self.start_row.or(by_offset).unwrap_or(0)
+    }
 }
 
 fn default_trace_step() -> Duration {
@@ -179,13 +197,35 @@ impl TraceSignal {
         self.lost.get(index as usize).copied().unwrap_or(false)
     }
 
+    /// Plays `config`'s trace from its first row (`start_row`, `start_at`) at `start`:
+    /// the rows before it are past by then, and serve as history.
     pub fn from_config(config: &TraceConfig, start: SystemTime) -> Result<Self, TraceError> {
         let values = load_column(&config.path, &config.column)?;
+        let invalid = |message: String| TraceError::Invalid {
+            path: config.path.clone(),
+            message,
+        };
+        let first = config.first_row();
+        if first >= values.len() as u64 {
+            return Err(invalid(format!(
+                "starts at row {first} (start_row, start_at), but the trace has {} rows",
+                values.len()
+            )));
+        }
         let row = config.step.div_f64(config.speedup);
+        // The trace began `first` rows before `start`, in wall time.
+        let played = u32::try_from(first)
+            .ok()
+            .and_then(|first| row.checked_mul(first));
+        let Some(began) = played.and_then(|played| start.checked_sub(played)) else {
+            return Err(invalid(format!(
+                "row {first} is too far into the trace to start at (rows of {row:?})"
+            )));
+        };
         Ok(Self::new(
             &values,
             config.per_instance,
-            start,
+            began,
             row,
             config.repeat,
         ))
@@ -242,9 +282,12 @@ impl SignalSource for TraceSignal {
 
     async fn latest(&mut self, now: SystemTime, _serving: u32) -> Result<f64, SignalError> {
         match self.completed(now) {
-            0 => Err(SignalError::Missing(
-                "the trace has not completed its first row yet".into(),
-            )),
+            0 => Err(SignalError::Missing(format!(
+                "the trace has not completed its first row yet (a row lasts {:?}: its step \
+                 over the speedup); start_row or start_at starts later in the trace, with \
+                 the rows before as history",
+                self.row
+            ))),
             done if self.is_lost(done - 1) => Err(SignalError::Missing(format!(
                 "row {} of the trace is lost",
                 done - 1
@@ -253,5 +296,54 @@ impl SignalSource for TraceSignal {
                 SignalError::Missing(format!("the trace ended after {} rows", self.demand.len()))
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, extra: &str) -> TraceConfig {
+        let path = dir.join("trace.csv");
+        std::fs::write(&path, "t,count\n0,10\n1,20\n2,30\n3,40\n4,50\n").unwrap();
+        let text = format!(
+            "path = {:?}\ncolumn = \"count\"\nper_instance = 10.0\nstep = \"60s\"\nloop = false\n{extra}",
+            path.display().to_string()
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_trace_started_later_serves_the_rows_before_as_history() {
+        let dir = std::env::temp_dir().join(format!("fleetscale-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let minute = Duration::from_secs(60);
+        for extra in [
+            "start_row = 3",
+            "start_at = \"3m\"",
+            "start_at = \"3m 30s\"",
+        ] {
+            let config = config(&dir, extra);
+            assert_eq!(config.first_row(), 3, "{extra}");
+            let mut trace = TraceSignal::from_config(&config, start).unwrap();
+            let past = trace.history(start, minute, 10, 0).await.unwrap();
+            assert_eq!(past, [1.0, 2.0, 3.0], "{extra}");
+            assert_eq!(trace.latest(start + minute, 0).await.unwrap(), 4.0);
+        }
+        // From the first row, a start has no history and no value until a row is done.
+        let mut cold = TraceSignal::from_config(&config(&dir, ""), start).unwrap();
+        assert!(cold.history(start, minute, 10, 0).await.unwrap().is_empty());
+        let missing = cold.latest(start, 0).await.unwrap_err().to_string();
+        assert!(missing.contains("start_row or start_at"), "{missing}");
+        // A start beyond the trace is refused, naming both settings.
+        let beyond = TraceSignal::from_config(&config(&dir, "start_row = 5"), start)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            beyond.contains("start_row") && beyond.contains("5 rows"),
+            "{beyond}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
