@@ -16,12 +16,6 @@
 //! size wanted now: the instances kept now plus the launches whose capacity is needed at
 //! step `L`.
 
-// Indexing here is into buffers the planner sizes itself: quantile rows of
-// `horizon * levels` values, stage windows and costs of the plan's own stages, and the
-// observation's history, within its length (`from..len`, `..=i` for i < len). Indices come
-// from loops over those lengths, never from an input value.
-#![allow(clippy::indexing_slicing)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
@@ -139,7 +133,10 @@ const SHOWN: [f64; 4] = [0.05, 0.5, 0.95, 0.999];
 pub fn planning_grid() -> (Vec<f64>, Vec<f64>) {
     BIN_EDGES
         .windows(2)
-        .map(|w| ((w[0] + w[1]) / 2.0, w[1] - w[0]))
+        .filter_map(|w| match *w {
+            [lo, hi] => Some(((lo + hi) / 2.0, hi - lo)),
+            _ => None,
+        })
         .unzip()
 }
 
@@ -196,7 +193,7 @@ impl PlanInput<'_> {
 
     fn points(&self, k: usize) -> &[f64] {
         let m = self.weights.len();
-        &self.demand[k * m..(k + 1) * m]
+        self.demand.get(k * m..(k + 1) * m).unwrap_or_default()
     }
 
     /// Serving capacity of `kept` instances at stage `k`.
@@ -217,15 +214,14 @@ fn expected_shortfall(points: &[f64], weights: &[f64], lo: u32, out: &mut [f64])
         above_sum += w * d;
         above_weight += w;
     }
-    let mut next = 0;
+    let mut remaining = points.iter().zip(weights).peekable();
     for (i, slot) in out.iter_mut().enumerate() {
         let x = f64::from(lo) + i as f64;
-        while next < points.len() && points[next] <= x {
-            above_sum -= weights[next] * points[next];
-            above_weight -= weights[next];
-            next += 1;
+        while let Some((&d, &w)) = remaining.next_if(|&(&d, _)| d <= x) {
+            above_sum -= w * d;
+            above_weight -= w;
         }
-        *slot = if next == points.len() {
+        *slot = if remaining.peek().is_none() {
             0.0
         } else {
             (above_sum - x * above_weight).max(0.0)
@@ -305,7 +301,14 @@ fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
                 lo = lo.min(input.serving(k, u32::MAX));
             }
             let near = k.saturating_sub(l)..(k + l + 1).min(h);
-            let hi = tops[near].iter().copied().max().unwrap_or(0).max(lo);
+            let hi = tops
+                .get(near)
+                .unwrap_or_default()
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
+                .max(lo);
             (lo, hi)
         })
         .collect();
@@ -394,11 +397,17 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
         + f64::from(input.boot_steps) * launches as f64;
     let launch_now = match l {
         0 => 0,
-        l if l < h => kept[l].saturating_sub(kept[l - 1]),
-        _ => 0,
+        l => match (kept.get(l - 1), kept.get(l)) {
+            (Some(before), Some(&at)) => at.saturating_sub(*before),
+            _ => 0,
+        },
     };
     Ok(CapacityPlan {
-        desired_billed: kept[0].saturating_add(launch_now),
+        desired_billed: kept
+            .first()
+            .copied()
+            .unwrap_or(input.pool)
+            .saturating_add(launch_now),
         launch_now,
         kept,
         serving,
@@ -550,9 +559,8 @@ impl ServiceTarget {
     pub fn new(max_unserved: f64, steps_per_day: f64, boot_steps: u32) -> Self {
         let top = 1.0 / max_unserved;
         let mut ladder = vec![(f64::from(boot_steps) + LADDER_ABOVE_LAUNCH).min(top)];
-        while ladder.last().is_some_and(|&p| p < top) {
-            let next = (ladder[ladder.len() - 1] * LADDER_RATIO).min(top);
-            ladder.push(next);
+        while let Some(&p) = ladder.last().filter(|&&p| p < top) {
+            ladder.push((p * LADDER_RATIO).min(top));
         }
         ServiceTarget {
             target: max_unserved,
@@ -644,10 +652,9 @@ impl ServiceTarget {
         let d = self.discount;
         if mean.is_finite() && mean >= 0.0 {
             self.ladder_demand = d * self.ladder_demand + mean;
-            for (j, &p) in self.ladder.iter().enumerate() {
+            for (unserved, &p) in self.ladder_unserved.iter_mut().zip(&self.ladder) {
                 let keep = upper_point(points, weights, 1.0 / p).ceil();
-                self.ladder_unserved[j] =
-                    d * self.ladder_unserved[j] + shortfall_at(points, weights, to_size(keep));
+                *unserved = d * *unserved + shortfall_at(points, weights, to_size(keep));
             }
         }
         // A quarter of the allowance of a whole window of the demand seen: before the
@@ -677,20 +684,26 @@ impl ServiceTarget {
             aim
         };
         let allowed = aim * self.ladder_demand;
-        let last = self.ladder.len() - 1;
-        let value = match self.ladder_unserved.iter().position(|&u| u <= allowed) {
-            Some(0) => self.ladder[0],
-            Some(j) => {
-                // Log-linear between the last penalty above the allowance and this one.
-                let (hi, lo) = (self.ladder_unserved[j - 1], self.ladder_unserved[j]);
-                let frac = if hi > lo && lo > 0.0 {
-                    ((hi / allowed).ln() / (hi / lo).ln()).clamp(0.0, 1.0)
-                } else {
-                    1.0
-                };
-                self.ladder[j - 1] * (self.ladder[j] / self.ladder[j - 1]).powf(frac)
-            }
-            None => self.ladder[last],
+        let top = self.ladder.last().copied().unwrap_or(1.0 / self.target);
+        let first_within = self.ladder_unserved.iter().position(|&u| u <= allowed);
+        let value = match first_within.and_then(|j| j.checked_sub(1)) {
+            // Log-linear between the last penalty above the allowance and this one.
+            Some(above) => match (
+                self.ladder_unserved.get(above..=above + 1),
+                self.ladder.get(above..=above + 1),
+            ) {
+                (Some(&[hi, lo]), Some(&[p_hi, p_lo])) => {
+                    let frac = if hi > lo && lo > 0.0 {
+                        ((hi / allowed).ln() / (hi / lo).ln()).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    };
+                    p_hi * (p_lo / p_hi).powf(frac)
+                }
+                _ => top,
+            },
+            None if first_within == Some(0) => self.ladder.first().copied().unwrap_or(top),
+            None => top,
         };
         // What the rule expects at this penalty, to compare with what will occur.
         let keep = upper_point(points, weights, 1.0 / value).ceil();
@@ -817,7 +830,10 @@ fn lead_steps(obs: &Observation<'_>) -> u32 {
     secs.sort_by(f64::total_cmp);
     let rank = ((BOOT_LEAD_QUANTILE * secs.len() as f64).ceil() as usize).clamp(1, secs.len());
     let step = obs.step.as_secs_f64().max(1e-3);
-    let observed = (secs[rank - 1] / step - 1e-9).ceil();
+    let Some(&at_rank) = secs.get(rank - 1) else {
+        return nominal;
+    };
+    let observed = (at_rank / step - 1e-9).ceil();
     let most = nominal.saturating_mul(4).max(1);
     (observed.clamp(0.0, f64::from(most)) as u32).max(nominal)
 }
@@ -915,8 +931,10 @@ impl DpPlanner {
         // within seconds.
         let stride = steps.div_ceil(REHEARSED_PLANS);
         let l = obs.boot_steps as usize;
-        let first_known = obs.demand[..=start]
+        let first_known = obs
+            .demand
             .iter()
+            .take(start + 1)
             .rev()
             .copied()
             .find(|d| d.is_finite())
@@ -925,16 +943,21 @@ impl DpPlanner {
         // Launches by the step they serve from, as (step, count).
         let mut booting: VecDeque<(usize, u32)> = VecDeque::new();
         let mut served = vec![f64::NAN; len];
-        let known = obs.serving_history.len().min(len);
-        served[..known].copy_from_slice(&obs.serving_history[..known]);
+        for (slot, &was) in served.iter_mut().zip(obs.serving_history) {
+            *slot = was;
+        }
         for i in start..len - 1 {
             while booting.front().is_some_and(|&(at, _)| at <= i) {
                 serving += booting.pop_front().map_or(0, |b| b.1);
             }
             let in_boot: u32 = booting.iter().map(|b| b.1).sum();
+            let (Some(demand), Some(serving_history)) = (obs.demand.get(..=i), served.get(..=i))
+            else {
+                break;
+            };
             let rehearsed = Observation {
-                demand: &obs.demand[..=i],
-                serving_history: &served[..=i],
+                demand,
+                serving_history,
                 steps_seen: obs.steps_seen - (len - 1 - i) as u64,
                 serving,
                 active: serving + in_boot,
@@ -965,7 +988,9 @@ impl DpPlanner {
                 }
                 serving -= surplus.min(serving);
             }
-            served[i + 1] = f64::from(serving);
+            if let Some(slot) = served.get_mut(i + 1) {
+                *slot = f64::from(serving);
+            }
         }
     }
 
@@ -1027,26 +1052,25 @@ impl DpPlanner {
             .min(obs.demand.len() as u64) as usize;
         let from = obs.demand.len() - new;
         let first_step = obs.steps_seen.saturating_sub(obs.demand.len() as u64);
-        for i in from..obs.demand.len() {
-            state.forecaster.observe(obs.demand[i]);
-            state.outage.observe(obs.demand[i]);
+        let len = obs.demand.len();
+        let levels = levels.get(..m).unwrap_or(levels);
+        for (i, &demand) in obs.demand.iter().enumerate().skip(from) {
+            state.forecaster.observe(demand);
+            state.outage.observe(demand);
             let serving = obs.serving_history.get(i).copied().unwrap_or(f64::NAN);
-            state
-                .target
-                .observe(first_step + i as u64, obs.demand[i], serving);
+            state.target.observe(first_step + i as u64, demand, serving);
             state.recent_peak *= state.peak_decay;
-            if obs.demand[i].is_finite() {
-                state.recent_peak = state.recent_peak.max(obs.demand[i]);
+            if demand.is_finite() {
+                state.recent_peak = state.recent_peak.max(demand);
                 state.values_seen += 1;
             }
-            if i >= warm_from && i + 1 < obs.demand.len() {
+            if i >= warm_from && i + 1 < len {
                 state
                     .forecaster
-                    .forecast_step_into(at + 1, &levels[..m], quantiles);
+                    .forecast_step_into(at + 1, levels, quantiles);
                 let ceiling = state.ceiling();
-                let row = &mut quantiles[..m];
-                row.iter_mut().for_each(|d| *d = d.min(ceiling));
-                state.target.penalty(row, weights);
+                quantiles.iter_mut().for_each(|d| *d = d.min(ceiling));
+                state.target.penalty(quantiles, weights);
             }
         }
         state.steps_seen = obs.steps_seen;
@@ -1096,20 +1120,20 @@ impl DpPlanner {
             .forecast_into(h, &self.levels, &mut self.quantiles);
         let ceiling = state.ceiling();
         self.demand.clear();
-        for k in 0..h {
-            let row = &mut self.quantiles[k * (m + shown)..(k + 1) * (m + shown)];
+        for row in self.quantiles.chunks_exact_mut(m + shown).take(h) {
             row.iter_mut().for_each(|d| *d = d.min(ceiling));
-            self.demand.extend_from_slice(&row[..m]);
+            self.demand.extend(row.iter().take(m));
         }
         state.booting.update(obs.steps_seen, obs.booting, l);
         state
             .booting
             .arrivals(obs.steps_seen, obs.serving, l, &mut self.arrivals);
         let first_launch_stage = (l as usize).min(h - 1);
-        let penalty = state.target.penalty(
-            &self.demand[first_launch_stage * m..(first_launch_stage + 1) * m],
-            &self.weights,
-        );
+        let first_served = self
+            .demand
+            .get(first_launch_stage * m..(first_launch_stage + 1) * m)
+            .unwrap_or_default();
+        let penalty = state.target.penalty(first_served, &self.weights);
         // After the penalty, which is calibrated on the forecast alone.
         let recovery = state
             .outage
@@ -1139,29 +1163,43 @@ impl DpPlanner {
         state
             .target
             .release(obs.steps_seen, input.pool.saturating_sub(desired));
-        state.target.commit(
-            obs.steps_seen + at as u64,
-            &penalty,
-            f64::from(plan.serving[at]),
-        );
-        let forecast: Vec<Vec<(f64, f64)>> = (0..h)
-            .map(|k| {
-                let row = &self.quantiles[k * (m + shown) + m..(k + 1) * (m + shown)];
-                SHOWN.iter().copied().zip(row.iter().copied()).collect()
+        let serving_at = plan.serving.get(at).copied().unwrap_or(obs.serving);
+        let serving_first = plan.serving.first().copied().unwrap_or(obs.serving);
+        let kept_first = plan.kept.first().copied().unwrap_or(input.pool);
+        state
+            .target
+            .commit(obs.steps_seen + at as u64, &penalty, f64::from(serving_at));
+        let forecast: Vec<Vec<(f64, f64)>> = self
+            .quantiles
+            .chunks_exact(m + shown)
+            .take(h)
+            .map(|row| {
+                SHOWN
+                    .iter()
+                    .copied()
+                    .zip(row.iter().skip(m).copied())
+                    .collect()
             })
             .collect();
+        // The shown quantiles at the first step a launch can serve: 0.5, 0.95, 0.999.
+        let shown_at = |i: usize| {
+            forecast
+                .get(at)
+                .and_then(|row| row.get(i))
+                .map_or(f64::NAN, |q| q.1)
+        };
         let reason = format!(
             "dp: demand in {at} steps p50 {:.2} p95 {:.2} p99.9 {:.2}; serving {} -> {} then {}; \
              launch {}, keep {} of {}; penalty {:.1} (aiming at {:.3}% unserved: unserved \
              seen/expected {:.2}); expected unserved {:.3} instance-steps over {h} steps",
-            forecast[at][1].1,
-            forecast[at][2].1,
-            forecast[at][3].1,
+            shown_at(1),
+            shown_at(2),
+            shown_at(3),
             obs.serving,
-            plan.serving[0],
-            plan.serving[at],
+            serving_first,
+            serving_at,
             plan.launch_now,
-            plan.kept[0],
+            kept_first,
             input.pool,
             penalty.value,
             100.0 * penalty.aim,
