@@ -19,12 +19,6 @@
 //! greatest one (componentwise): ties prefer the larger size, which keeps plans monotone
 //! in their inputs.
 
-// Indexing here is into the program's own arrays (values, costs, back-pointers, ranges),
-// all sized at the start of each solve from the same stage ranges, with indices taken from
-// loops over those ranges: never from an input value. Its hot loops (a stage's minima)
-// are written as zipped slices where that reads as well.
-#![allow(clippy::indexing_slicing)]
-
 use std::fmt;
 
 /// Bounds and step limits of one stage.
@@ -166,8 +160,8 @@ impl BackPointers {
 
     fn get(&self, index: usize) -> u32 {
         match self {
-            BackPointers::Narrow(v) => u32::from(v[index]),
-            BackPointers::Wide(v) => v[index],
+            BackPointers::Narrow(v) => v.get(index).map_or(0, |&o| u32::from(o)),
+            BackPointers::Wide(v) => v.get(index).copied().unwrap_or(0),
         }
     }
 }
@@ -220,8 +214,7 @@ impl Solver {
         self.values.push(0.0);
         let mut prev = (initial, initial);
         let mut cell = 0usize;
-        for (t, stage) in stages.iter().enumerate() {
-            let (lo, hi) = self.ranges[t];
+        for (t, (stage, &(lo, hi))) in stages.iter().zip(&self.ranges).enumerate() {
             let n = (hi - lo) as usize + 1;
             // Both are wholly written before they are read: resizing only keeps memory.
             self.costs.resize(n, 0.0);
@@ -237,13 +230,18 @@ impl Solver {
                 launch_cost,
                 costs: &self.costs,
             };
+            // The back-pointers were sized for every stage's cells above.
             let cells = cell..cell + n;
             match &mut self.back {
                 BackPointers::Narrow(v) => {
-                    step.solve(&mut self.next_values, &mut v[cells], &mut self.buffers)
+                    if let Some(back) = v.get_mut(cells) {
+                        step.solve(&mut self.next_values, back, &mut self.buffers)
+                    }
                 }
                 BackPointers::Wide(v) => {
-                    step.solve(&mut self.next_values, &mut v[cells], &mut self.buffers)
+                    if let Some(back) = v.get_mut(cells) {
+                        step.solve(&mut self.next_values, back, &mut self.buffers)
+                    }
                 }
             }
             cell += n;
@@ -262,9 +260,8 @@ impl Solver {
         let mut sizes = vec![0u32; stages.len()];
         let mut cell_end = cells;
         let mut offset = best_i as u32;
-        for t in (0..stages.len()).rev() {
-            let (lo, hi) = self.ranges[t];
-            sizes[t] = lo + offset;
+        for (size, &(lo, hi)) in sizes.iter_mut().zip(&self.ranges).rev() {
+            *size = lo + offset;
             let cell_start = cell_end - ((hi - lo) as usize + 1);
             offset = self.back.get(cell_start + offset as usize);
             cell_end = cell_start;
@@ -345,13 +342,15 @@ impl StageStep<'_> {
         self.launch_side(up_binds, &mut buf.up, &mut buf.window);
         self.shrink_side(down_binds, &mut buf.down, &mut buf.window);
         let l = self.launch_cost;
-        for i in 0..n {
+        let sides = buf.up.iter().zip(&buf.down).zip(self.costs);
+        let cells = next.iter_mut().zip(back.iter_mut());
+        for (i, (((&(mut up, up_from), &(down, down_from)), &cost), (slot, pointer))) in
+            sides.zip(cells).enumerate()
+        {
             let s = f64::from(self.lo + i as u32);
-            let (mut up, up_from) = buf.up[i];
             if up_from != NONE {
                 up += l * s;
             }
-            let (down, down_from) = buf.down[i];
             // Ties go to the shrink side, whose predecessor is larger. Every size in the
             // reachable range has at least one predecessor.
             let (v, from) = if down_from != NONE && (up_from == NONE || down <= up) {
@@ -359,8 +358,8 @@ impl StageStep<'_> {
             } else {
                 (up, up_from)
             };
-            next[i] = v + self.costs[i];
-            back[i] = B::from_index(from);
+            *slot = v + cost;
+            *pointer = B::from_index(from);
         }
     }
 
@@ -471,7 +470,11 @@ impl StageStep<'_> {
     /// `[max(plo, s - max_up), min(phi, s)]`, preferring the larger `s'` on ties.
     fn launch_side(&self, binds: bool, out: &mut [(f64, u32)], window: &mut MinWindow) {
         let (prev, plo, l) = (self.prev, self.plo, self.launch_cost);
-        let key = |j: usize| prev[j] - l * f64::from(plo + j as u32);
+        // Indices beyond the previous range have no predecessor (+inf).
+        let key = |j: usize| {
+            prev.get(j)
+                .map_or(f64::INFINITY, |v| v - l * f64::from(plo + j as u32))
+        };
         let mut pushed = 0usize;
         let mut best = (f64::INFINITY, NONE);
         window.clear();
@@ -516,7 +519,10 @@ impl StageStep<'_> {
                     continue;
                 }
                 while pushed <= (last - plo) as usize {
-                    window.push(pushed as u32, prev[pushed]);
+                    window.push(
+                        pushed as u32,
+                        prev.get(pushed).copied().unwrap_or(f64::INFINITY),
+                    );
                     pushed += 1;
                 }
                 window.pop_before(first - plo);
@@ -530,8 +536,9 @@ impl StageStep<'_> {
                 let s = self.lo + i as u32;
                 while next_prev > s && next_prev >= plo {
                     let j = (next_prev - plo) as usize;
-                    if best.1 == NONE || prev[j] < best.0 {
-                        best = (prev[j], j as u32);
+                    let value = prev.get(j).copied().unwrap_or(f64::INFINITY);
+                    if best.1 == NONE || value < best.0 {
+                        best = (value, j as u32);
                     }
                     if next_prev == 0 {
                         break;
@@ -559,7 +566,8 @@ impl MinWindow {
     }
 
     fn push(&mut self, index: u32, value: f64) {
-        while self.items.len() > self.head && self.items[self.items.len() - 1].1 >= value {
+        while self.items.len() > self.head && self.items.last().is_some_and(|last| last.1 >= value)
+        {
             self.items.pop();
         }
         self.items.push((index, value));
@@ -567,7 +575,7 @@ impl MinWindow {
 
     /// Drops indices below `first`.
     fn pop_before(&mut self, first: u32) {
-        while self.head < self.items.len() && self.items[self.head].0 < first {
+        while self.items.get(self.head).is_some_and(|item| item.0 < first) {
             self.head += 1;
         }
     }
