@@ -842,8 +842,9 @@ fn lead_steps(obs: &Observation<'_>) -> u32 {
 /// calibration's window, so that what it rehearsed outweighs its neutral start.
 const REHEARSAL_HOURS: f64 = 2.0 * CALIBRATION_HOURS;
 
-/// The most plans a rehearsal makes.
-const REHEARSED_PLANS: usize = 720;
+/// The most plan steps a rehearsal solves for: 720 plans of an hour of one-minute steps.
+/// Longer plans (shorter steps) rehearse fewer plans, evenly spread.
+const REHEARSED_PLAN_STEPS: usize = 720 * 60;
 
 /// The long-history ceiling: twice the recent peak, plus this many instances.
 const CEILING_SLACK: f64 = 10.0;
@@ -929,7 +930,9 @@ impl DpPlanner {
         // Short steps give long rehearsals: plan at most so many of them, evenly spread
         // (the fleet holds between), so that a hundred fleets starting at once decide
         // within seconds.
-        let stride = steps.div_ceil(REHEARSED_PLANS);
+        let horizon = self.config.horizon_steps(obs.step, obs.boot_steps).max(60);
+        let plans = (REHEARSED_PLAN_STEPS / horizon).max(1);
+        let stride = steps.div_ceil(plans);
         let l = obs.boot_steps as usize;
         let first_known = obs
             .demand
