@@ -105,22 +105,25 @@ if alone.exists():
     print(f"{alone.read_text().strip()} s of wall time (`fleetscale replay --trace ../shared/traces/worldcup98_requests_per_minute.csv "
           "--column count --per-instance 1000 --step 60s --boot 180s --policy dp`). The per-policy wall times in the tables")
     print("above are from runs sharing the two cores with another run.\n")
-criterion = bench / "criterion.txt"
-if criterion.exists() and criterion.read_text().strip():
-    print("## Planner speed (criterion)\n")
-    print("`cargo bench -p fleetscale-policies --bench planner` on this project's 2-core machine:\n")
-    print("```")
-    print(criterion.read_text().strip())
-    print("```")
-warm = bench / "warm-up.txt"
-if warm.exists() and warm.read_text().strip():
-    print("\n## One fleet's warm-up\n")
-    print("`cargo run --release -p fleetscale-policies --example warm_up`: the `dp` policy's first decision on")
-    print("20,160 steps of 10 s history (a daily cycle with noise), then 100 more decisions on the same")
-    print("observation; the heap it keeps between decisions and its peak, counted by the example's allocator:\n")
-    print("```")
-    print(warm.read_text().strip())
-    print("```")
+
+
+def output_section(name, title, intro):
+    """A section quoting the output saved in benchmarks/NAME, if there is any."""
+    path = bench / name
+    if path.exists() and path.read_text().strip():
+        print(f"\n## {title}\n")
+        print(intro + "\n")
+        print("```")
+        print(path.read_text().strip())
+        print("```")
+
+
+output_section("criterion.txt", "Planner speed (criterion)",
+               "`cargo bench -p fleetscale-policies --bench planner` on this project's 2-core machine:")
+output_section("warm-up.txt", "One fleet's warm-up",
+               "`cargo run --release -p fleetscale-policies --example warm_up`: the `dp` policy's first decision on\n"
+               "20,160 steps of 10 s history (a daily cycle with noise), then 100 more decisions on the same\n"
+               "observation; the heap it keeps between decisions and its peak, counted by the example's allocator:")
 many = bench / "many-fleets.json"
 if many.exists():
     m = json.loads(many.read_text())

@@ -286,6 +286,13 @@ fn ask(
     policy.decide(&observation)
 }
 
+/// Whether policies decide on tokio's blocking pool: on a multi-threaded runtime (the
+/// agent's), not on replay's current-thread one.
+fn on_blocking_pool() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
 /// The warm-ups that may run at once on the blocking pool: one per core.
 fn warming_up() -> Arc<tokio::sync::Semaphore> {
     static DECIDING: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
@@ -473,11 +480,6 @@ impl FleetController {
         Err(Stop)
     }
 
-    /// Decide: the policy's wish for the active size, or, without a trustworthy signal,
-    /// the size there is. On a multi-threaded runtime (the agent's) the policy runs on
-    /// tokio's blocking pool, so that a long plan or warm-up never holds up the workers
-    /// that run the other fleets, the signal handler and `/metrics`; a policy that panics
-    /// there panics this fleet's task.
     /// Warm-ups (a policy's first decision, over the whole history) run no more than one
     /// per core at once: a hundred fleets starting together then decide one after
     /// another rather than all at the end, and the fleets already running decide
@@ -488,9 +490,7 @@ impl FleetController {
         &mut self,
         report: &mut TickReport,
     ) -> StepResult<Option<tokio::sync::OwnedSemaphorePermit>> {
-        let offload = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if self.decided || !offload {
+        if self.decided || !on_blocking_pool() {
             return Ok(None);
         }
         match &mut self.stop {
@@ -505,6 +505,11 @@ impl FleetController {
         }
     }
 
+    /// Decide: the policy's wish for the active size, or, without a trustworthy signal,
+    /// the size there is. On a multi-threaded runtime (the agent's) the policy runs on
+    /// tokio's blocking pool, so that a long plan or warm-up never holds up the workers
+    /// that run the other fleets, the signal handler and `/metrics`; a policy that panics
+    /// there panics this fleet's task.
     async fn decide(
         &mut self,
         seen: &Observed,
@@ -529,9 +534,7 @@ impl FleetController {
         };
         let boot_times = self.boot_times.recent().to_vec();
         let started = Instant::now();
-        let offload = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let decision = if offload {
+        let decision = if on_blocking_pool() {
             let stop = self.stop.clone();
             let mut policy = std::mem::replace(&mut self.policy, Box::new(Holding));
             let mut history = std::mem::take(&mut self.history);
@@ -553,13 +556,9 @@ impl FleetController {
                 None => handle.await,
             };
             match done {
-                Ok((policy, mut history, decision)) => {
-                    if let Some(steps) = policy.history_kept() {
-                        history.keep_latest(steps);
-                    }
+                Ok((policy, history, decision)) => {
                     self.policy = policy;
                     self.history = history;
-                    self.decided = true;
                     decision
                 }
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -570,12 +569,12 @@ impl FleetController {
                 }
             }
         } else {
-            let decision = ask(self.policy.as_mut(), &mut self.history, &fleet, &boot_times);
-            if let Some(steps) = self.policy.history_kept() {
-                self.history.keep_latest(steps);
-            }
-            decision
+            ask(self.policy.as_mut(), &mut self.history, &fleet, &boot_times)
         };
+        self.decided = true;
+        if let Some(steps) = self.policy.history_kept() {
+            self.history.keep_latest(steps);
+        }
         report.decide_time = started.elapsed();
         report.desired = Some(decision.desired);
         report.reason = decision.reason.clone();
