@@ -71,6 +71,39 @@ impl FleetAccount {
     pub fn lists(&self, id: &str) -> bool {
         self.instances.iter().any(|i| i.id == id)
     }
+
+    /// Makes the active count the provider's own target size (an Azure scale set's
+    /// capacity), which is what the fleet is becoming whatever its list shows. Below it,
+    /// the list lags behind a capacity change ("VM lists that lag capacity"): the missing
+    /// instances are launches in flight, so no grow repeats them, even from a restarted
+    /// agent. Above it, booting instances beyond the capacity are the provider's own
+    /// extras (Azure's overprovisioning creates more VMs than asked and deletes the rest
+    /// when the asked-for ones run; the extras are not billed): the newest are left out,
+    /// neither capacity nor billed, nor named by scale-in. Serving instances are never
+    /// left out: what serves, serves.
+    fn hold_to(&mut self, capacity: u32) {
+        let active = self.active();
+        if capacity > active {
+            let unlisted = capacity - active;
+            self.booting += unlisted;
+            self.in_flight += unlisted;
+            return;
+        }
+        let mut extra = (active - capacity).min(self.booting - self.in_flight);
+        while extra > 0 {
+            let newest_booting = self
+                .instances
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.state != InstanceState::Running)
+                .max_by_key(|(_, i)| (i.launched_at, i.id.clone()))
+                .map(|(at, _)| at);
+            let Some(at) = newest_booting else { break };
+            self.instances.remove(at);
+            self.booting -= 1;
+            extra -= 1;
+        }
+    }
 }
 
 /// How many ids of vanished instances are remembered, to recognise a provider answering
@@ -195,6 +228,9 @@ impl Unseen {
         account.in_flight = self.launches.len() as u32;
         account.in_flight_ids = self.launches.iter().map(|(id, _)| id.clone()).collect();
         account.booting += account.in_flight;
+        if let Some(capacity) = fleet.target_size {
+            account.hold_to(capacity);
+        }
         let mut view: Vec<&str> = account
             .instances
             .iter()
@@ -357,6 +393,55 @@ mod tests {
             unseen.is_gone("y"),
             "a launch that never showed is remembered"
         );
+    }
+
+    #[test]
+    fn a_capacity_above_the_list_is_launches_in_flight_even_after_a_restart() {
+        // A restarted agent (nothing in memory) reads a scale set whose capacity was
+        // raised to 5 while its list shows 2: three launches are in flight.
+        let mut unseen = Unseen::default();
+        let mut read = fleet(&[("0", Running), ("1", Pending), ("2", Stopping)]);
+        read.target_size = Some(5);
+        let account = unseen.account(&read, at(0));
+        assert_eq!(
+            (
+                account.serving,
+                account.booting,
+                account.in_flight,
+                account.leaving
+            ),
+            (1, 4, 3, 1)
+        );
+        assert_eq!(account.active(), 5);
+    }
+
+    #[test]
+    fn booting_instances_beyond_the_capacity_are_not_the_fleets() {
+        // Overprovisioning: 4 asked for, 5 booting listed; the newest extra is left out.
+        let mut unseen = Unseen::default();
+        let mut read = fleet(&[
+            ("0", Running),
+            ("1", Pending),
+            ("2", Pending),
+            ("3", Pending),
+            ("4", Pending),
+            ("5", Pending),
+        ]);
+        read.target_size = Some(5);
+        if let Some(extra) = read.instances.iter_mut().find(|i| i.id == "5") {
+            extra.launched_at = at(1);
+        }
+        let account = unseen.account(&read, at(2));
+        assert_eq!(
+            (account.serving, account.booting, account.leaving),
+            (1, 4, 0)
+        );
+        assert!(!account.lists("5"));
+        // Serving instances are never left out.
+        let mut read = fleet(&[("0", Running), ("1", Running), ("2", Running)]);
+        read.target_size = Some(2);
+        let account = unseen.account(&read, at(3));
+        assert_eq!((account.serving, account.booting), (3, 0));
     }
 
     #[test]

@@ -333,3 +333,115 @@ async fn verify_reports_a_refused_read_as_a_failed_check() {
         vms.detail
     );
 }
+
+/// The operator role on the scale set alone: Azure lets it start a capacity change but not
+/// read the operation's status, which is outside the scale set ("Track asynchronous Azure
+/// operations"). The grow still ends, followed by the scale set's provisioning state.
+#[tokio::test]
+async fn a_grow_whose_operation_may_not_be_read_is_followed_by_the_scale_set() {
+    let standin = ArmStandin::start(1).await;
+    standin.set_assignments(vec![arm_standin::least_privilege().remove(0)]);
+    let fleet = fleet(&standin);
+    let outcome = fleet
+        .grow(2, &IdempotencyToken::new("untracked-grow"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.launched.len(), 2, "{outcome:?}");
+    assert_eq!(standin.capacity(), 3);
+    assert!(standin.count(Route::OperationStatus) >= 1);
+    let removed = fleet.shrink(&outcome.launched).await.unwrap();
+    assert_eq!(removed.removed.len(), 2);
+    assert_eq!(standin.capacity(), 1);
+}
+
+#[tokio::test]
+async fn verify_names_the_operation_read_a_role_on_the_scale_set_alone_lacks() {
+    let standin = ArmStandin::start(1).await;
+    standin.set_assignments(vec![arm_standin::least_privilege().remove(0)]);
+    let report = fleet(&standin).verify_access().await.unwrap();
+    let denied: Vec<_> = report.checks.iter().filter(|c| !c.allowed).collect();
+    assert_eq!(denied.len(), 1, "{report:?}");
+    assert_eq!(
+        denied[0].permission,
+        fleetscale_adapters::azure::TRACK_OPERATIONS
+    );
+    assert!(
+        denied[0].detail.contains("resource group")
+            && denied[0].detail.contains(arm_standin::RESOURCE_GROUP),
+        "{}",
+        denied[0].detail
+    );
+    // With the operation read on the resource group, every check passes.
+    standin.set_assignments(arm_standin::least_privilege());
+    let report = fleet(&standin).verify_access().await.unwrap();
+    assert!(report.all_allowed(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_flexible_scale_set_is_refused_at_check_and_at_every_read() {
+    let standin = ArmStandin::start(2).await;
+    standin.set_orchestration_mode("Flexible");
+    let fleet = fleet(&standin);
+    for error in [
+        fleet.verify_access().await.unwrap_err(),
+        fleet.read_fleet().await.unwrap_err(),
+        fleet
+            .grow(1, &IdempotencyToken::new("flexible"))
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(error.kind(), ErrorKind::Invalid, "{error}");
+        assert!(
+            error.to_string().contains("Flexible orchestration")
+                && error.to_string().contains("Uniform"),
+            "{error}"
+        );
+    }
+    assert_eq!(standin.count(Route::UpdateScaleSet), 0);
+}
+
+/// Overprovisioning creates extra VMs and deletes them when the asked-for ones run: a grow
+/// reports only what it asked for, even when its operation is still running.
+#[tokio::test]
+async fn overprovisioned_extras_are_not_reported_as_launched() {
+    let standin = ArmStandin::start(1).await;
+    standin.set_overprovision(true);
+    standin.set_polls_before_done(u32::MAX);
+    let mut config = standin.azure_config(SECRET_VAR);
+    config.operation_timeout = Duration::from_millis(200);
+    let fleet = fleet_with(config);
+    let outcome = fleet
+        .grow(5, &IdempotencyToken::new("overprovisioned"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.launched.len(), 5, "{outcome:?}");
+    let read = fleet.read_fleet().await.unwrap();
+    assert_eq!(read.target_size, Some(6));
+    assert!(read.instances.len() > 6, "the extras are listed: {read:?}");
+    standin.complete_operations();
+    let read = fleet.read_fleet().await.unwrap();
+    assert_eq!(read.instances.len(), 6, "the extras are gone: {read:?}");
+}
+
+/// While a capacity change runs, the VM list may not show the VMs it creates yet: the
+/// scale set's capacity says what the fleet is becoming.
+#[tokio::test]
+async fn the_vm_list_may_lag_the_capacity_while_an_operation_runs() {
+    let standin = ArmStandin::start(1).await;
+    standin.set_list_lag(3);
+    standin.set_polls_before_done(u32::MAX);
+    let mut config = standin.azure_config(SECRET_VAR);
+    config.operation_timeout = Duration::from_millis(100);
+    let fleet = fleet_with(config);
+    let outcome = fleet
+        .grow(3, &IdempotencyToken::new("lagging"))
+        .await
+        .unwrap();
+    assert!(outcome.launched.is_empty(), "{outcome:?}");
+    let read = fleet.read_fleet().await.unwrap();
+    assert_eq!(read.target_size, Some(4));
+    assert_eq!(read.instances.len(), 1, "{read:?}");
+    standin.complete_operations();
+    let read = fleet.read_fleet().await.unwrap();
+    assert_eq!(read.instances.len(), 4, "{read:?}");
+}

@@ -55,6 +55,14 @@ async fn the_suite_passes_with_operations_that_take_several_polls() {
 }
 
 #[tokio::test]
+async fn the_suite_passes_against_resource_manager_as_it_behaves() {
+    let standin = ArmStandin::start(2).await;
+    standin.behave_as_arm();
+    let fleet = fleet(&standin);
+    conformance::run_all(&fleet, &StandinHarness(&standin)).await;
+}
+
+#[tokio::test]
 async fn the_suite_passes_through_the_retry_decorator_with_throttling() {
     let standin = ArmStandin::start(1).await;
     standin.fail_next(

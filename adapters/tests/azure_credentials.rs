@@ -7,8 +7,10 @@
 #[path = "support/arm_standin.rs"]
 mod arm_standin;
 
+use std::time::Duration;
+
 use arm_standin::{
-    ArmStandin, CLIENT_ID, CLIENT_SECRET, FEDERATED_TOKEN, MANAGED_IDENTITY_CLIENT_ID,
+    ArmStandin, CLIENT_ID, CLIENT_SECRET, FEDERATED_TOKEN, Fault, MANAGED_IDENTITY_CLIENT_ID,
     MANAGED_IDENTITY_OBJECT_ID, Route, TENANT_ID,
 };
 use fleetscale_adapters::azure::{AzureConfig, AzureEnvironment, CredentialConfig, ScaleSetFleet};
@@ -259,16 +261,17 @@ async fn the_default_chain_lists_what_it_tried_when_nothing_is_available() {
 }
 
 /// A test-only certificate and its RSA key (made with `openssl req -x509 -newkey rsa:2048
-/// -nodes`), its SHA-1 thumbprint as Entra ID's `x5t`, and its public key (PKCS #1 DER,
-/// base64) to check assertion signatures.
+/// -nodes`), its SHA-256 thumbprint as Entra ID's `x5t#S256` (and its SHA-1 one, the old
+/// `x5t`), and its public key (PKCS #1 DER, base64) to check assertion signatures.
 const TEST_CERTIFICATE_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIDFzCCAf+gAwIBAgIUPHMLUFIDk489zoMGbvGN1ctWYX4wDQYJKoZIhvcNAQEL\nBQAwGjEYMBYGA1UEAwwPZmxlZXRzY2FsZS10ZXN0MCAXDTI2MTEyMzA2NTcwOVoY\nDzIxMjYxMDMwMDY1NzA5WjAaMRgwFgYDVQQDDA9mbGVldHNjYWxlLXRlc3QwggEi\nMA0GCSqGSIb3DQEBAQUAA4IBDwAwggEKAoIBAQClB8EafgxwtaiZPTYdG2gJp6wY\nUn/mww1eCZ1JfZBCaaPk6b85lM8KJsSbr5GwBWnD5lAGASjiN4cZRl7FCVLwmDdD\nposiFluA9YFyl4w8jtm+vulE3mvYki1JPPdSGBfsTrbSCcFqhlG5lzyw6bGuBNQM\n1gMi3/aPPEVFTfvfXsWXQBsL9KcALhxoF+kkWhJ7wCWLqCl8IDnYmvLq8uofStdv\nwp7s/yGo8pxBR86iWmdgJlkyShvLTCWUnMpv36ja0ku+iVaNPSxzh0m0ENN82AiZ\nP4sTujZWPw2T/1QYd2Ib1QtZ0lbDMK71F6EjJOolJhz1GkxQLJifd6qlBiYrAgMB\nAAGjUzBRMB0GA1UdDgQWBBSKxrDcqjSItWipuxhI4Zi/IAu+EDAfBgNVHSMEGDAW\ngBSKxrDcqjSItWipuxhI4Zi/IAu+EDAPBgNVHRMBAf8EBTADAQH/MA0GCSqGSIb3\nDQEBCwUAA4IBAQBSAdG6rLEI/eYP0nrZK2uOo0zoV8qvasJYroc2pjeoRTs9wKK/\nW8GFkE7CRpkaDuwMg17keufULiQsw8J7ddNVidhsOcqwRNq20uS4JnMoEd/21bPU\n/tHt/Aj856idS7tJOgqHZdcWaA5NANJF2IKo68URrH5rdzWNawZn0z+8RQzvea2r\n1oQY24aNxW4G3c3xv3qpv+GfCcoL4gb1ExPV7wUr0208YibJQXZEWG5OgGuRhvIv\nNcyzbwgddcLhJgU5is+J4Vfz9FNkbb9E+u+Qv9D/oH0MVmMElHboNW4YPEJgMEQd\nZMPr3mtZPqSmBZHA0+KJUtXD6JIQAbNy2e5g\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0BAQEFAASCBKgwggSkAgEAAoIBAQClB8EafgxwtaiZ\nPTYdG2gJp6wYUn/mww1eCZ1JfZBCaaPk6b85lM8KJsSbr5GwBWnD5lAGASjiN4cZ\nRl7FCVLwmDdDposiFluA9YFyl4w8jtm+vulE3mvYki1JPPdSGBfsTrbSCcFqhlG5\nlzyw6bGuBNQM1gMi3/aPPEVFTfvfXsWXQBsL9KcALhxoF+kkWhJ7wCWLqCl8IDnY\nmvLq8uofStdvwp7s/yGo8pxBR86iWmdgJlkyShvLTCWUnMpv36ja0ku+iVaNPSxz\nh0m0ENN82AiZP4sTujZWPw2T/1QYd2Ib1QtZ0lbDMK71F6EjJOolJhz1GkxQLJif\nd6qlBiYrAgMBAAECggEABtghfBXKMkp2aZSOT/q4/92CV6fkQg/I2COR8GBSwU5c\nS7weACdZxtQAx2wqoKA42LUOkJEvvuIKqlOuzoEqfWvyrs2Ta6B9vwVvju8WE9Tg\n1vZX+lE3K840LptmrnLtWxGQp3lcGizj6syI6dVnVw5ANSATFTkwopQfU1Z+oa7d\nei5FTWSJDjw49vhUcnRa9fWsyFE7KLy/ufu+psCKhCBqD1vqev3vw0M6qrX+Z7jW\nWHkAkyoWp2wO9+EU3993T+BrLWgZ6ixVwTHPcXPOJ9DwWORxdStqTPzKqUOzDKjZ\ntDZ2ez7M8LOB3Kb/WMeTRjWifYty2Efmf7N7tEDvUQKBgQDPuuoNjYdgEKMgCK4L\nssajIcBdjybz4x/sR8p0MQvYeBirE1cI/azdEcOdqR2ORPjUsPrLM+eX3RxXTPEg\nr+eKomDdqzApYKqQyIR5oQ1EqWVpsV4xm5pN/y/eXSGeCgR2bqOzP9mmoeBgrzDr\nzcqZjHqBdfwMNDeUFW0Jryn8vwKBgQDLYMli2+AklD/maLXVpX3TuaIW6mtoRe/e\n69lJ70nYg1E8xVjDb5CMb7hTXkWmHQdV544p85XFJ2KhQ7XDp9NGB33DbOTTS0EM\njFjW7NhE1KnMghV+/fnn7Obn0LvGOQfj2mMCazppuap72C/MJcu19jTdsWtybjTN\nklTnb921lQKBgQCC+t1XfFTOqs7ghPiRIcGD3OU5WOj7wMtBJacvCjno3RjYzdIE\nNkeIAQpx389mBHFNUuZfuDOgGugi1732mVOKo4YmXyl3/Z6uufBl7Lm8AH+UXCUD\nbJSn927Ma7alurVDo9GOVYU8PzeGXxCerly/4sbf2G/7lfUxZy0gfRUhawKBgQCQ\nNumW+GNQjO9i6w1FmjxHTnLp3QCcyDr30DYcf1nV9gg9F5OBwjK14uLJ+ydYS21Q\nNQpSJTAmxW7i+6iAPRlLpzQ+x5DbY5mU1FCK1xfkdwiQxA2KJ352Pz7dUt5UCUzW\n/Z0HshGRtt51Qy9hi8uQFC4Yph6S3iMDQqiCFIkaoQKBgAMHle0i8TW6P1eBtcCR\n03IZSjiZ+UnyOXleuGDG0Nl+6CvACn0loJTov2gnlgqrJZcvC9QMV3dcCOmAt1AJ\nZ2eZQuBXvqsIULyK6uZrxoUhMShnfAb/Yvto5aEn5ThdUllpKUZewuANGaIfAuJV\n18Oh0+4IVQLc289OnI3iVbOp\n-----END PRIVATE KEY-----\n";
-const TEST_CERTIFICATE_X5T: &str = "FmQQsnHsK0S_s5HIEhkosB7dWvs";
+const TEST_CERTIFICATE_X5T_S256: &str = "6I8YXrJ72OiYKX5B_r7UxgIOzbStijmq8CRsjNGeuuw";
+const TEST_CERTIFICATE_X5T_SHA1: &str = "FmQQsnHsK0S_s5HIEhkosB7dWvs";
 const TEST_PUBLIC_KEY_DER: &str = "MIIBCgKCAQEApQfBGn4McLWomT02HRtoCaesGFJ/5sMNXgmdSX2QQmmj5Om/OZTPCibEm6+RsAVpw+ZQBgEo4jeHGUZexQlS8Jg3Q6aLIhZbgPWBcpeMPI7Zvr7pRN5r2JItSTz3UhgX7E620gnBaoZRuZc8sOmxrgTUDNYDIt/2jzxFRU37317Fl0AbC/SnAC4caBfpJFoSe8Ali6gpfCA52Jry6vLqH0rXb8Ke7P8hqPKcQUfOolpnYCZZMkoby0wllJzKb9+o2tJLvolWjT0sc4dJtBDTfNgImT+LE7o2Vj8Nk/9UGHdiG9ULWdJWwzCu9RehIyTqJSYc9RpMUCyYn3eqpQYmKwIDAQAB";
 
 #[tokio::test]
 async fn a_client_certificate_signs_an_assertion_entra_id_accepts() {
     let standin = ArmStandin::start(1).await;
-    standin.trust_certificate(TEST_CERTIFICATE_X5T);
+    standin.trust_certificate(TEST_CERTIFICATE_X5T_S256);
     let path = scratch_file("certificate.pem", TEST_CERTIFICATE_PEM);
     let config = config_with(
         &standin,
@@ -289,17 +292,132 @@ async fn a_client_certificate_signs_an_assertion_entra_id_accepts() {
             .contains("client certificate credential")
     );
 
-    // The assertion is signed with the certificate's key (RS256).
+    // The assertion names the certificate by its SHA-256 thumbprint and is signed with its
+    // key, PS256 (RSASSA-PSS with SHA-256), as "Microsoft identity platform application
+    // authentication certificate credentials" asks.
     let assertions = standin.assertions();
     assert_eq!(assertions.len(), 1, "the token is cached");
+    let header: serde_json::Value = serde_json::from_slice(&azure_core_base64_url(
+        assertions[0].split('.').next().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(header["alg"], "PS256", "{header}");
+    assert_eq!(header["typ"], "JWT", "{header}");
+    assert_eq!(header["x5t#S256"], TEST_CERTIFICATE_X5T_S256, "{header}");
+    assert!(header.get("x5t").is_none(), "no SHA-1 thumbprint: {header}");
     let (signing_input, signature) = assertions[0].rsplit_once('.').unwrap();
     let public_key = azure_core_base64(TEST_PUBLIC_KEY_DER);
-    ring::signature::UnparsedPublicKey::new(
-        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-        public_key,
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, public_key)
+        .verify(signing_input.as_bytes(), &azure_core_base64_url(signature))
+        .expect("the assertion's PSS signature verifies with the certificate's public key");
+}
+
+/// A client assertion for [`CLIENT_ID`] with this header, signed with the test key
+/// (`pss`: PS256, else RS256), as the stand-in's token endpoint expects its claims.
+fn signed_assertion(standin: &ArmStandin, header: serde_json::Value, pss: bool) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "aud": format!("{}/{TENANT_ID}/oauth2/v2.0/token", standin.url()),
+        "iss": CLIENT_ID,
+        "sub": CLIENT_ID,
+        "jti": "6f1d0c3e-5b2a-4e8f-9d7c-1a2b3c4d5e6f",
+        "nbf": now,
+        "iat": now,
+        "exp": now + 600,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        azure_core::base64::encode_url_safe(header.to_string()),
+        azure_core::base64::encode_url_safe(claims.to_string())
+    );
+    let key_pem = TEST_CERTIFICATE_PEM
+        .split("-----BEGIN PRIVATE KEY-----")
+        .nth(1)
+        .unwrap()
+        .split("-----END PRIVATE KEY-----")
+        .next()
+        .unwrap();
+    let key = ring::signature::RsaKeyPair::from_pkcs8(&azure_core_base64(
+        &key_pem.split_whitespace().collect::<String>(),
+    ))
+    .unwrap();
+    let mut signature = vec![0; key.public().modulus_len()];
+    let encoding: &'static dyn ring::signature::RsaEncoding = if pss {
+        &ring::signature::RSA_PSS_SHA256
+    } else {
+        &ring::signature::RSA_PKCS1_SHA256
+    };
+    key.sign(
+        encoding,
+        &ring::rand::SystemRandom::new(),
+        signing_input.as_bytes(),
+        &mut signature,
     )
-    .verify(signing_input.as_bytes(), &azure_core_base64_url(signature))
-    .expect("the assertion's signature verifies with the certificate's public key");
+    .unwrap();
+    format!(
+        "{signing_input}.{}",
+        azure_core::base64::encode_url_safe(signature)
+    )
+}
+
+/// Presents a client assertion to the stand-in's token endpoint: its status and body.
+async fn present_assertion(standin: &ArmStandin, assertion: &str) -> (u16, serde_json::Value) {
+    let form = format!(
+        "client_id={CLIENT_ID}&scope={}/.default&grant_type=client_credentials\
+         &client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer\
+         &client_assertion={assertion}",
+        standin.url()
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/{TENANT_ID}/oauth2/v2.0/token", standin.url()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (status, body)
+}
+
+#[tokio::test]
+async fn the_stand_in_refuses_rs256_and_sha1_thumbprint_assertions_as_entra_id_would() {
+    let standin = ArmStandin::start(1).await;
+    standin.trust_certificate(TEST_CERTIFICATE_X5T_S256);
+
+    // What the certificate credentials page asks for is accepted...
+    let good = signed_assertion(
+        &standin,
+        serde_json::json!({"alg": "PS256", "typ": "JWT", "x5t#S256": TEST_CERTIFICATE_X5T_S256}),
+        true,
+    );
+    let (status, body) = present_assertion(&standin, &good).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["access_token"].is_string(), "{body}");
+
+    // ...an RS256 signature is not, even from the trusted certificate...
+    let rs256 = signed_assertion(
+        &standin,
+        serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t#S256": TEST_CERTIFICATE_X5T_S256}),
+        false,
+    );
+    let (status, body) = present_assertion(&standin, &rs256).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    assert_eq!(body["error_codes"][0], 5002738, "{body}");
+
+    // ...nor a certificate named only by its SHA-1 thumbprint (`x5t`).
+    let sha1 = signed_assertion(
+        &standin,
+        serde_json::json!({"alg": "PS256", "typ": "JWT", "x5t": TEST_CERTIFICATE_X5T_SHA1}),
+        true,
+    );
+    let (status, body) = present_assertion(&standin, &sha1).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error_codes"][0], 700027, "{body}");
 }
 
 #[tokio::test]
@@ -325,12 +443,14 @@ async fn a_certificate_the_application_does_not_know_is_refused() {
         "{error}"
     );
     assert!(error.to_string().contains("401"), "{error}");
+    // Entra ID's own reason, not only its status.
+    assert!(error.to_string().contains("AADSTS700027"), "{error}");
 }
 
 #[tokio::test]
 async fn a_certificate_from_the_environment_is_used_by_the_default_chain() {
     let standin = ArmStandin::start(1).await;
-    standin.trust_certificate(TEST_CERTIFICATE_X5T);
+    standin.trust_certificate(TEST_CERTIFICATE_X5T_S256);
     let path = scratch_file("env-certificate.pem", TEST_CERTIFICATE_PEM);
     let config = config_with(&standin, CredentialConfig::Default);
     let env = AzureEnvironment::empty()
@@ -376,6 +496,226 @@ async fn a_file_without_a_key_is_named_in_the_error() {
         "{error}"
     );
     assert_eq!(standin.count(Route::Token), 0);
+}
+
+const SECRET_VAR: &str = "STANDIN_SECRET";
+
+fn secret_fleet(standin: &ArmStandin) -> ScaleSetFleet {
+    let env = AzureEnvironment::empty().with_var(SECRET_VAR, CLIENT_SECRET);
+    ScaleSetFleet::with_environment(standin.azure_config(SECRET_VAR), env).unwrap()
+}
+
+fn certificate_fleet(standin: &ArmStandin) -> ScaleSetFleet {
+    standin.trust_certificate(TEST_CERTIFICATE_X5T_S256);
+    let config = config_with(
+        standin,
+        CredentialConfig::ClientCertificate {
+            tenant_id: TENANT_ID.into(),
+            client_id: CLIENT_ID.into(),
+            certificate_file: scratch_file("retry-certificate.pem", TEST_CERTIFICATE_PEM),
+        },
+    );
+    ScaleSetFleet::with_environment(config, AzureEnvironment::empty()).unwrap()
+}
+
+fn workload_identity_fleet(standin: &ArmStandin) -> ScaleSetFleet {
+    let config = config_with(
+        standin,
+        CredentialConfig::WorkloadIdentity {
+            tenant_id: Some(TENANT_ID.into()),
+            client_id: Some(CLIENT_ID.into()),
+            token_file: Some(scratch_file("retry-federated-token", FEDERATED_TOKEN)),
+        },
+    );
+    ScaleSetFleet::with_environment(config, AzureEnvironment::empty()).unwrap()
+}
+
+fn managed_identity_fleet(standin: &ArmStandin) -> ScaleSetFleet {
+    let config = config_with(
+        standin,
+        CredentialConfig::ManagedIdentity {
+            client_id: Some(MANAGED_IDENTITY_CLIENT_ID.into()),
+        },
+    );
+    let env = AzureEnvironment::empty()
+        .with_managed_identity_endpoint(standin.managed_identity_endpoint());
+    ScaleSetFleet::with_environment(config, env).unwrap()
+}
+
+/// The next call fails with `kind` (and `retry_after`), and the one after it, made at
+/// once, succeeds: the failure was not held as a refusal.
+async fn fails_once_then_succeeds(
+    fleet: &ScaleSetFleet,
+    kind: ErrorKind,
+    retry_after: Option<Duration>,
+) {
+    let error = fleet.read_fleet().await.unwrap_err();
+    assert_eq!(error.kind(), kind, "{error}");
+    assert!(error.is_retryable(), "{error}");
+    assert_eq!(error.retry_after(), retry_after, "{error}");
+    let started = std::time::Instant::now();
+    assert_eq!(fleet.read_fleet().await.unwrap().target_size, Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the next call waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn entra_throttling_of_a_client_secret_is_retryable_with_its_retry_after() {
+    let standin = ArmStandin::start(1).await;
+    let fleet = secret_fleet(&standin);
+    standin.fail_next(
+        Route::Token,
+        Fault::Throttle {
+            retry_after_secs: 7,
+        },
+        1,
+    );
+    fails_once_then_succeeds(&fleet, ErrorKind::Throttled, Some(Duration::from_secs(7))).await;
+    assert_eq!(standin.count(Route::Token), 2);
+}
+
+#[tokio::test]
+async fn entra_5xx_and_temporarily_unavailable_are_transient_for_a_client_secret() {
+    for fault in [Fault::ServerError, Fault::Unavailable] {
+        let standin = ArmStandin::start(1).await;
+        let fleet = secret_fleet(&standin);
+        standin.fail_next(Route::Token, fault.clone(), 1);
+        let error = fleet.read_fleet().await.unwrap_err();
+        assert!(
+            error.to_string().contains("temporarily_unavailable"),
+            "{fault:?}: {error}"
+        );
+        assert_eq!(error.kind(), ErrorKind::Transient, "{fault:?}: {error}");
+        assert_eq!(fleet.read_fleet().await.unwrap().target_size, Some(1));
+        assert_eq!(standin.count(Route::Token), 2, "{fault:?}");
+    }
+}
+
+#[tokio::test]
+async fn entra_throttling_and_5xx_are_retryable_for_certificates_and_workload_identity() {
+    for (name, build) in [
+        (
+            "certificate",
+            certificate_fleet as fn(&ArmStandin) -> ScaleSetFleet,
+        ),
+        ("workload identity", workload_identity_fleet),
+    ] {
+        let standin = ArmStandin::start(1).await;
+        let fleet = build(&standin);
+        standin.fail_next(
+            Route::Token,
+            Fault::Throttle {
+                retry_after_secs: 5,
+            },
+            1,
+        );
+        let error = fleet.read_fleet().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Throttled, "{name}: {error}");
+        assert_eq!(
+            error.retry_after(),
+            Some(Duration::from_secs(5)),
+            "{name}: {error}"
+        );
+        standin.fail_next(Route::Token, Fault::Unavailable, 1);
+        fails_once_then_succeeds(&fleet, ErrorKind::Transient, None).await;
+        assert_eq!(standin.count(Route::Token), 3, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn imds_updating_and_upgrading_are_transient_not_refusals() {
+    for fault in [
+        Fault::ImdsUpdating,
+        Fault::ImdsUpgrading,
+        Fault::ServerError,
+    ] {
+        let standin = ArmStandin::start(1).await;
+        let fleet = managed_identity_fleet(&standin);
+        standin.fail_next(Route::ManagedIdentity, fault.clone(), 1);
+        fails_once_then_succeeds(&fleet, ErrorKind::Transient, None).await;
+        assert_eq!(standin.count(Route::ManagedIdentity), 2, "{fault:?}");
+    }
+    // IMDS's 410 says when it is back.
+    let standin = ArmStandin::start(1).await;
+    standin.fail_next(Route::ManagedIdentity, Fault::ImdsUpgrading, 1);
+    let error = managed_identity_fleet(&standin)
+        .read_fleet()
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("70 s"), "{error}");
+}
+
+#[tokio::test]
+async fn imds_throttling_carries_its_retry_after() {
+    let standin = ArmStandin::start(1).await;
+    let fleet = managed_identity_fleet(&standin);
+    standin.fail_next(
+        Route::ManagedIdentity,
+        Fault::Throttle {
+            retry_after_secs: 9,
+        },
+        1,
+    );
+    fails_once_then_succeeds(&fleet, ErrorKind::Throttled, Some(Duration::from_secs(9))).await;
+    assert_eq!(standin.count(Route::ManagedIdentity), 2);
+}
+
+#[tokio::test]
+async fn after_resource_manager_rejects_a_token_the_next_call_fetches_a_fresh_one() {
+    for (name, build, route) in [
+        (
+            "client secret",
+            secret_fleet as fn(&ArmStandin) -> ScaleSetFleet,
+            Route::Token,
+        ),
+        (
+            "managed identity",
+            managed_identity_fleet,
+            Route::ManagedIdentity,
+        ),
+        ("certificate", certificate_fleet, Route::Token),
+    ] {
+        let standin = ArmStandin::start(1).await;
+        let fleet = build(&standin);
+        fleet.read_fleet().await.unwrap();
+        assert_eq!(standin.count(route), 1, "{name}");
+
+        standin.revoke_tokens();
+        let error = fleet.read_fleet().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Authentication, "{name}: {error}");
+        assert!(
+            error.to_string().contains("InvalidAuthenticationToken"),
+            "{name}: {error}"
+        );
+
+        assert_eq!(
+            fleet.read_fleet().await.unwrap().target_size,
+            Some(1),
+            "{name}"
+        );
+        assert_eq!(standin.count(route), 2, "{name}: one fresh token");
+        fleet.read_fleet().await.unwrap();
+        assert_eq!(standin.count(route), 2, "{name}: the fresh token is cached");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_token_seen_while_following_an_operation_is_replaced() {
+    // Operation polls go through the same pipeline as the SDK's calls.
+    let standin = ArmStandin::start(1).await;
+    let fleet = secret_fleet(&standin);
+    fleet.read_fleet().await.unwrap();
+    standin.fail_next(Route::OperationStatus, Fault::Unauthorized, 1);
+    let error = fleet
+        .grow(1, &fleetscale_adapters::IdempotencyToken::new("t"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Authentication, "{error}");
+    fleet.read_fleet().await.unwrap();
+    assert_eq!(standin.count(Route::Token), 2);
 }
 
 fn azure_core_base64(text: &str) -> Vec<u8> {

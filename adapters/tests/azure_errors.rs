@@ -318,3 +318,204 @@ async fn an_invalid_config_is_refused_before_any_call() {
         "{message}"
     );
 }
+
+/// Joining the scale set's subnet, as a grow of a set in another resource group's virtual
+/// network needs.
+const SUBNET_JOIN: &str = "Microsoft.Network/virtualNetworks/subnets/join/action";
+const SUBNET: &str = "/subscriptions/2d3e4f5a-6b7c-4d8e-9f0a-1b2c3d4e5f6a/resourceGroups/network-rg/providers/Microsoft.Network/virtualNetworks/hub-vnet/subnets/web";
+
+#[tokio::test]
+async fn a_linked_authorization_failure_names_the_action_the_identity_lacks() {
+    let standin = ArmStandin::start(1).await;
+    standin.fail_next(
+        Route::UpdateScaleSet,
+        Fault::LinkedAuthorizationFailed {
+            linked_action: SUBNET_JOIN.into(),
+            linked_scope: SUBNET.into(),
+        },
+        1,
+    );
+    let error = fleet(&standin)
+        .grow(1, &IdempotencyToken::new("t"))
+        .await
+        .unwrap_err();
+    match &error {
+        AdapterError::Permission { action, message } => {
+            // Not the write it holds on the scale set, which the message names first.
+            assert_eq!(action, SUBNET_JOIN);
+            assert!(message.contains("LinkedAuthorizationFailed"), "{message}");
+            assert!(
+                message.contains(&format!("on linked scope {SUBNET}")),
+                "the linked scope is not named: {message}"
+            );
+        }
+        other => panic!("expected a permission error, got {other}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("permission denied for {SUBNET_JOIN}")),
+        "{error}"
+    );
+    assert_eq!(standin.capacity(), 1);
+}
+
+#[tokio::test]
+async fn a_policy_denial_is_reported_as_the_policy_s_not_as_a_missing_role() {
+    let standin = ArmStandin::start(1).await;
+    standin.fail_next(
+        Route::UpdateScaleSet,
+        Fault::RequestDisallowedByPolicy {
+            assignment: "Allowed VM sizes in production".into(),
+            definition: "Allowed virtual machine size SKUs".into(),
+        },
+        1,
+    );
+    let error = fleet(&standin)
+        .grow(1, &IdempotencyToken::new("t"))
+        .await
+        .unwrap_err();
+    assert!(
+        !matches!(error, AdapterError::Permission { .. }),
+        "a policy is not a role: {error}"
+    );
+    assert_eq!(error.kind(), ErrorKind::Invalid, "{error}");
+    assert!(!error.is_retryable());
+    let message = error.to_string();
+    for expected in [
+        "Azure Policy denied the request, not a missing role",
+        "policy assignment 'Allowed VM sizes in production'",
+        "/providers/Microsoft.Authorization/policyAssignments/allowed-vm-sizes-in-production",
+        "policy 'Allowed virtual machine size SKUs'",
+        "RequestDisallowedByPolicy",
+        "PATCH virtualMachineScaleSets/web-vmss",
+    ] {
+        assert!(
+            message.contains(expected),
+            "missing `{expected}` in: {message}"
+        );
+    }
+    assert_eq!(standin.capacity(), 1);
+}
+
+#[tokio::test]
+async fn compute_s_throttled_answer_is_throttling_with_its_retry_after_and_policy() {
+    let standin = ArmStandin::start(1).await;
+    standin.fail_next(
+        Route::ListVms,
+        Fault::Throttle {
+            retry_after_secs: 1200,
+        },
+        1,
+    );
+    let error = fleet(&standin).read_fleet().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Throttled, "{error}");
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(1200)));
+    let message = error.to_string();
+    assert!(
+        message.contains("OperationNotAllowed")
+            && message.contains("TooManyRequests: policy HighCostGetVMScaleSet3Min"),
+        "the spent policy is not named: {message}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_reported_spent_holds_the_next_write_without_sending_it() {
+    let standin = ArmStandin::start(1).await;
+    // One write left in the scale set's update budget: the first grow takes it, and the
+    // answer reports 0 left.
+    standin.set_update_budget(1);
+    let fleet = fleet(&standin);
+    fleet.grow(1, &IdempotencyToken::new("a")).await.unwrap();
+    assert_eq!(standin.count(Route::UpdateScaleSet), 1);
+
+    let error = fleet
+        .grow(1, &IdempotencyToken::new("b"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Throttled, "{error}");
+    let wait = error.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(170) && wait <= Duration::from_secs(180),
+        "held for the policy's 3-minute window: {wait:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("was not sent") && message.contains("VMScaleSetActions3Min"),
+        "{message}"
+    );
+    assert_eq!(
+        standin.count(Route::UpdateScaleSet),
+        1,
+        "the write was held back, not sent"
+    );
+    assert_eq!(standin.capacity(), 2);
+    // Reads count against other budgets and go on.
+    assert_eq!(fleet.read_fleet().await.unwrap().target_size, Some(2));
+
+    // Once the window has passed (the bucket refilled at 4 a minute), the write goes.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(180)).await;
+    tokio::time::resume();
+    fleet.grow(1, &IdempotencyToken::new("b")).await.unwrap();
+    assert_eq!(standin.count(Route::UpdateScaleSet), 2);
+    assert_eq!(standin.capacity(), 3);
+}
+
+/// A grow (or a shrink) under way when another writer changes the scale set's capacity:
+/// Compute ends its operation `OperationPreempted`, and the call ends without an error.
+async fn preempted<T>(
+    standin: &ArmStandin,
+    older: impl std::future::Future<Output = fleetscale_adapters::Result<T>>,
+) -> fleetscale_adapters::Result<T> {
+    let mut config = standin.azure_config(SECRET_VAR);
+    config.operation_timeout = Duration::from_millis(200);
+    let newer = fleet_with(config, CLIENT_SECRET);
+    let started = std::time::Instant::now();
+    let (result, ()) = tokio::join!(older, async {
+        while standin.running_operations() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        newer
+            .grow(1, &IdempotencyToken::new("newer"))
+            .await
+            .unwrap();
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the older call waited for its timeout instead of ending with its operation"
+    );
+    result
+}
+
+fn patient(standin: &ArmStandin) -> ScaleSetFleet {
+    let mut config = standin.azure_config(SECRET_VAR);
+    config.operation_timeout = Duration::from_secs(20);
+    fleet_with(config, CLIENT_SECRET)
+}
+
+#[tokio::test]
+async fn a_grow_preempted_by_a_newer_write_ends_without_an_error() {
+    let standin = ArmStandin::start(2).await;
+    standin.set_polls_before_done(u32::MAX);
+    let older = patient(&standin);
+    let token = IdempotencyToken::new("older");
+    let outcome = preempted(&standin, older.grow(2, &token))
+        .await
+        .unwrap_or_else(|e| panic!("a superseded grow is not a failed one: {e}"));
+    assert_eq!(outcome.requested, 2);
+    assert_eq!(standin.capacity(), 5, "the newer write set the size");
+}
+
+#[tokio::test]
+async fn a_shrink_preempted_by_a_newer_write_ends_without_an_error() {
+    let standin = ArmStandin::start(3).await;
+    standin.set_polls_before_done(u32::MAX);
+    let older = patient(&standin);
+    let ids = ["0".to_owned()];
+    let outcome = preempted(&standin, older.shrink(&ids))
+        .await
+        .unwrap_or_else(|e| panic!("a superseded shrink is not a failed one: {e}"));
+    assert_eq!(outcome.removed, ["0"]);
+    assert!(standin.vms().iter().all(|vm| vm.instance_id != "0"));
+}

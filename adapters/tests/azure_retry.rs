@@ -173,3 +173,66 @@ async fn a_permission_error_is_not_retried() {
     assert_eq!(error.kind(), ErrorKind::Permission);
     assert_eq!(standin.count(Route::UpdateScaleSet), 1);
 }
+
+#[tokio::test]
+async fn a_retry_after_of_twenty_minutes_is_honoured_without_sending_anything_before_it() {
+    let standin = ArmStandin::start(2).await;
+    standin.fail_next(
+        Route::GetScaleSet,
+        Fault::Throttle {
+            retry_after_secs: 1200,
+        },
+        1,
+    );
+    let adapter = retrying(&standin, CLIENT_SECRET);
+    let started = Instant::now();
+    let error = adapter.read_fleet().await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Throttled);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(1200)));
+    let sent = || {
+        standin.count(Route::GetScaleSet)
+            + standin.count(Route::ListVms)
+            + standin.count(Route::UpdateScaleSet)
+    };
+    assert_eq!(sent(), 1);
+
+    // Until Retry-After has passed, every call that needs the throttled read fails at
+    // once, throttled for what is left of the wait, and sends nothing.
+    tokio::time::pause();
+    for _ in 0..3 {
+        let error = adapter.read_fleet().await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Throttled, "{error}");
+        assert!(
+            error.retry_after().unwrap() > Duration::from_secs(1190),
+            "{error}"
+        );
+        assert!(error.to_string().contains("was not sent"), "{error}");
+        let error = adapter
+            .grow(1, &IdempotencyToken::new("tick-9"))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Throttled, "{error}");
+    }
+    tokio::time::advance(Duration::from_secs(600)).await;
+    let wait = adapter
+        .read_fleet()
+        .await
+        .unwrap_err()
+        .retry_after()
+        .unwrap();
+    assert!(
+        wait > Duration::from_secs(590) && wait <= Duration::from_secs(600),
+        "{wait:?}"
+    );
+    assert_eq!(sent(), 1, "something was sent before Retry-After passed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the held calls waited instead of failing at once"
+    );
+
+    // Once it has passed, calls go through.
+    tokio::time::advance(Duration::from_secs(600)).await;
+    tokio::time::resume();
+    assert_eq!(adapter.read_fleet().await.unwrap().target_size, Some(2));
+    assert_eq!(standin.count(Route::GetScaleSet), 2);
+}

@@ -1,7 +1,13 @@
 # The agent's identity: a user-assigned managed identity on its VM, holding a custom role
 # on the scale set alone, with the actions the adapter calls (read the scale set and its
 # VMs, change the capacity, delete instances) and the permissions read with which
-# `fleetscale check` proves them.
+# `fleetscale check` proves them; and a second role on the resource group with the one
+# read Azure checks there: the status of the operations a grow or shrink starts. Its URL
+# is at subscription scope (/subscriptions/{id}/providers/Microsoft.Compute/locations/
+# {region}/operations/{id}), outside the scale set: "To track the status of an
+# asynchronous operation, you need sufficient permission at the resource group level"
+# (Microsoft, "Track asynchronous Azure operations"). Without it the adapter follows
+# grows and shrinks by the scale set's provisioning state, and `fleetscale check` says so.
 resource "azurerm_user_assigned_identity" "agent" {
   name                = "${var.name}-agent"
   location            = azurerm_resource_group.demo.location
@@ -47,6 +53,27 @@ resource "azurerm_role_definition" "fleet_network_join" {
   }
 
   assignable_scopes = [azurerm_resource_group.demo.id]
+}
+
+resource "azurerm_role_definition" "operation_status_reader" {
+  name        = "fleetscale operation status reader (${data.azurerm_subscription.current.subscription_id}/${azurerm_resource_group.demo.name})"
+  scope       = azurerm_resource_group.demo.id
+  description = "Read the status of Compute's long-running operations, to follow scale set changes to their end (fleetscale agent)."
+
+  permissions {
+    actions     = ["Microsoft.Compute/locations/operations/read"]
+    not_actions = []
+  }
+
+  assignable_scopes = [azurerm_resource_group.demo.id]
+}
+
+resource "azurerm_role_assignment" "agent_operation_status" {
+  scope              = azurerm_resource_group.demo.id
+  role_definition_id = azurerm_role_definition.operation_status_reader.role_definition_resource_id
+  principal_id       = azurerm_user_assigned_identity.agent.principal_id
+  principal_type     = "ServicePrincipal"
+  description        = "fleetscale agent follows the ${var.fleet_name} fleet's scale operations"
 }
 
 resource "azurerm_role_assignment" "agent_scale_set" {

@@ -2,6 +2,13 @@
 //! a token. azure_identity 0.21 signs assertions only with OpenSSL; this signs with ring,
 //! which the TLS stack already carries, and sends the assertion through azure_identity's
 //! own client-assertion flow.
+//!
+//! The assertion is the one "Microsoft identity platform application authentication
+//! certificate credentials" (https://learn.microsoft.com/entra/identity-platform/certificate-credentials,
+//! "Assertion format") describes: a header with `alg` "PS256", `typ` "JWT" and
+//! `x5t#S256`, the "Base64url-encoded SHA-256 thumbprint of the X.509 certificate's DER
+//! encoding"; claims `aud` (the tenant's token endpoint), `iss` and `sub` (the client id),
+//! `jti`, `nbf`, `iat`, `exp`; a signature with PSS padding (RSASSA-PSS, SHA-256).
 
 use std::path::Path;
 use std::sync::{Mutex, PoisonError};
@@ -12,7 +19,7 @@ use azure_core::auth::{AccessToken, TokenCredential};
 use azure_core::error::ErrorKind as AzureErrorKind;
 use azure_core::{HttpClient, Url};
 use ring::rand::SystemRandom;
-use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
+use ring::signature::{RSA_PSS_SHA256, RsaKeyPair};
 use time::OffsetDateTime;
 
 use super::errors::{CredentialFailure, CredentialFailureKind};
@@ -28,7 +35,7 @@ pub(crate) struct ClientCertificateCredential {
     tenant_id: String,
     client_id: String,
     key: RsaKeyPair,
-    /// The certificate's SHA-1 thumbprint, base64url: the `x5t` Entra ID matches.
+    /// The certificate's SHA-256 thumbprint, base64url: the `x5t#S256` Entra ID matches.
     thumbprint: String,
     cache: Mutex<Option<AccessToken>>,
 }
@@ -71,14 +78,13 @@ impl ClientCertificateCredential {
                 path.display()
             )
         })?;
-        let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &certificate);
         Ok(ClientCertificateCredential {
             http,
             authority,
             tenant_id: tenant_id.to_owned(),
             client_id: client_id.to_owned(),
             key,
-            thumbprint: azure_core::base64::encode_url_safe(digest.as_ref()),
+            thumbprint: sha256_thumbprint(&certificate),
             cache: Mutex::new(None),
         })
     }
@@ -93,7 +99,7 @@ impl ClientCertificateCredential {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": self.thumbprint});
+        let header = serde_json::json!({"alg": "PS256", "typ": "JWT", "x5t#S256": self.thumbprint});
         let claims = serde_json::json!({
             "aud": audience.as_str(),
             "iss": self.client_id,
@@ -111,7 +117,7 @@ impl ClientCertificateCredential {
         let mut signature = vec![0; self.key.public().modulus_len()];
         self.key
             .sign(
-                &RSA_PKCS1_SHA256,
+                &RSA_PSS_SHA256,
                 &SystemRandom::new(),
                 signing_input.as_bytes(),
                 &mut signature,
@@ -164,6 +170,11 @@ impl TokenCredential for ClientCertificateCredential {
     }
 }
 
+/// The `x5t#S256` of a certificate: the base64url SHA-256 digest of its DER encoding.
+fn sha256_thumbprint(der: &[u8]) -> String {
+    azure_core::base64::encode_url_safe(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+}
+
 /// The DER bytes of the first `-----BEGIN {label}-----` block.
 fn pem_block(pem: &str, label: &str) -> Option<Vec<u8>> {
     let begin = format!("-----BEGIN {label}-----");
@@ -186,5 +197,14 @@ mod tests {
         let pem = "junk\n-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n";
         assert_eq!(pem_block(pem, "CERTIFICATE"), Some(vec![0, 1, 2, 3]));
         assert_eq!(pem_block(pem, "PRIVATE KEY"), None);
+    }
+
+    #[test]
+    fn the_thumbprint_is_the_base64url_sha256_of_the_der() {
+        // SHA-256("abc") = ba7816bf…f20015ad (FIPS 180-2's first example), unpadded.
+        assert_eq!(
+            sha256_thumbprint(b"abc"),
+            "ungWv48Bz-pBQUDeXa4iI7ADYaOWF3qctBD_YfIAFa0"
+        );
     }
 }

@@ -8,6 +8,14 @@
 //! helps) from "unreachable" (retry). After a refusal it answers from memory for a while
 //! instead of asking Entra ID again: a wrong secret costs one token request, not one per
 //! call.
+//!
+//! Answers that say "retry" are not refusals. Entra ID's token endpoint (client secret,
+//! certificate and workload identity alike) is read by [`EntraHttp`], which keeps the
+//! status and `Retry-After` azure_identity drops: 429 is throttled with its `Retry-After`,
+//! 5xx and `temporarily_unavailable` are transient. The managed identity endpoint's 404
+//! and 410 (IMDS updating), 429 and 5xx likewise. And a 401 from Resource Manager drops
+//! the tokens held ([`FleetCredential::unauthorized_policy`]), so the next request fetches
+//! a fresh one.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,13 +25,16 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use azure_core::auth::{AccessToken, Secret, TokenCredential};
 use azure_core::error::ErrorKind as AzureErrorKind;
-use azure_core::{HttpClient, Method, Request, Url};
+use azure_core::headers::Headers;
+use azure_core::{
+    Context, HttpClient, Method, Policy, PolicyResult, Request, Response, StatusCode, Url,
+};
 use azure_identity::{AzureCliCredential, ClientSecretCredential, WorkloadIdentityCredential};
 use time::OffsetDateTime;
 
 use super::certificate::ClientCertificateCredential;
 use super::config::{AzureConfig, CredentialConfig};
-use super::errors::{CredentialFailure, CredentialFailureKind, chain, find};
+use super::errors::{CredentialFailure, CredentialFailureKind, chain, find, retry_after};
 
 /// How long a refused credential is answered from memory before Entra ID is asked again.
 const REFUSAL_HOLD: Duration = Duration::from_secs(30);
@@ -207,6 +218,28 @@ impl FleetCredential {
             .map(|source| source.description.clone())
     }
 
+    /// Forgets every token the sources hold, so that the next request fetches a fresh
+    /// one: Resource Manager refused the last (401 `InvalidAuthenticationToken`,
+    /// `ExpiredAuthenticationToken`…), which a revoked or rotated token earns long before
+    /// its `expires_on`.
+    pub(crate) async fn invalidate(&self) {
+        for source in &self.sources {
+            if let Availability::Ready(credential) = &source.credential
+                && let Err(error) = credential.clear_cache().await
+            {
+                tracing::debug!(source = %source.description, %error, "could not drop a cached token");
+            }
+        }
+    }
+
+    /// The pipeline policy through which every Resource Manager request passes: on a 401
+    /// it [invalidates](FleetCredential::invalidate) the tokens held. It reads both a 401
+    /// response and the error [`super::errors::ArmErrorPolicy`] makes of one, so it may
+    /// stand before or after that policy.
+    pub(crate) fn unauthorized_policy(self: &Arc<Self>) -> Arc<dyn Policy> {
+        Arc::new(DropTokensOnUnauthorized(self.clone()))
+    }
+
     async fn token(&self, scopes: &[&str]) -> Result<AccessToken, CredentialFailure> {
         if let Some((at, failure)) = &*self.refused.lock().unwrap_or_else(PoisonError::into_inner)
             && at.elapsed() < REFUSAL_HOLD
@@ -296,6 +329,9 @@ impl FleetCredential {
                 kind: failure.kind,
                 message: format!("{source}: {}", failure.message),
             };
+        }
+        if let Some(answer) = find::<EntraAnswer>(error) {
+            return answer.failure(&self.authority, source);
         }
         if let Some(token_error) = find::<TokenError>(error) {
             return match token_error {
@@ -390,6 +426,152 @@ fn first_line_and_trace(description: &str) -> String {
     }
 }
 
+/// The HTTP client the Entra ID credentials (client secret, certificate, workload
+/// identity) reach the token endpoint through. Every unsuccessful answer becomes an
+/// [`EntraAnswer`] here, while its status and headers are still known: azure_identity's
+/// client-secret flow hands oauth2 the body alone, and its client-assertion flow keeps the
+/// status but neither the body nor `Retry-After`.
+#[derive(Debug)]
+struct EntraHttp(Arc<dyn HttpClient>);
+
+#[async_trait]
+impl HttpClient for EntraHttp {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<Response> {
+        let response = self.0.execute_request(request).await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let (status, headers, body) = response.deconstruct();
+        let body = body.collect().await?;
+        Err(azure_core::Error::new(
+            AzureErrorKind::Credential,
+            EntraAnswer::read(status as u16, &headers, &body),
+        ))
+    }
+}
+
+/// An unsuccessful answer of Entra ID's token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntraAnswer {
+    status: u16,
+    /// The OAuth `error`: `invalid_client`, `temporarily_unavailable`…
+    error: Option<String>,
+    /// The first line of `error_description` and its trace id, or the start of a body
+    /// that is not Entra ID's JSON (a proxy's page).
+    description: Option<String>,
+    retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for EntraAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.status)?;
+        if let Some(error) = &self.error {
+            write!(f, " {error}")?;
+        }
+        if let Some(description) = &self.description {
+            write!(f, ": {description}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for EntraAnswer {}
+
+impl EntraAnswer {
+    /// Reads Entra ID's error format (`{"error", "error_description", "error_codes", …}`:
+    /// "Microsoft Entra authentication and authorization error codes",
+    /// https://learn.microsoft.com/entra/identity-platform/reference-error-codes).
+    fn read(status: u16, headers: &Headers, body: &[u8]) -> Self {
+        let json = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let text = |key: &str| {
+            json.as_ref()
+                .and_then(|v| v.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let description = match json {
+            Some(_) => text("error_description").map(first_line_and_trace),
+            None => {
+                let body = String::from_utf8_lossy(body);
+                let first = body.lines().map(str::trim).find(|l| !l.is_empty());
+                first.map(|l| l.chars().take(200).collect())
+            }
+        };
+        EntraAnswer {
+            status,
+            error: text("error").map(str::to_owned),
+            description,
+            retry_after: retry_after(headers),
+        }
+    }
+
+    /// What the answer means for the credential that asked.
+    fn failure(&self, authority: &str, source: &str) -> CredentialFailure {
+        // Entra ID throttles the client credentials grant with "429 Too Many Requests,
+        // with a Retry-After" header, and answers its own problems with "a HTTP 5xx error
+        // code" ("Understanding client and server throttling in MSAL.NET",
+        // https://learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling).
+        // `temporarily_unavailable`, whatever its status, is "The server is temporarily
+        // too busy to handle the request" with the client action "Retry the request" (the
+        // error code reference above). Neither is a refusal, and neither is held as one.
+        let temporarily_unavailable = self.error.as_deref() == Some("temporarily_unavailable");
+        if self.status == 429 {
+            CredentialFailure {
+                kind: CredentialFailureKind::Throttled(self.retry_after),
+                message: format!("Entra ID ({authority}) asked the {source} to slow down: {self}"),
+            }
+        } else if self.status == 408 || self.status >= 500 || temporarily_unavailable {
+            unreachable(format!(
+                "Entra ID ({authority}) could not serve the {source} for now: {self}"
+            ))
+        } else {
+            refused(format!(
+                "Entra ID ({authority}) refused the {source}: {self}"
+            ))
+        }
+    }
+}
+
+/// See [`FleetCredential::unauthorized_policy`].
+#[derive(Debug)]
+struct DropTokensOnUnauthorized(Arc<FleetCredential>);
+
+#[async_trait]
+impl Policy for DropTokensOnUnauthorized {
+    async fn send(
+        &self,
+        ctx: &Context,
+        request: &mut Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let Some((first, rest)) = next.split_first() else {
+            return Err(azure_core::Error::message(
+                AzureErrorKind::Other,
+                "the token-dropping policy is the pipeline's last: no transport follows it",
+            ));
+        };
+        let result = first.send(ctx, request, rest).await;
+        let unauthorized = match &result {
+            Ok(response) => response.status() == StatusCode::Unauthorized,
+            Err(error) => matches!(
+                error.kind(),
+                AzureErrorKind::HttpResponse {
+                    status: StatusCode::Unauthorized,
+                    ..
+                }
+            ),
+        };
+        if unauthorized {
+            tracing::debug!(
+                "Resource Manager refused the access token: the next request fetches a fresh one"
+            );
+            self.0.invalidate().await;
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl TokenCredential for FleetCredential {
     async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
@@ -417,6 +599,11 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// The client for Entra ID's token endpoint: see [`EntraHttp`].
+    fn entra_http(&self) -> Arc<dyn HttpClient> {
+        Arc::new(EntraHttp(self.http.clone()))
+    }
+
     fn client_secret(
         &self,
         tenant_id: &str,
@@ -451,7 +638,7 @@ impl Builder<'_> {
         );
         let credential = match secret {
             Ok(secret) => Availability::Ready(Arc::new(ClientSecretCredential::new(
-                self.http.clone(),
+                self.entra_http(),
                 self.authority.clone(),
                 tenant_id.to_owned(),
                 client_id.to_owned(),
@@ -478,7 +665,7 @@ impl Builder<'_> {
             path.display()
         );
         let credential = match ClientCertificateCredential::from_file(
-            self.http.clone(),
+            self.entra_http(),
             self.authority.clone(),
             tenant_id,
             client_id,
@@ -582,7 +769,7 @@ impl Builder<'_> {
         let credential = match (tenant, client, file) {
             (Some(tenant), Some(client), Some(file)) => {
                 Availability::Ready(Arc::new(WorkloadIdentityFromFile {
-                    http: self.http.clone(),
+                    http: self.entra_http(),
                     authority: self.authority.clone(),
                     tenant_id: tenant.to_owned(),
                     client_id: client.to_owned(),
@@ -768,27 +955,12 @@ impl TokenCredential for ManagedIdentityCredential {
             }
         }
         let response = self.http.execute_request(&request).await?;
-        let (status, _headers, body) = response.deconstruct();
+        let (status, headers, body) = response.deconstruct();
         let body = body.collect().await?;
         let status = status as u16;
         if !(200..300).contains(&status) {
-            let (code, message) = super::errors::error_code_and_message(&body);
-            let detail = message.or(code).unwrap_or_default();
-            let failure = match status {
-                400 | 404 => refused(format!(
-                    "no such identity is assigned to this machine (the endpoint answered {status}: {detail})"
-                )),
-                429 => CredentialFailure {
-                    kind: CredentialFailureKind::Throttled(None),
-                    message: format!("the managed identity endpoint asked to slow down: {detail}"),
-                },
-                408 | 500..=599 => unreachable(format!(
-                    "the managed identity endpoint answered {status}: {detail}"
-                )),
-                _ => refused(format!(
-                    "the managed identity endpoint answered {status}: {detail}"
-                )),
-            };
+            let imds = matches!(self.endpoint, ManagedIdentityEndpoint::Imds(_));
+            let failure = managed_identity_failure(imds, status, &headers, &body);
             return Err(azure_core::Error::new(AzureErrorKind::Credential, failure));
         }
         let token: ManagedIdentityToken = serde_json::from_slice(&body).map_err(|e| {
@@ -822,6 +994,77 @@ impl TokenCredential for ManagedIdentityCredential {
         *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
         Ok(())
     }
+}
+
+/// What an unsuccessful answer of the managed identity endpoint means (`imds`: the
+/// instance metadata service, else App Service's endpoint). IMDS's statuses are read as
+/// "How to use managed identities for Azure resources on an Azure VM to acquire an access
+/// token" tells ("Error handling" and "Retry guidance",
+/// https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-use-vm-token#error-handling):
+/// only a 4xx other than 404, 410 and 429 is a refusal.
+fn managed_identity_failure(
+    imds: bool,
+    status: u16,
+    headers: &Headers,
+    body: &[u8],
+) -> CredentialFailure {
+    let detail = managed_identity_detail(body)
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default();
+    match status {
+        // "404 Not found. | IMDS endpoint is updating. | Retry with Exponential Backoff."
+        404 if imds => unreachable(format!(
+            "the instance metadata service is updating (it answered 404{detail}); retry with backoff"
+        )),
+        // "410 | IMDS is going through updates | IMDS will be available within 70
+        // seconds"; "it indicates that IMDS is going through updates and will be available
+        // in a maximum of 70 seconds" (Retry guidance).
+        410 if imds => unreachable(format!(
+            "the instance metadata service is being upgraded (it answered 410{detail}) and answers again within 70 s"
+        )),
+        // "429 Too many requests. | IMDS Throttle limit reached. | Retry with Exponential
+        // Backoff.", after the `Retry-After` it sent when it sent one.
+        429 => CredentialFailure {
+            kind: CredentialFailureKind::Throttled(retry_after(headers)),
+            message: format!("the managed identity endpoint asked to slow down (429{detail})"),
+        },
+        // "5xx Transient error from service. | … | It's safe to retry after waiting for
+        // at least 1 second."
+        408 | 500..=599 => unreachable(format!(
+            "the managed identity endpoint answered {status}{detail}"
+        )),
+        // "4xx Error in request. | One or more of the request parameters was incorrect. |
+        // Don't retry." An unknown client id is IMDS's 400 "Identity not found".
+        400 | 404 => refused(format!(
+            "no such identity is assigned to this machine (the endpoint answered {status}{detail})"
+        )),
+        _ => refused(format!(
+            "the managed identity endpoint answered {status}{detail}"
+        )),
+    }
+}
+
+/// The reason in a managed identity endpoint's error body: IMDS's
+/// `{"error", "error_description"}`, App Service's `{"message"}` or an ARM-style
+/// `{"error": {"code", "message"}}`.
+fn managed_identity_detail(body: &[u8]) -> Option<String> {
+    let value = serde_json::from_slice::<serde_json::Value>(body).ok();
+    let text = |key: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    text("error_description")
+        .or_else(|| text("message"))
+        .or_else(|| text("error"))
+        .or_else(|| {
+            let (code, message) = super::errors::error_code_and_message(body);
+            message.or(code)
+        })
 }
 
 /// Who a token speaks for, read from its claims (decoded, not verified: the adapter only
@@ -891,6 +1134,111 @@ mod tests {
         assert_eq!(
             first_line_and_trace(text),
             "AADSTS7000215: Invalid client secret provided. (trace id abc)"
+        );
+    }
+
+    fn entra_body(error: &str, description: &str) -> Vec<u8> {
+        serde_json::json!({
+            "error": error,
+            "error_description": format!("{description}\r\nTrace ID: t-1\r\nCorrelation ID: c-1"),
+            "error_codes": [1],
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn entra_kind(status: u16, headers: &Headers, body: &[u8]) -> CredentialFailureKind {
+        EntraAnswer::read(status, headers, body)
+            .failure("https://login.example", "client secret credential")
+            .kind
+    }
+
+    #[test]
+    fn entra_answers_that_say_retry_are_not_refusals() {
+        let none = Headers::new();
+        let mut retry_after = Headers::new();
+        retry_after.insert("retry-after", "60");
+
+        let busy = entra_body("temporarily_unavailable", "AADSTS90024: try again");
+        assert_eq!(
+            entra_kind(429, &retry_after, &busy),
+            CredentialFailureKind::Throttled(Some(Duration::from_secs(60)))
+        );
+        assert_eq!(
+            entra_kind(429, &none, b"<html>slow down</html>"),
+            CredentialFailureKind::Throttled(None)
+        );
+        for status in [500, 502, 503, 504] {
+            assert_eq!(
+                entra_kind(status, &none, &busy),
+                CredentialFailureKind::Unreachable
+            );
+        }
+        // `temporarily_unavailable` means "retry the request" whatever its status.
+        assert_eq!(
+            entra_kind(400, &none, &busy),
+            CredentialFailureKind::Unreachable
+        );
+
+        let wrong = entra_body(
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+        );
+        assert_eq!(
+            entra_kind(401, &none, &wrong),
+            CredentialFailureKind::Refused
+        );
+        let failure = EntraAnswer::read(401, &none, &wrong)
+            .failure("https://login.example", "client secret credential");
+        assert_eq!(
+            failure.message,
+            "Entra ID (https://login.example) refused the client secret credential: 401 \
+             invalid_client: AADSTS7000215: Invalid client secret provided. (trace id t-1)"
+        );
+    }
+
+    fn imds_kind(imds: bool, status: u16, headers: &Headers) -> CredentialFailureKind {
+        let body = br#"{"error":"e","error_description":"d"}"#;
+        managed_identity_failure(imds, status, headers, body).kind
+    }
+
+    #[test]
+    fn imds_statuses_follow_microsofts_retry_guidance() {
+        let none = Headers::new();
+        let mut retry_after = Headers::new();
+        retry_after.insert("retry-after", "9");
+        assert_eq!(
+            imds_kind(true, 404, &none),
+            CredentialFailureKind::Unreachable
+        );
+        assert_eq!(
+            imds_kind(true, 410, &none),
+            CredentialFailureKind::Unreachable
+        );
+        assert!(
+            managed_identity_failure(true, 410, &none, b"")
+                .message
+                .contains("within 70 s")
+        );
+        assert_eq!(
+            imds_kind(true, 429, &retry_after),
+            CredentialFailureKind::Throttled(Some(Duration::from_secs(9)))
+        );
+        assert_eq!(
+            imds_kind(true, 500, &none),
+            CredentialFailureKind::Unreachable
+        );
+        assert_eq!(imds_kind(true, 400, &none), CredentialFailureKind::Refused);
+        assert!(
+            managed_identity_failure(true, 400, &none, br#"{"error":"invalid_request","error_description":"Identity not found"}"#)
+                .message
+                .contains("no such identity is assigned to this machine (the endpoint answered 400: Identity not found)")
+        );
+        // App Service's endpoint is not IMDS: its 404 is still an unknown identity.
+        assert_eq!(imds_kind(false, 404, &none), CredentialFailureKind::Refused);
+        assert_eq!(
+            imds_kind(false, 429, &retry_after),
+            CredentialFailureKind::Throttled(Some(Duration::from_secs(9)))
         );
     }
 }

@@ -19,7 +19,8 @@ use super::credential::{AzureEnvironment, FleetCredential, identity_from_token};
 use super::errors::{ArmErrorPolicy, to_adapter_error};
 use super::operation::{ArmHttp, Ended, Follow, Operation};
 use super::permissions::{
-    self, DELETE_INSTANCES, PERMISSIONS_API_VERSION, PermissionsPage, READ, READ_VMS, WRITE,
+    self, DELETE_INSTANCES, PERMISSIONS_API_VERSION, PermissionsPage, READ, READ_VMS,
+    TRACK_OPERATIONS, WRITE,
 };
 use crate::{
     AccessReport, AdapterError, CloudAdapter, ErrorKind, Fleet, GrowOutcome, IdempotencyToken,
@@ -30,6 +31,10 @@ use crate::{
 /// before;RFC 3339 time`. It makes a repeated grow idempotent across agent restarts: the
 /// agent remembers nothing that it cannot read again, and this it can.
 pub const GROW_TAG: &str = "fleetscale-grow";
+
+/// The Compute API version of `azure_mgmt_compute`'s `package_2024_07_01`, for the
+/// requests the adapter sends itself.
+const COMPUTE_API_VERSION: &str = "2024-07-01";
 
 /// How many grows are remembered in memory (with the instances that existed before
 /// each), for exact answers to repeated calls.
@@ -160,9 +165,13 @@ impl ScaleSetFleet {
         // sends each request once, and every failure is read by ArmErrorPolicy.
         let mut options =
             ClientOptions::new(TransportOptions::new(http_client)).retry(RetryOptions::none());
+        // A 401 drops the tokens held, so the next request fetches a fresh one.
         options
             .per_retry_policies_mut()
-            .push(Arc::new(ArmErrorPolicy));
+            .push(credential.unauthorized_policy());
+        options
+            .per_retry_policies_mut()
+            .push(Arc::new(ArmErrorPolicy::default()));
         let as_token_credential: Arc<dyn TokenCredential> = credential.clone();
         let compute = compute::Client::new(
             endpoint.clone(),
@@ -196,13 +205,17 @@ impl ScaleSetFleet {
         &self.config
     }
 
+    /// The scale set, refused if it is one the adapter cannot manage.
     async fn scale_set(&self) -> Result<VirtualMachineScaleSet> {
         let c = &self.config;
-        self.compute
+        let set = self
+            .compute
             .virtual_machine_scale_sets_client()
             .get(&c.resource_group, &c.scale_set, &c.subscription_id)
             .await
-            .map_err(|e| to_adapter_error(&e, READ))
+            .map_err(|e| to_adapter_error(&e, READ))?;
+        refuse_flexible(&set, &c.scale_set)?;
+        Ok(set)
     }
 
     async fn vms(&self) -> Result<Vec<VirtualMachineScaleSetVm>> {
@@ -227,7 +240,21 @@ impl ScaleSetFleet {
             timeout: self.config.operation_timeout,
             what,
             action,
+            resource: self
+                .url(&self.config.resource_id(), COMPUTE_API_VERSION)
+                .ok(),
         }
+    }
+
+    /// `path` on the Resource Manager endpoint, with `api-version`.
+    fn url(&self, path: &str, api_version: &str) -> Result<Url> {
+        let mut url = self
+            .endpoint
+            .join(path)
+            .map_err(|e| AdapterError::invalid(format!("URL of {path}: {e}")))?;
+        url.query_pairs_mut()
+            .append_pair("api-version", api_version);
+        Ok(url)
     }
 
     fn remembered(&self, token: &str) -> Option<GrowRecord> {
@@ -263,7 +290,10 @@ impl ScaleSetFleet {
                         "changing the capacity of scale set {} to {}",
                         self.config.scale_set, record.target
                     );
-                    if self.follow(&what, WRITE).run(operation).await? == Ended::Succeeded {
+                    if matches!(
+                        self.follow(&what, WRITE).run(operation).await?,
+                        Ended::Succeeded | Ended::Superseded
+                    ) {
                         self.update_remembered(&mark.token, |r| r.finished = true);
                     }
                 }
@@ -278,7 +308,7 @@ impl ScaleSetFleet {
         let vms = self.vms().await?;
         Ok(GrowOutcome {
             requested: count,
-            launched: launched_since.new_ids(&vms),
+            launched: at_most(launched_since.new_ids(&vms), count),
         })
     }
 }
@@ -317,6 +347,15 @@ impl Since {
         sort_ids(&mut ids);
         ids
     }
+}
+
+/// The first `count` of the new VMs. With overprovisioning (the default of Uniform scale
+/// sets) Azure creates more VMs than asked and deletes the extra ones when the asked-for
+/// ones are provisioned: until then they are listed, but they are not the grow's, and
+/// they are not billed ("Design considerations for scale sets: Overprovisioning").
+fn at_most(mut ids: Vec<InstanceId>, count: u32) -> Vec<InstanceId> {
+    ids.truncate(count as usize);
+    ids
 }
 
 /// Numeric ids in numeric order (Uniform scale sets), others after them by name.
@@ -404,6 +443,33 @@ fn instance_of(vm: &VirtualMachineScaleSetVm, location: &str) -> Option<Instance
             .unwrap_or_else(|| location.to_owned()),
         protected: is_protected(vm),
     })
+}
+
+/// Flexible orchestration lists its instances as ordinary VMs (`virtualMachines` filtered
+/// by scale set), not through the scale set's VM list this adapter reads, and names them
+/// by VM name: the adapter would see an empty fleet and grow it without end. It is refused,
+/// at `check` and at start, until it is supported ("Orchestration modes for Virtual
+/// Machine Scale Sets", learn.microsoft.com/azure/virtual-machine-scale-sets/
+/// virtual-machine-scale-sets-orchestration-modes).
+fn refuse_flexible(set: &VirtualMachineScaleSet, name: &str) -> Result<()> {
+    match set
+        .properties
+        .as_ref()
+        .and_then(|p| p.orchestration_mode.as_ref())
+    {
+        None | Some(compute::models::OrchestrationMode::Uniform) => Ok(()),
+        Some(mode) => {
+            let mode = match mode {
+                compute::models::OrchestrationMode::UnknownValue(other) => other.clone(),
+                _ => "Flexible".to_owned(),
+            };
+            Err(AdapterError::invalid(format!(
+                "scale set {name} uses {mode} orchestration; fleetscale manages Uniform scale \
+                 sets only (Flexible scale sets list and name their instances as separate \
+                 VMs, which this adapter does not read): use a Uniform scale set"
+            )))
+        }
+    }
 }
 
 fn capacity_of(set: &VirtualMachineScaleSet) -> u32 {
@@ -523,14 +589,17 @@ impl CloudAdapter for ScaleSetFleet {
             "changing the capacity of scale set {} from {current} to {target}",
             c.scale_set
         );
-        if self.follow(&what, WRITE).run(&operation).await? == Ended::Succeeded {
+        if matches!(
+            self.follow(&what, WRITE).run(&operation).await?,
+            Ended::Succeeded | Ended::Superseded
+        ) {
             self.update_remembered(&mark.token, |r| r.finished = true);
         }
 
         let vms = self.vms().await?;
         Ok(GrowOutcome {
             requested: count,
-            launched: Since::Instances(before).new_ids(&vms),
+            launched: at_most(Since::Instances(before).new_ids(&vms), count),
         })
     }
 
@@ -647,11 +716,11 @@ impl CloudAdapter for ScaleSetFleet {
             }
         };
         let name = &self.config.scale_set;
+        let set = self.scale_set().await;
+        let location = set.as_ref().ok().map(|set| set.resource.location.clone());
         probe(
             READ,
-            self.scale_set()
-                .await
-                .map(|set| format!("read scale set {name} (capacity {})", capacity_of(&set))),
+            set.map(|set| format!("read scale set {name} (capacity {})", capacity_of(&set))),
         )?;
         probe(
             READ_VMS,
@@ -659,6 +728,9 @@ impl CloudAdapter for ScaleSetFleet {
                 .await
                 .map(|vms| format!("listed the {} VMs of scale set {name}", vms.len())),
         )?;
+        if let Some(location) = location {
+            probe(TRACK_OPERATIONS, self.probe_operation_read(&location).await)?;
+        }
 
         match self.permissions().await {
             Ok(roles) => {
@@ -696,6 +768,35 @@ impl CloudAdapter for ScaleSetFleet {
 }
 
 impl ScaleSetFleet {
+    /// Reads the status of an operation that does not exist, in the scale set's region:
+    /// Resource Manager authorizes the read before Compute looks the operation up, so a
+    /// 404 proves the identity may follow the operations its grows and shrinks start, and
+    /// a 403 that it may not (its role is assigned on the scale set alone).
+    async fn probe_operation_read(&self, location: &str) -> Result<String> {
+        let path = format!(
+            "/subscriptions/{}/providers/Microsoft.Compute/locations/{location}/operations/00000000-0000-0000-0000-000000000000",
+            self.config.subscription_id
+        );
+        let done = "read the status of operations in the subscription (grows and shrinks are followed to their end)".to_owned();
+        match self.http.get(self.url(&path, COMPUTE_API_VERSION)?).await {
+            Ok(_) => Ok(done),
+            Err(error) => {
+                let mapped = to_adapter_error(&error, TRACK_OPERATIONS);
+                match mapped.kind() {
+                    ErrorKind::NotFound => Ok(done),
+                    ErrorKind::Permission => Err(AdapterError::permission(
+                        TRACK_OPERATIONS,
+                        format!(
+                            "{mapped}; the status URL of an operation is outside the scale set, so assign a role with {TRACK_OPERATIONS} on resource group {} (without it, grows and shrinks are followed by the scale set's provisioning state)",
+                            self.config.resource_group
+                        ),
+                    )),
+                    _ => Err(mapped),
+                }
+            }
+        }
+    }
+
     /// The caller's effective permissions on the scale set.
     async fn permissions(&self) -> Result<Vec<permissions::RolePermission>> {
         const ACTION: &str = "Microsoft.Authorization/permissions/read";

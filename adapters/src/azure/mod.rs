@@ -6,16 +6,23 @@
 //! client secret or certificate, workload identity, a managed identity, or the Azure CLI's
 //! account ([`CredentialConfig`]).
 //!
-//! Errors map to the adapter's kinds: 401 and a refused token request → authentication;
-//! 403 `AuthorizationFailed` → permission, naming the action; 429 → throttled with
-//! `Retry-After`; quota and allocation failures (`OperationNotAllowed` for quota,
-//! `AllocationFailed`, `SkuNotAvailable`) → capacity; 404 → not found; 409 conflicts
-//! with an operation in progress, 412, 5xx and timeouts → transient. The clients send
-//! each request once: retrying is the `Retry` decorator's decision.
+//! Errors map to the adapter's kinds: 401 (which also drops the cached token) and a
+//! refused token request → authentication; Entra ID's and the managed-identity
+//! endpoint's 429 → throttled and their 5xx, `temporarily_unavailable`, IMDS 404 and 410
+//! → transient; 403 `AuthorizationFailed` and `LinkedAuthorizationFailed` → permission,
+//! naming the action the identity lacks; `RequestDisallowedByPolicy` → invalid, naming the
+//! policy assignment; 429, or a `TooManyRequests` detail → throttled with `Retry-After`;
+//! quota and allocation failures (`OperationNotAllowed` for quota, `AllocationFailed`,
+//! `SkuNotAvailable`) → capacity; 404 → not found; 409 conflicts with an operation in
+//! progress, 412, 5xx and timeouts → transient. An operation preempted by a newer write
+//! (`OperationPreempted`) ends without error. The clients send each request once:
+//! retrying is the `Retry` decorator's decision; pacing under Resource Manager's budgets
+//! (Retry-After and the `x-ms-ratelimit-remaining-*` headers) is the error policy's, which
+//! holds calls back, unsent, until a spent budget refills.
 //!
-//! # The role the identity needs
+//! # The roles the identity needs
 //!
-//! A custom role, assigned on the scale set (or its resource group):
+//! A custom role assigned on the scale set:
 //!
 //! ```json
 //! {
@@ -32,11 +39,20 @@
 //! }
 //! ```
 //!
-//! The last action only lets `fleetscale check` ask Azure which of the others the
-//! identity holds. Growing a scale set whose VMs join a load balancer or use a managed
-//! identity may also need `Microsoft.Network/*/join/action` or
+//! and one with `Microsoft.Compute/locations/operations/read` assigned on the scale set's
+//! resource group: the status URL of the operations a grow or shrink starts is at
+//! subscription scope, and Azure checks that read at the resource group ("Track
+//! asynchronous Azure operations", Permissions for tracking async status). Without it,
+//! grows and shrinks are followed by the scale set's `provisioningState` instead.
+//!
+//! `Microsoft.Authorization/permissions/read` only lets `fleetscale check` ask Azure which
+//! of the others the identity holds. Growing a scale set whose VMs join a load balancer or
+//! use a managed identity may also need `Microsoft.Network/*/join/action` or
 //! `Microsoft.ManagedIdentity/userAssignedIdentities/assign/action` on those resources,
 //! as Azure's 403 message then names.
+//!
+//! Only Uniform orchestration is managed; a Flexible scale set is refused with a message
+//! that says so.
 
 mod certificate;
 mod config;
@@ -51,4 +67,4 @@ pub use config::{
 };
 pub use credential::AzureEnvironment;
 pub use fleet::{GROW_TAG, ScaleSetFleet};
-pub use permissions::{DELETE_INSTANCES, NEEDED_ACTIONS, READ, READ_VMS, WRITE};
+pub use permissions::{DELETE_INSTANCES, NEEDED_ACTIONS, READ, READ_VMS, TRACK_OPERATIONS, WRITE};

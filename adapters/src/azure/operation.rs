@@ -15,7 +15,10 @@ use azure_core::headers::{HeaderName, Headers};
 use azure_core::{Context, Method, Pipeline, Request, Url};
 use tokio::time::Instant;
 
-use super::errors::{error_code_and_message, operation_failure, retry_after, to_adapter_error};
+use super::errors::{
+    error_code_and_message, operation_failure, retry_after, superseded, to_adapter_error,
+};
+use super::permissions::TRACK_OPERATIONS;
 use crate::AdapterError;
 
 /// Raw authenticated GETs through the same pipeline (and error policy) as the clients.
@@ -101,6 +104,9 @@ pub(crate) struct Follow<'a> {
     pub what: &'a str,
     /// The action whose permission a failed poll would lack.
     pub action: &'a str,
+    /// The resource the operation changes (its URL with `api-version`): followed by its
+    /// `provisioningState` when the operation's status may not be read.
+    pub resource: Option<Url>,
 }
 
 /// How following an operation ended.
@@ -111,6 +117,10 @@ pub(crate) enum Ended {
     /// The timeout passed first. The operation goes on in Azure: instances it creates
     /// read as pending, instances it deletes as stopping, until it ends.
     StillRunning,
+    /// A newer write to the scale set preempted it: Compute ended it `Failed` or
+    /// `Canceled` with `OperationPreempted`. Not a failed call: the newer write decides
+    /// the scale set's size, and the controller's next read sees it.
+    Superseded,
 }
 
 impl Follow<'_> {
@@ -145,6 +155,16 @@ impl Follow<'_> {
                 Ok(answer) => answer,
                 Err(error) => {
                     let mapped = to_adapter_error(&error, self.action);
+                    if mapped.kind() == crate::ErrorKind::Permission
+                        && let Some(resource) = &self.resource
+                    {
+                        tracing::warn!(
+                            operation = %url, error = %mapped,
+                            "cannot read the status of {}: following the scale set's provisioning state instead; grant {TRACK_OPERATIONS} on the resource group to follow operations",
+                            self.what
+                        );
+                        return self.follow_resource(resource, deadline).await;
+                    }
                     if !mapped.is_retryable() {
                         return Err(mapped);
                     }
@@ -171,12 +191,82 @@ impl Follow<'_> {
                             let (code, message) = error_code_and_message(&answer.body);
                             let message =
                                 message.unwrap_or_else(|| format!("the operation ended {s}"));
+                            if superseded(code.as_deref()) {
+                                tracing::info!(
+                                    operation = %url,
+                                    "{} was superseded by a newer write to the scale set ({message}); the next read shows the size it set",
+                                    self.what
+                                );
+                                return Ok(Ended::Superseded);
+                            }
                             return Err(operation_failure(code.as_deref(), &message, self.what));
                         }
                         _ => {}
                     }
                 }
             }
+        }
+    }
+}
+
+impl Follow<'_> {
+    /// Polls the resource until its `provisioningState` leaves `Updating` (or any state
+    /// other than `Succeeded` and `Failed`), or the deadline passes. Resource Manager's
+    /// documented fallback: "If no value is returned for provisioningState, the operation
+    /// finished and succeeded" ("Track asynchronous Azure operations").
+    async fn follow_resource(
+        &self,
+        resource: &Url,
+        deadline: Instant,
+    ) -> Result<Ended, AdapterError> {
+        let mut wait = self.poll_interval;
+        loop {
+            let answer = match self.http.get(resource.clone()).await {
+                Ok(answer) => answer,
+                Err(error) => {
+                    let mapped = to_adapter_error(&error, super::permissions::READ);
+                    if !mapped.is_retryable() {
+                        return Err(mapped);
+                    }
+                    wait = mapped.retry_after().unwrap_or(self.poll_interval);
+                    Answer {
+                        status: 0,
+                        headers: Headers::new(),
+                        body: Vec::new(),
+                    }
+                }
+            };
+            if answer.status != 0 {
+                let body: serde_json::Value =
+                    serde_json::from_slice(&answer.body).unwrap_or_default();
+                let state = body
+                    .pointer("/properties/provisioningState")
+                    .and_then(|s| s.as_str());
+                match state {
+                    None => return Ok(Ended::Succeeded),
+                    Some(s) if s.eq_ignore_ascii_case("Succeeded") => return Ok(Ended::Succeeded),
+                    Some(s) if s.eq_ignore_ascii_case("Failed") => {
+                        return Err(operation_failure(
+                            None,
+                            "the scale set's provisioning state is Failed",
+                            self.what,
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                wait = retry_after(&answer.headers).unwrap_or(self.poll_interval);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(
+                    resource = %resource,
+                    "{} had not finished after {}; it goes on in Azure",
+                    self.what,
+                    humantime::format_duration(self.timeout)
+                );
+                return Ok(Ended::StillRunning);
+            }
+            tokio::time::sleep(wait.min(deadline - now)).await;
         }
     }
 }

@@ -11,9 +11,18 @@ pub const DELETE_INSTANCES: &str = "Microsoft.Compute/virtualMachineScaleSets/de
 /// List the scale set's VMs.
 pub const READ_VMS: &str = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read";
 
-/// Every action the adapter needs; a custom role for fleetscale grants these (and
-/// `Microsoft.Authorization/permissions/read`, to let `fleetscale check` verify them).
-pub const NEEDED_ACTIONS: [&str; 4] = [READ, READ_VMS, WRITE, DELETE_INSTANCES];
+/// Read the status of the operations grows and shrinks start. Their URL is at
+/// subscription scope, so this is granted on the resource group (or higher), not on the
+/// scale set: "To track the status of an asynchronous operation, you need sufficient
+/// permission at the resource group level" ("Track asynchronous Azure operations",
+/// Permissions for tracking async status).
+pub const TRACK_OPERATIONS: &str = "Microsoft.Compute/locations/operations/read";
+
+/// Every action the adapter needs, in the order `fleetscale check` reports them: a custom
+/// role on the scale set grants all but [`TRACK_OPERATIONS`] (and
+/// `Microsoft.Authorization/permissions/read`, to let `fleetscale check` verify them), and
+/// one on its resource group grants [`TRACK_OPERATIONS`].
+pub const NEEDED_ACTIONS: [&str; 5] = [READ, READ_VMS, TRACK_OPERATIONS, WRITE, DELETE_INSTANCES];
 
 /// The Resource Manager API version of `Microsoft.Authorization/permissions`.
 pub(crate) const PERMISSIONS_API_VERSION: &str = "2022-04-01";

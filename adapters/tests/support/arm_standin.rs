@@ -7,8 +7,12 @@
 //!   otherwise (`invalid_client`, `AADSTS7000215`…); `GET /metadata/identity/oauth2/token`
 //!   plays the instance metadata service for managed identities.
 //! - Resource Manager routes reject a missing or unknown bearer token (401) and a wrong
-//!   `api-version` (400), enforce the permissions set by [`ArmStandin::set_permissions`]
-//!   (403 `AuthorizationFailed` naming the action), and answer the permissions check.
+//!   `api-version` (400), enforce the role assignments set by
+//!   [`ArmStandin::set_assignments`] on every route, each at its scope (403
+//!   `AuthorizationFailed` naming the action; the operation-status read only from an
+//!   assignment on the resource group), and answer the permissions check.
+//! - [`ArmStandin::behave_as_arm`] switches on the least-privilege roles, operations of
+//!   several polls, a VM list that lags the capacity and overprovisioning at once.
 //! - Capacity updates and `deleteInstances` are answered 202 with an
 //!   `Azure-AsyncOperation` URL that reports `InProgress` a set number of times, then
 //!   `Succeeded` (or `Failed` with `AllocationFailed` when asked); VMs are created in
@@ -83,8 +87,36 @@ impl Route {
 /// A failure a test asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// 429 TooManyRequests with `Retry-After`.
+    /// 429 with `Retry-After`, as Compute throttles: `OperationNotAllowed` with a
+    /// `TooManyRequests` detail whose target is the route's throttling policy, and that
+    /// policy at 0 in `x-ms-ratelimit-remaining-resource` ("Troubleshooting API throttling
+    /// errors", Throttling error details; learn.microsoft.com/troubleshoot/azure/
+    /// virtual-machines/troubleshooting-throttling-errors). The permissions check, served
+    /// by Resource Manager itself, answers as Resource Manager throttles:
+    /// `SubscriptionRequestsThrottled`.
     Throttle { retry_after_secs: u64 },
+    /// 403 LinkedAuthorizationFailed: the identity may perform the route's action on the
+    /// scale set, but not `linked_action` on `linked_scope`, a resource the request refers
+    /// to (a subnet to join, a user-assigned identity to assign). Azure's message: "The
+    /// client '…' with object id '…' has permission to perform action 'A' on scope 'S';
+    /// however, it does not have permission to perform action(s) 'B' on the linked
+    /// scope(s) 'L' or the linked scope(s) are invalid."
+    LinkedAuthorizationFailed {
+        linked_action: String,
+        linked_scope: String,
+    },
+    /// 403 RequestDisallowedByPolicy: an Azure Policy assignment (effect deny) refuses the
+    /// request, in Resource Manager's format: "Resource '…' was disallowed by policy.
+    /// Policy identifiers: '[{"policyAssignment":{"name","id"},"policyDefinition":{"name",
+    /// "id"}}]'." with an `additionalInfo` entry of type `PolicyViolation` ("Resolve errors
+    /// for request disallowed by policy", learn.microsoft.com/azure/azure-resource-manager/
+    /// troubleshooting/error-policy-requestdisallowedbypolicy).
+    RequestDisallowedByPolicy {
+        /// The assignment's display name.
+        assignment: String,
+        /// The policy definition's display name.
+        definition: String,
+    },
     /// 403 AuthorizationFailed naming the route's action.
     Forbidden,
     /// 401 InvalidAuthenticationToken.
@@ -99,6 +131,185 @@ pub enum Fault {
     SkuNotAvailable,
     /// The request is carried out, then its answer is lost (502 from a gateway).
     LoseAnswer,
+    /// 503: Entra ID's token endpoint answers `temporarily_unavailable`, the managed
+    /// identity endpoint a transient error, Resource Manager ServiceUnavailable.
+    Unavailable,
+    /// The managed identity endpoint's 404, "IMDS endpoint is updating" (Resource Manager
+    /// answers it as [`Fault::Unavailable`]).
+    ImdsUpdating,
+    /// The managed identity endpoint's 410, "IMDS is going through updates" (Resource
+    /// Manager answers it as [`Fault::Unavailable`]).
+    ImdsUpgrading,
+}
+
+/// A request budget the stand-in keeps as a token bucket, as Compute and Resource Manager
+/// do. Compute: "Each API request initiated by the user consumes one token. When the token
+/// count depletes to zero, subsequent API requests are throttled. Bucket is replenished
+/// with new tokens every minute at a consistent rate", with per-resource rates and
+/// bucket sizes by policy ("Compute throttling limits", learn.microsoft.com/azure/
+/// virtual-machines/compute-throttling-limits); what is left is reported on every answer
+/// in `x-ms-ratelimit-remaining-resource` as `<source RP>/<policy>;<count>` ("Troubleshooting
+/// API throttling errors", Call rate informational response headers). Resource Manager:
+/// per subscription, reads 250 refilled at 25 a second, writes 200 at 10 a second,
+/// reported in `x-ms-ratelimit-remaining-subscription-reads` / `-writes` ("Understand how
+/// Azure Resource Manager throttles requests", learn.microsoft.com/azure/
+/// azure-resource-manager/management/request-limits-and-throttling). Until a test sets one
+/// ([`ArmStandin::set_budget`]), each bucket is large enough that no test meets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Budget {
+    /// Scale set updates and instance deletions (`PATCH`, `deleteInstances`): Compute's
+    /// scale set Update and Delete policies, 4 tokens a minute, 12 at most.
+    ScaleSetUpdate,
+    /// Reading the scale set: Compute's Low Cost Get, 12 a minute, 36 at most.
+    ScaleSetRead,
+    /// Listing the scale set's VMs: Compute's High Cost Get, 10 a minute, 30 at most.
+    VmList,
+    /// Reading an operation's status: Compute's Get Operation, 15 a minute, 45 at most.
+    OperationStatus,
+    /// Resource Manager's subscription reads.
+    SubscriptionReads,
+    /// Resource Manager's subscription writes.
+    SubscriptionWrites,
+}
+
+impl Budget {
+    /// The policy as Compute names it in `x-ms-ratelimit-remaining-resource` (the names
+    /// of the scale set read, VM list and operation policies as Compute answers them; the
+    /// update policy's as the brief names it), or Resource Manager's header.
+    pub fn name(self) -> &'static str {
+        match self {
+            Budget::ScaleSetUpdate => "Microsoft.Compute/VMScaleSetActions3Min",
+            Budget::ScaleSetRead => "Microsoft.Compute/GetVMScaleSet3Min",
+            Budget::VmList => "Microsoft.Compute/HighCostGetVMScaleSet3Min",
+            Budget::OperationStatus => "Microsoft.Compute/GetOperation3Min",
+            Budget::SubscriptionReads => "x-ms-ratelimit-remaining-subscription-reads",
+            Budget::SubscriptionWrites => "x-ms-ratelimit-remaining-subscription-writes",
+        }
+    }
+
+    /// The documented bucket size and refill, in tokens a second.
+    fn documented(self) -> (f64, f64) {
+        match self {
+            Budget::ScaleSetUpdate => (12.0, 4.0 / 60.0),
+            Budget::ScaleSetRead => (36.0, 12.0 / 60.0),
+            Budget::VmList => (30.0, 10.0 / 60.0),
+            Budget::OperationStatus => (45.0, 15.0 / 60.0),
+            Budget::SubscriptionReads => (250.0, 25.0),
+            Budget::SubscriptionWrites => (200.0, 10.0),
+        }
+    }
+
+    fn is_compute(self) -> bool {
+        !matches!(self, Budget::SubscriptionReads | Budget::SubscriptionWrites)
+    }
+
+    /// The Compute policy and Resource Manager budget a request of `route` spends.
+    fn of_route(route: Route) -> Vec<Budget> {
+        match route {
+            Route::GetScaleSet => vec![Budget::ScaleSetRead, Budget::SubscriptionReads],
+            Route::ListVms => vec![Budget::VmList, Budget::SubscriptionReads],
+            Route::UpdateScaleSet | Route::DeleteInstances => {
+                vec![Budget::ScaleSetUpdate, Budget::SubscriptionWrites]
+            }
+            Route::OperationStatus => vec![Budget::OperationStatus, Budget::SubscriptionReads],
+            Route::Permissions => vec![Budget::SubscriptionReads],
+            Route::Token | Route::ManagedIdentity => Vec::new(),
+        }
+    }
+}
+
+/// A token bucket on tokio's clock (so a test on a paused clock refills it by advancing).
+#[derive(Debug, Clone)]
+struct Bucket {
+    tokens: f64,
+    size: f64,
+    per_second: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn unlimited() -> Bucket {
+        Bucket {
+            tokens: 1e9,
+            size: 1e9,
+            per_second: 1e9,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.size);
+        self.at = now;
+    }
+
+    fn left(&mut self) -> u64 {
+        self.refill();
+        self.tokens.max(0.0).floor() as u64
+    }
+
+    /// Whole seconds until a token is back (at least 1), for `Retry-After`.
+    fn wait_secs(&self) -> u64 {
+        (((1.0 - self.tokens) / self.per_second).ceil() as u64).max(1)
+    }
+}
+
+/// Where a role assignment applies. Azure RBAC: an assignment at a scope covers every
+/// resource below it ("Understand scope for Azure RBAC", learn.microsoft.com/azure/
+/// role-based-access-control/scope-overview).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The scale set's resource group (and so the scale set).
+    ResourceGroup,
+    /// The scale set alone.
+    ScaleSet,
+}
+
+/// A role assignment of the identity: a role's actions and not-actions at a scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub scope: Scope,
+    pub actions: Vec<String>,
+    pub not_actions: Vec<String>,
+}
+
+impl Assignment {
+    pub fn new(scope: Scope, actions: &[&str]) -> Assignment {
+        Assignment {
+            scope,
+            actions: actions.iter().map(|a| a.to_string()).collect(),
+            not_actions: Vec::new(),
+        }
+    }
+
+    fn grants(&self, action: &str) -> bool {
+        let matches =
+            |pattern: &String| glob(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase());
+        self.actions.iter().any(matches) && !self.not_actions.iter().any(matches)
+    }
+}
+
+/// The scale set operator role of the README and terraform/azure, assigned on the scale
+/// set, and the operation-status read assigned on its resource group: the least
+/// privilege with which the adapter works.
+pub fn least_privilege() -> Vec<Assignment> {
+    vec![
+        Assignment::new(
+            Scope::ScaleSet,
+            &[
+                "Microsoft.Compute/virtualMachineScaleSets/read",
+                "Microsoft.Compute/virtualMachineScaleSets/write",
+                "Microsoft.Compute/virtualMachineScaleSets/delete/action",
+                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+                "Microsoft.Authorization/permissions/read",
+            ],
+        ),
+        Assignment::new(
+            Scope::ResourceGroup,
+            &["Microsoft.Compute/locations/operations/read"],
+        ),
+    ]
 }
 
 /// One VM of the scale set.
@@ -124,6 +335,8 @@ enum Effect {
 struct Operation {
     polls_left: u32,
     effect: Effect,
+    /// Overprovisioned VMs, deleted when the operation ends.
+    extras: Vec<String>,
     failure: Option<(String, String)>,
     done: bool,
 }
@@ -150,8 +363,13 @@ struct Inner {
     faults: HashMap<Route, VecDeque<Fault>>,
     allocation_failures: u32,
     quota: Option<u32>,
-    actions: Vec<String>,
-    not_actions: Vec<String>,
+    assignments: Vec<Assignment>,
+    /// List reads a new VM stays out of the VM list for (the list lags the capacity).
+    list_lag_reads: u32,
+    /// VMs created before their list lag ends, by id: list reads left.
+    unlisted: HashMap<String, u32>,
+    overprovision: bool,
+    orchestration_mode: &'static str,
     tokens: HashMap<String, (SystemTime, Principal)>,
     token_lifetime: Duration,
     counts: HashMap<Route, u32>,
@@ -161,6 +379,8 @@ struct Inner {
     bump_etag_after_read: bool,
     trusted_thumbprints: Vec<String>,
     assertions: Vec<String>,
+    /// Compute's and Resource Manager's request budgets ([`Budget`]), made when first used.
+    budgets: HashMap<Budget, Bucket>,
 }
 
 /// The running stand-in. Dropping it stops the server.
@@ -193,8 +413,11 @@ impl ArmStandin {
             faults: HashMap::new(),
             allocation_failures: 0,
             quota: None,
-            actions: vec!["*".into()],
-            not_actions: Vec::new(),
+            assignments: vec![Assignment::new(Scope::ResourceGroup, &["*"])],
+            list_lag_reads: 0,
+            unlisted: HashMap::new(),
+            overprovision: false,
+            orchestration_mode: "Uniform",
             tokens: HashMap::new(),
             token_lifetime: Duration::from_secs(3600),
             counts: HashMap::new(),
@@ -204,6 +427,7 @@ impl ArmStandin {
             bump_etag_after_read: false,
             trusted_thumbprints: Vec::new(),
             assertions: Vec::new(),
+            budgets: HashMap::new(),
         }));
         {
             let mut state = inner.lock().unwrap();
@@ -276,6 +500,35 @@ impl ArmStandin {
         })
     }
 
+    /// Sets `budget` to `remaining` tokens; from then on it refills at its documented rate
+    /// up to its documented size ([`Budget`]), and a request it has no token for is
+    /// answered 429 with `Retry-After` until one is back.
+    pub fn set_budget(&self, budget: Budget, remaining: u32) {
+        let (size, per_second) = budget.documented();
+        self.with(|s| {
+            s.budgets.insert(
+                budget,
+                Bucket {
+                    tokens: f64::from(remaining),
+                    size,
+                    per_second,
+                    at: tokio::time::Instant::now(),
+                },
+            );
+        })
+    }
+
+    /// [`Budget::ScaleSetUpdate`]: what is left of the scale set's update and delete
+    /// budget (Compute's: 4 a minute, 12 at most).
+    pub fn set_update_budget(&self, remaining: u32) {
+        self.set_budget(Budget::ScaleSetUpdate, remaining)
+    }
+
+    /// Tokens left in `budget`.
+    pub fn budget_left(&self, budget: Budget) -> u64 {
+        self.with(|s| s.bucket(budget).left())
+    }
+
     /// How many `InProgress` answers an operation gives before it ends (`u32::MAX`: it
     /// never ends by polling; see [`ArmStandin::complete_operations`]).
     pub fn set_polls_before_done(&self, polls: u32) {
@@ -307,13 +560,55 @@ impl ArmStandin {
         self.with(|s| s.quota = max)
     }
 
-    /// The identity's effective permissions on the scale set: reported by the
-    /// permissions check and enforced on every request.
+    /// The identity's permissions: one role assigned on the resource group, reported by
+    /// the permissions check and enforced on every request.
     pub fn set_permissions(&self, actions: &[&str], not_actions: &[&str]) {
-        self.with(|s| {
-            s.actions = actions.iter().map(|a| a.to_string()).collect();
-            s.not_actions = not_actions.iter().map(|a| a.to_string()).collect();
-        })
+        let mut assignment = Assignment::new(Scope::ResourceGroup, actions);
+        assignment.not_actions = not_actions.iter().map(|a| a.to_string()).collect();
+        self.set_assignments(vec![assignment]);
+    }
+
+    /// The identity's role assignments, each at its scope.
+    pub fn set_assignments(&self, assignments: Vec<Assignment>) {
+        self.with(|s| s.assignments = assignments)
+    }
+
+    /// New VMs stay out of the VM list for this many list reads after the capacity that
+    /// created them was accepted, or until their operation ends. Compute's VM list is served from a cache that lags the
+    /// scale set's model ("Azure Resource Manager ... eventual consistency": reads after a
+    /// write may return earlier data; learn.microsoft.com/azure/azure-resource-manager/
+    /// management/resource-providers-and-types).
+    pub fn set_list_lag(&self, reads: u32) {
+        self.with(|s| s.list_lag_reads = reads)
+    }
+
+    /// Overprovisioning (`properties.overprovision`, the default for Uniform scale sets):
+    /// a capacity increase creates more VMs than asked and deletes the extra ones once the
+    /// asked-for ones are provisioned; the extras are neither billed nor counted in
+    /// capacity ("Design considerations for scale sets: Overprovisioning",
+    /// learn.microsoft.com/azure/virtual-machine-scale-sets/
+    /// virtual-machine-scale-sets-design-overview#overprovisioning).
+    pub fn set_overprovision(&self, on: bool) {
+        self.with(|s| s.overprovision = on)
+    }
+
+    /// The scale set's `properties.orchestrationMode`: `Uniform` or `Flexible`.
+    pub fn set_orchestration_mode(&self, mode: &'static str) {
+        self.with(|s| s.orchestration_mode = mode)
+    }
+
+    /// Resource Manager as it behaves on a real subscription, everything at once: the
+    /// least-privilege role at its scopes, Compute's update budget (with its rate-limit
+    /// headers), operations that take several polls, a VM list that lags the capacity, and
+    /// overprovisioning.
+    pub fn behave_as_arm(&self) {
+        self.set_assignments(least_privilege());
+        // Compute's documented budget for scale set updates and deletions, full. The read
+        // budgets stay unlimited: tests run minutes of agent time in a second.
+        self.set_update_budget(Budget::ScaleSetUpdate.documented().0 as u32);
+        self.set_polls_before_done(3);
+        self.set_list_lag(2);
+        self.set_overprovision(true);
     }
 
     /// The `api-version` Resource Manager accepts (to see a client's wrong version refused).
@@ -331,11 +626,12 @@ impl ArmStandin {
         self.with(|s| s.tokens.clear())
     }
 
-    /// Trusts client assertions signed by the certificate with this SHA-1 thumbprint
-    /// (base64url, the JWT's `x5t`) for [`CLIENT_ID`]. The stand-in checks the assertion's
-    /// header and claims; the test can check its signature ([`ArmStandin::assertions`]).
-    pub fn trust_certificate(&self, x5t: &str) {
-        self.with(|s| s.trusted_thumbprints.push(x5t.to_owned()))
+    /// Trusts client assertions signed by the certificate with this SHA-256 thumbprint
+    /// (base64url, the JWT's `x5t#S256`) for [`CLIENT_ID`]. The stand-in checks the
+    /// assertion's header (PS256) and claims; the test can check its signature
+    /// ([`ArmStandin::assertions`]).
+    pub fn trust_certificate(&self, x5t_s256: &str) {
+        self.with(|s| s.trusted_thumbprints.push(x5t_s256.to_owned()))
     }
 
     /// Every client assertion presented to the token endpoint.
@@ -453,6 +749,8 @@ impl Inner {
             "zones": self.zones,
             "properties": {
                 "provisioningState": if updating { "Updating" } else { "Succeeded" },
+                "orchestrationMode": self.orchestration_mode,
+                "overprovision": self.overprovision,
                 "uniqueId": "6b1e4d2a-0c3f-4b5e-8a7d-9f0e1d2c3b4a",
             },
         })
@@ -499,6 +797,7 @@ impl Inner {
             Operation {
                 polls_left: self.polls_before_done,
                 effect,
+                extras: Vec::new(),
                 failure,
                 done: false,
             },
@@ -513,6 +812,24 @@ impl Inner {
         )
     }
 
+    /// One step of a running operation's progress: a read of its status, or of the scale
+    /// set it changes (operations run on in Azure whoever watches them).
+    fn advance_operation(&mut self, id: &str) {
+        let Some(operation) = self.operations.get_mut(id) else {
+            return;
+        };
+        if operation.done {
+            return;
+        }
+        if operation.polls_left > 0 {
+            if operation.polls_left != u32::MAX {
+                operation.polls_left -= 1;
+            }
+        } else {
+            self.finish_operation(id);
+        }
+    }
+
     fn finish_operation(&mut self, id: &str) {
         let Some(operation) = self.operations.get_mut(id) else {
             return;
@@ -522,8 +839,14 @@ impl Inner {
         }
         operation.done = true;
         let failed = operation.failure.is_some();
-        match operation.effect.clone() {
+        let extras = std::mem::take(&mut operation.extras);
+        let effect = operation.effect.clone();
+        self.vms.retain(|_, vm| !extras.contains(&vm.instance_id));
+        self.unlisted.retain(|id, _| !extras.contains(id));
+        match effect {
             Effect::Create(ids) => {
+                // Once the operation has ended, its VMs are listed.
+                self.unlisted.retain(|id, _| !ids.contains(id));
                 for vm in self
                     .vms
                     .values_mut()
@@ -545,10 +868,23 @@ impl Inner {
         }
     }
 
+    /// Whether an assignment covering the scale set grants `action` there.
     fn allowed(&self, action: &str) -> bool {
-        let matches =
-            |pattern: &String| glob(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase());
-        self.actions.iter().any(matches) && !self.not_actions.iter().any(matches)
+        self.assignments.iter().any(|a| a.grants(action))
+    }
+
+    /// Whether the identity may read an operation's status. The status URL is at
+    /// subscription scope, not under the scale set: "To track the status of an
+    /// asynchronous operation, you need sufficient permission at the resource group
+    /// level. If you only have permission at the resource level, you can start the
+    /// operation but you can't track its status." ("Track asynchronous Azure operations",
+    /// Permissions for tracking async status; learn.microsoft.com/azure/
+    /// azure-resource-manager/management/async-operations)
+    fn may_track_operations(&self) -> bool {
+        self.assignments
+            .iter()
+            .filter(|a| a.scope == Scope::ResourceGroup)
+            .any(|a| a.grants(Route::OperationStatus.action()))
     }
 }
 
@@ -592,6 +928,117 @@ fn entra_error(status: StatusCode, error: &str, description: &str, code: u32) ->
     )
 }
 
+impl Inner {
+    fn bucket(&mut self, budget: Budget) -> &mut Bucket {
+        self.budgets.entry(budget).or_insert_with(Bucket::unlimited)
+    }
+
+    /// Spends a token of each budget of `route`, or answers 429 as Compute (or Resource
+    /// Manager) does when one has none left; nothing is spent then. Compute throttles after
+    /// Resource Manager has authorized the request and passed it on.
+    fn spend_budgets(&mut self, route: Route) -> Option<Response> {
+        let budgets = Budget::of_route(route);
+        for budget in &budgets {
+            let bucket = self.bucket(*budget);
+            if bucket.left() == 0 {
+                let wait = bucket.wait_secs();
+                let allowed = bucket.size as u64;
+                return Some(if budget.is_compute() {
+                    compute_throttled(budget.name(), allowed, wait)
+                } else {
+                    arm_throttled(*budget, wait)
+                });
+            }
+        }
+        for budget in budgets {
+            self.bucket(budget).tokens -= 1.0;
+        }
+        None
+    }
+
+    /// Adds what is left of `route`'s budgets to an answer: Compute's
+    /// `x-ms-ratelimit-remaining-resource` and Resource Manager's
+    /// `x-ms-ratelimit-remaining-subscription-reads` / `-writes`.
+    fn with_budget_headers(&mut self, route: Route, mut response: Response) -> Response {
+        for budget in Budget::of_route(route) {
+            let left = self.bucket(budget).left();
+            let (name, value) = if budget.is_compute() {
+                (
+                    "x-ms-ratelimit-remaining-resource",
+                    format!("{};{left}", budget.name()),
+                )
+            } else {
+                (budget.name(), left.to_string())
+            };
+            response
+                .headers_mut()
+                .insert(name, value.parse().expect("header value"));
+        }
+        response
+    }
+}
+
+/// Compute's throttled answer ("Troubleshooting API throttling errors", Throttling error
+/// details): 429, the spent policy at 0 in `x-ms-ratelimit-remaining-resource`,
+/// `Retry-After`, and the body `OperationNotAllowed` with a `TooManyRequests` detail whose
+/// target is the policy (without the provider, as the page shows it) and whose message is
+/// the serialized `{"operationGroup", "startTime", "endTime", "allowedRequestCount",
+/// "measuredRequestCount"}`.
+fn compute_throttled(policy: &str, allowed: u64, retry_after_secs: u64) -> Response {
+    let group = policy.rsplit('/').next().unwrap_or(policy);
+    let counts = json!({
+        "operationGroup": group,
+        "startTime": "2026-01-01T00:00:00.0000000+00:00",
+        "endTime": "2026-01-01T00:03:00.0000000+00:00",
+        "allowedRequestCount": allowed,
+        "measuredRequestCount": allowed + 1,
+    });
+    let mut response = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": {
+            "code": "OperationNotAllowed",
+            "message": "The server rejected the request because too many requests have been received for this subscription.",
+            "details": [{"code": "TooManyRequests", "target": group, "message": counts.to_string()}],
+        }}),
+    );
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-ms-ratelimit-remaining-resource",
+        format!("{policy};0").parse().expect("header value"),
+    );
+    headers.insert(
+        "retry-after",
+        retry_after_secs.to_string().parse().expect("header value"),
+    );
+    response
+}
+
+/// Resource Manager's own throttled answer: 429 `SubscriptionRequestsThrottled`, "Number of
+/// 'read' requests for subscription '…' actor '…' exceeded. Please try again after '…'
+/// seconds after additional tokens are available.", with `Retry-After` ("Understand how
+/// Azure Resource Manager throttles requests", Error code).
+fn arm_throttled(budget: Budget, retry_after_secs: u64) -> Response {
+    let kind = if budget == Budget::SubscriptionWrites {
+        "write"
+    } else {
+        "read"
+    };
+    let mut response = arm_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "SubscriptionRequestsThrottled",
+        &format!(
+            "Number of '{kind}' requests for subscription '{SUBSCRIPTION_ID}' actor '{PRINCIPAL_OBJECT_ID}' exceeded. Please try again after '{retry_after_secs}' seconds after additional tokens are available. Refer to https://aka.ms/arm-throttling"
+        ),
+    );
+    let headers = response.headers_mut();
+    headers.insert(budget.name(), "0".parse().expect("header value"));
+    headers.insert(
+        "retry-after",
+        retry_after_secs.to_string().parse().expect("header value"),
+    );
+    response
+}
+
 fn fault_response(
     fault: &Fault,
     route: Route,
@@ -600,16 +1047,35 @@ fn fault_response(
 ) -> Response {
     match fault {
         Fault::Throttle { retry_after_secs } => {
-            let mut response = arm_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "The request is being throttled as the limit has been reached for operation type - Read_30Min. For more information, see - https://aka.ms/throttling",
-            );
-            response
-                .headers_mut()
-                .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
-            response
+            match Budget::of_route(route).into_iter().find(|b| b.is_compute()) {
+                Some(budget) => compute_throttled(
+                    budget.name(),
+                    budget.documented().0 as u64,
+                    *retry_after_secs,
+                ),
+                None => arm_throttled(Budget::SubscriptionReads, *retry_after_secs),
+            }
         }
+        Fault::LinkedAuthorizationFailed {
+            linked_action,
+            linked_scope,
+        } => {
+            let (client, object) = principal
+                .map(|p| (p.client_id.as_str(), p.object_id.as_str()))
+                .unwrap_or((CLIENT_ID, PRINCIPAL_OBJECT_ID));
+            arm_error(
+                StatusCode::FORBIDDEN,
+                "LinkedAuthorizationFailed",
+                &format!(
+                    "The client '{client}' with object id '{object}' has permission to perform action '{}' on scope '{scope}'; however, it does not have permission to perform action(s) '{linked_action}' on the linked scope(s) '{linked_scope}' or the linked scope(s) are invalid.",
+                    route.action()
+                ),
+            )
+        }
+        Fault::RequestDisallowedByPolicy {
+            assignment,
+            definition,
+        } => policy_denied(assignment, definition),
         Fault::Forbidden => forbidden(route.action(), principal, scope),
         Fault::Unauthorized => arm_error(
             StatusCode::UNAUTHORIZED,
@@ -637,7 +1103,55 @@ fn fault_response(
             "SkuNotAvailable",
             "The requested VM size Standard_D2s_v5 is currently not available in location 'westeurope' zones '2'. Please try another size or deploy to a different location or different zone.",
         ),
+        // Faults for the identity endpoints; Resource Manager answers each with a 503.
+        Fault::Unavailable | Fault::ImdsUpdating | Fault::ImdsUpgrading => arm_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "The service is temporarily unavailable. Please retry later.",
+        ),
     }
+}
+
+/// Resource Manager's answer when a policy assignment with effect deny refuses the
+/// request (see [`Fault::RequestDisallowedByPolicy`]).
+fn policy_denied(assignment: &str, definition: &str) -> Response {
+    let assignment_name: String = assignment
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let assignment_id = format!(
+        "/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Authorization/policyAssignments/{assignment_name}"
+    );
+    let definition_name = "cccc23c7-8427-4f53-ad12-b6a63eb452b3";
+    let definition_id =
+        format!("/providers/Microsoft.Authorization/policyDefinitions/{definition_name}");
+    let identifiers = json!([{
+        "policyAssignment": {"name": assignment, "id": assignment_id},
+        "policyDefinition": {"name": definition, "id": definition_id},
+    }]);
+    json_response(
+        StatusCode::FORBIDDEN,
+        json!({"error": {
+            "code": "RequestDisallowedByPolicy",
+            "target": SCALE_SET,
+            "message": format!("Resource '{SCALE_SET}' was disallowed by policy. Policy identifiers: '{identifiers}'."),
+            "additionalInfo": [{
+                "type": "PolicyViolation",
+                "info": {
+                    "policyDefinitionDisplayName": definition,
+                    "policyDefinitionId": definition_id,
+                    "policyDefinitionName": definition_name,
+                    "policyDefinitionEffect": "Deny",
+                    "policyAssignmentId": assignment_id,
+                    "policyAssignmentName": assignment_name,
+                    "policyAssignmentDisplayName": assignment,
+                    "policyAssignmentScope": format!("/subscriptions/{SUBSCRIPTION_ID}"),
+                    "policyAssignmentParameters": {},
+                },
+            }],
+        }}),
+    )
 }
 
 fn quota_error() -> Response {
@@ -929,28 +1443,46 @@ async fn handle(
         Some(fault) => return fault_response(&fault, route, Some(&principal), &scope),
         None => false,
     };
-    if route != Route::OperationStatus
-        && route != Route::Permissions
-        && !state.allowed(route.action())
-    {
+    // Authorization happens in Resource Manager before the request reaches Compute, so
+    // an operation the caller may not read is refused whether or not it exists.
+    if route == Route::OperationStatus && !state.may_track_operations() {
+        let operation_scope = format!(
+            "/subscriptions/{SUBSCRIPTION_ID}/providers/Microsoft.Compute/locations/{LOCATION}/operations/{}",
+            path[7]
+        );
+        return forbidden(route.action(), Some(&principal), &operation_scope);
+    }
+    if route != Route::OperationStatus && !state.allowed(route.action()) {
         return forbidden(route.action(), Some(&principal), &scope);
+    }
+    if let Some(throttled) = state.spend_budgets(route) {
+        return throttled;
     }
 
     let response = match route {
         Route::GetScaleSet => {
+            let running: Vec<String> = state
+                .operations
+                .iter()
+                .filter(|(_, o)| !o.done)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in running {
+                state.advance_operation(&id);
+            }
             let response = json_response(StatusCode::OK, state.scale_set_json());
             if std::mem::take(&mut state.bump_etag_after_read) {
                 state.etag += 1;
             }
             response
         }
-        Route::ListVms => list_vms(&state, &query),
+        Route::ListVms => list_vms(&mut state, &query),
         Route::UpdateScaleSet => update_scale_set(&mut state, &headers, &body),
         Route::DeleteInstances => delete_instances(&mut state, &body),
         Route::OperationStatus => operation_status(&mut state, path[7]),
         Route::Permissions => json_response(
             StatusCode::OK,
-            json!({"value": [{"actions": state.actions, "notActions": state.not_actions, "dataActions": [], "notDataActions": []}]}),
+            json!({"value": state.assignments.iter().map(|a| json!({"actions": a.actions, "notActions": a.not_actions, "dataActions": [], "notDataActions": []})).collect::<Vec<_>>()}),
         ),
         Route::Token | Route::ManagedIdentity => unreachable!("answered above"),
     };
@@ -961,28 +1493,47 @@ async fn handle(
             "The gateway did not receive a response from 'Microsoft.Compute' within the specified time period.",
         );
     }
-    response
+    state.with_budget_headers(route, response)
 }
 
 fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String>) -> Response {
+    // Entra ID's answers that mean "retry", in its error format (`error`,
+    // `error_description` with trace and correlation ids, `error_codes`, …: "Microsoft
+    // Entra authentication and authorization error codes",
+    // https://learn.microsoft.com/entra/identity-platform/reference-error-codes), whose
+    // table gives `temporarily_unavailable`: "The server is temporarily too busy to handle
+    // the request" / "Retry the request". "Understanding client and server throttling in
+    // MSAL.NET" (https://learn.microsoft.com/entra/msal/dotnet/advanced/client-and-server-throttling)
+    // says that for the client credentials grant Entra ID replies "429 Too Many Requests,
+    // with a Retry-After: 60 header", and when it has problems "a HTTP 5xx error code with
+    // no Retry-After header". Neither page shows the body of a 429 or a 5xx: these send
+    // `temporarily_unavailable` with AADSTS90024 (RequestBudgetExceededError, "A transient
+    // error has occurred") and AADSTS90033 (MsodsServiceUnavailable), codes from the
+    // reference's list.
     if let Some(fault) = state.take_fault(Route::Token) {
         return match fault {
             Fault::Throttle { retry_after_secs } => {
                 let mut response = entra_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "temporarily_unavailable",
-                    "AADSTS50196: The server terminated an operation because it encountered a client request loop.",
-                    50196,
+                    "AADSTS90024: RequestBudgetExceededError - A transient error has occurred. Try again.",
+                    90024,
                 );
                 response
                     .headers_mut()
                     .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
                 response
             }
+            Fault::Unavailable => entra_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "AADSTS90033: The Microsoft Online Directory Service (MSODS) isn't available.",
+                90033,
+            ),
             _ => entra_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "temporarily_unavailable",
-                "AADSTS90033: A transient error has occurred. Please try again.",
+                "AADSTS90033: The Microsoft Online Directory Service (MSODS) isn't available.",
                 90033,
             ),
         };
@@ -1062,9 +1613,11 @@ fn token_endpoint(state: &mut Inner, tenant: &str, form: &HashMap<String, String
     )
 }
 
-/// A JWT with an `x5t` header: a certificate's assertion rather than a federated token.
+/// A JWT with an `x5t#S256` or `x5t` header: a certificate's assertion rather than a
+/// federated token.
 fn is_signed_assertion(assertion: &str) -> bool {
-    jwt_part(assertion, 0).is_some_and(|header| header.get("x5t").is_some())
+    jwt_part(assertion, 0)
+        .is_some_and(|header| header.get("x5t#S256").is_some() || header.get("x5t").is_some())
 }
 
 fn jwt_part(token: &str, index: usize) -> Option<Value> {
@@ -1073,15 +1626,26 @@ fn jwt_part(token: &str, index: usize) -> Option<Value> {
 }
 
 /// Entra ID's checks of a certificate assertion, short of its signature: a trusted
-/// thumbprint, RS256, issuer and subject the client, audience this tenant's token
+/// thumbprint, PS256, issuer and subject the client, audience this tenant's token
 /// endpoint, not expired.
+///
+/// The header is the one "Microsoft identity platform application authentication
+/// certificate credentials" (https://learn.microsoft.com/entra/identity-platform/certificate-credentials)
+/// asks for: `alg` "Should be PS256", `x5t#S256` the "Base64url-encoded SHA-256 thumbprint
+/// of the X.509 certificate's DER encoding", a signature with PSS padding. Entra ID itself
+/// still accepts RS256 with a SHA-1 `x5t`, and documents no error for such an assertion:
+/// the stand-in is stricter on purpose. An assertion with no `x5t#S256` names no
+/// certificate it knows, and gets Entra's AADSTS700027 (the certificate is not registered);
+/// one signed otherwise than PS256 gets AADSTS5002738, the answer Entra ID gives to a
+/// signing algorithm it does not support (its wording as seen in the field, e.g. MSAL.NET's
+/// test fixtures: the error code reference lists no text for it).
 fn certificate_refusal(state: &Inner, tenant: &str, assertion: &str) -> Option<Response> {
     if !is_signed_assertion(assertion) {
         return None;
     }
     let header = jwt_part(assertion, 0)?;
     let claims = jwt_part(assertion, 1).unwrap_or_default();
-    let x5t = header["x5t"].as_str().unwrap_or_default();
+    let x5t = header["x5t#S256"].as_str().unwrap_or_default();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -1101,10 +1665,13 @@ fn certificate_refusal(state: &Inner, tenant: &str, assertion: &str) -> Option<R
             "The certificate with identifier used to sign the client assertion is not registered on application.",
         );
     }
-    if header["alg"] != "RS256" {
+    if header["alg"] != "PS256" {
+        let alg = header["alg"].as_str().unwrap_or_default();
         return refuse(
             5002738,
-            "Invalid JWT token. Unsupported key for the signing algorithm.",
+            &format!(
+                "Invalid JWT token. '{alg}' is not a supported signature algorithm. Supported signing algorithms are: 'PS256'"
+            ),
         );
     }
     if claims["iss"] != CLIENT_ID || claims["sub"] != CLIENT_ID {
@@ -1156,6 +1723,53 @@ fn managed_identity_endpoint(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
 ) -> Response {
+    // The statuses "How to use managed identities for Azure resources on an Azure VM to
+    // acquire an access token" (https://learn.microsoft.com/entra/identity/managed-identities-azure-resources/how-to-use-vm-token#error-handling)
+    // lists, with how to handle each: 404 "IMDS endpoint is updating" (retry with
+    // exponential backoff), 410 "IMDS is going through updates" ("IMDS will be available
+    // within 70 seconds"), 429 "IMDS Throttle limit reached" (retry with exponential
+    // backoff), 5xx a transient error ("safe to retry after waiting for at least 1
+    // second"). The page gives no bodies for these: the stand-in sends IMDS's
+    // `error`/`error_description` shape.
+    if let Some(fault) = state.take_fault(Route::ManagedIdentity) {
+        let imds_error = |status: StatusCode, error: &str, description: &str| {
+            json_response(
+                status,
+                json!({"error": error, "error_description": description}),
+            )
+        };
+        return match fault {
+            Fault::ImdsUpdating => imds_error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "IMDS endpoint is updating",
+            ),
+            Fault::ImdsUpgrading => {
+                imds_error(StatusCode::GONE, "gone", "IMDS is going through updates")
+            }
+            Fault::Throttle { retry_after_secs } => {
+                let mut response = imds_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_requests",
+                    "IMDS Throttle limit reached",
+                );
+                response
+                    .headers_mut()
+                    .insert("retry-after", retry_after_secs.to_string().parse().unwrap());
+                response
+            }
+            Fault::Unavailable => imds_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "Transient error from service",
+            ),
+            _ => imds_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Transient error from service",
+            ),
+        };
+    }
     if headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -1207,7 +1821,7 @@ fn managed_identity_endpoint(
     )
 }
 
-fn list_vms(state: &Inner, query: &HashMap<String, String>) -> Response {
+fn list_vms(state: &mut Inner, query: &HashMap<String, String>) -> Response {
     let instance_view = query
         .get("$expand")
         .is_some_and(|e| e.eq_ignore_ascii_case("instanceView"));
@@ -1215,7 +1829,24 @@ fn list_vms(state: &Inner, query: &HashMap<String, String>) -> Response {
         .get("$skiptoken")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let vms: Vec<&StandinVm> = state.vms.values().collect();
+    let body = vm_page(state, instance_view, skip);
+    if skip == 0 {
+        // A list read done: VMs within their lag have one read less to wait.
+        state.unlisted.retain(|_, reads| {
+            *reads -= 1;
+            *reads > 0
+        });
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// One page of the VM list; VMs still within their list lag stay out of it.
+fn vm_page(state: &Inner, instance_view: bool, skip: usize) -> Value {
+    let vms: Vec<&StandinVm> = state
+        .vms
+        .values()
+        .filter(|vm| !state.unlisted.contains_key(&vm.instance_id))
+        .collect();
     let page: Vec<Value> = vms
         .iter()
         .skip(skip)
@@ -1236,7 +1867,7 @@ fn list_vms(state: &Inner, query: &HashMap<String, String>) -> Response {
         }
         body["nextLink"] = json!(next);
     }
-    json_response(StatusCode::OK, body)
+    body
 }
 
 fn accepted(state: &Inner, operation: &str) -> Response {
@@ -1250,6 +1881,36 @@ fn accepted(state: &Inner, operation: &str) -> Response {
         builder = builder.header("retry-after", secs.to_string());
     }
     builder.body(Body::empty()).expect("response")
+}
+
+/// A newer write to the scale set preempts its operations still in progress: Compute ends
+/// each `Failed` with `OperationPreempted`, "Operation execution has been preempted by a
+/// more recent operation." (the code and message Compute reports, as
+/// kubernetes-sigs/cloud-provider-azure and the cluster autoscaler's Azure provider handle
+/// them: "this CRP error means a concurrent VMSS mutation (e.g., scale-up, update, another
+/// delete) superseded our delete"), and the newer operation carries on with the scale set
+/// from where they left it. The stand-in lets what they started finish at once (the VMs
+/// they were creating run, the ones they were deleting are gone), so that nothing is left
+/// half done when the newer capacity is applied.
+fn preempt_running_operations(state: &mut Inner) {
+    let running: Vec<String> = state
+        .operations
+        .iter()
+        .filter(|(_, operation)| !operation.done)
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in running {
+        if let Some(operation) = state.operations.get_mut(&id) {
+            operation.failure = None;
+        }
+        state.finish_operation(&id);
+        if let Some(operation) = state.operations.get_mut(&id) {
+            operation.failure = Some((
+                "OperationPreempted".to_owned(),
+                "Operation execution has been preempted by a more recent operation.".to_owned(),
+            ));
+        }
+    }
 }
 
 fn update_scale_set(state: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Response {
@@ -1299,17 +1960,36 @@ fn update_scale_set(state: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Resp
     let Some(target) = capacity else {
         return json_response(StatusCode::OK, state.scale_set_json());
     };
+    preempt_running_operations(state);
 
+    let extras: Vec<String> = state
+        .operations
+        .values()
+        .filter(|o| !o.done)
+        .flat_map(|o| o.extras.iter().cloned())
+        .collect();
     let live: Vec<u64> = state
         .vms
         .iter()
-        .filter(|(_, vm)| vm.provisioning != "Deleting")
+        .filter(|(_, vm)| vm.provisioning != "Deleting" && !extras.contains(&vm.instance_id))
         .map(|(id, _)| *id)
         .collect();
+    let mut overprovisioned = Vec::new();
     let effect = if target as usize >= live.len() {
         let created: Vec<String> = (live.len()..target as usize)
             .map(|_| state.create_vm().to_string())
             .collect();
+        // How many extra VMs Azure creates is not documented: a fifth more here.
+        if state.overprovision && !created.is_empty() {
+            overprovisioned = (0..created.len().div_ceil(5))
+                .map(|_| state.create_vm().to_string())
+                .collect();
+        }
+        for id in created.iter().chain(&overprovisioned) {
+            if state.list_lag_reads > 0 {
+                state.unlisted.insert(id.clone(), state.list_lag_reads);
+            }
+        }
         Effect::Create(created)
     } else {
         // Scale-in by capacity: the newest unprotected VMs go.
@@ -1342,6 +2022,9 @@ fn update_scale_set(state: &mut Inner, headers: &HeaderMap, body: &[u8]) -> Resp
         None
     };
     let operation = state.start_operation(effect, failure);
+    if let Some(started) = state.operations.get_mut(&operation) {
+        started.extras = overprovisioned;
+    }
     accepted(state, &operation)
 }
 
@@ -1390,22 +2073,14 @@ fn delete_instances(state: &mut Inner, body: &[u8]) -> Response {
 }
 
 fn operation_status(state: &mut Inner, id: &str) -> Response {
-    let Some(operation) = state.operations.get_mut(id) else {
+    if !state.operations.contains_key(id) {
         return arm_error(
             StatusCode::NOT_FOUND,
             "OperationNotFound",
             &format!("The operation '{id}' could not be found."),
         );
-    };
-    if !operation.done {
-        if operation.polls_left > 0 {
-            if operation.polls_left != u32::MAX {
-                operation.polls_left -= 1;
-            }
-        } else {
-            state.finish_operation(id);
-        }
     }
+    state.advance_operation(id);
     let operation = &state.operations[id];
     let mut body = json!({"name": id, "startTime": "2026-01-01T00:00:00Z"});
     if !operation.done {
