@@ -74,13 +74,15 @@ impl FleetAccount {
 
     /// Makes the active count the provider's own target size (an Azure scale set's
     /// capacity), which is what the fleet is becoming whatever its list shows. Below it,
-    /// the list lags behind a capacity change ("VM lists that lag capacity"): the missing
-    /// instances are launches in flight, so no grow repeats them, even from a restarted
-    /// agent. Above it, booting instances beyond the capacity are the provider's own
-    /// extras (Azure's overprovisioning creates more VMs than asked and deletes the rest
-    /// when the asked-for ones run; the extras are not billed): the newest are left out,
-    /// neither capacity nor billed, nor named by scale-in. Serving instances are never
-    /// left out: what serves, serves.
+    /// the list lags behind a capacity change: the missing instances are launches in
+    /// flight, so no grow repeats them, even from a restarted agent. Above it, the list
+    /// shows instances the provider is already taking away: booting ones beyond it are its
+    /// own extras (Azure's overprovisioning creates more VMs than asked and deletes the
+    /// rest when the asked-for ones run; the extras are not billed), and the newest are
+    /// left out, neither capacity nor named by scale-in; serving ones beyond it are
+    /// removals the list does not show yet (a capacity lowered, `deleteInstances` in
+    /// flight), counted as leaving, so that a grow adds to the capacity what the fleet
+    /// lacks rather than falling short by them.
     fn hold_to(&mut self, capacity: u32) {
         let active = self.active();
         if capacity > active {
@@ -89,8 +91,8 @@ impl FleetAccount {
             self.in_flight += unlisted;
             return;
         }
-        let mut extra = (active - capacity).min(self.booting - self.in_flight);
-        while extra > 0 {
+        let mut extra = active - capacity;
+        while extra > 0 && self.booting > self.in_flight {
             let newest_booting = self
                 .instances
                 .iter()
@@ -103,6 +105,9 @@ impl FleetAccount {
             self.booting -= 1;
             extra -= 1;
         }
+        let leaving = extra.min(self.serving);
+        self.serving -= leaving;
+        self.leaving += leaving;
     }
 }
 
@@ -437,11 +442,17 @@ mod tests {
             (1, 4, 0)
         );
         assert!(!account.lists("5"));
-        // Serving instances are never left out.
+        // Serving instances beyond the capacity are removals the list does not show yet
+        // (a restarted agent, `deleteInstances` in flight): leaving, so that a grow to 4
+        // adds 2 to the capacity, not 1.
         let mut read = fleet(&[("0", Running), ("1", Running), ("2", Running)]);
         read.target_size = Some(2);
         let account = unseen.account(&read, at(3));
-        assert_eq!((account.serving, account.booting), (3, 0));
+        assert_eq!(
+            (account.serving, account.booting, account.leaving),
+            (2, 0, 1)
+        );
+        assert_eq!(account.active(), 2);
     }
 
     #[test]
