@@ -351,9 +351,12 @@ fn whole_seconds(d: Duration) -> Duration {
 /// some low threshold"), a spent budget holds back every request that counts against it,
 /// without sending it: until `Retry-After` has passed after a 429 (the policies it names,
 /// or Resource Manager's budget of the request's kind when it names none), or, when an
-/// answer reports a count of 0, for the policy's window as its name gives it (`3Min`,
-/// `30Min`; one minute when it gives none) or Resource Manager's one-second refill. Which
-/// policies a request counts against is learned from the answers to requests of its kind.
+/// answer reports a count of 0, for the policy's window as its name gives it (`3Min`;
+/// one minute when it gives none), at most a minute, or Resource Manager's one-second
+/// refill. A longer window (`30Min`) may refill well before it ends, and a fleet held
+/// blind for half an hour costs more than one request answered 429, whose `Retry-After`
+/// then says how long to wait. Which policies a request counts against is learned from
+/// the answers to requests of its kind.
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
     state: Mutex<PaceState>,
@@ -441,7 +444,10 @@ impl Pacer {
                     compute
                         .iter()
                         .filter(|(_, left)| *left == 0)
-                        .map(|(name, _)| (name.clone(), window_of(name), why.clone())),
+                        .map(|(name, _)| {
+                            let wait = window_of(name).min(COMPUTE_WINDOW);
+                            (name.clone(), wait, why.clone())
+                        }),
                 );
                 spent.extend(
                     arm.iter()
@@ -1467,7 +1473,8 @@ mod tests {
             None,
         );
         // The write takes the last of the budget: the next write, and the deletion that
-        // counts against the same policy, wait for its window.
+        // counts against the same policy, wait for its window, at most a minute (a 429's
+        // Retry-After says if it is longer).
         pacer.observe(
             &patch,
             202,
@@ -1479,13 +1486,27 @@ mod tests {
         );
         assert_eq!(
             pacer.held(&patch).map(|h| h.wait),
-            Some(Duration::from_secs(180))
+            Some(Duration::from_secs(60))
         );
         assert_eq!(
             pacer.held(&delete).map(|h| h.budget),
             Some("Microsoft.Compute/VMScaleSetActions3Min".to_owned())
         );
-        tokio::time::advance(Duration::from_secs(180)).await;
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(pacer.held(&patch).is_none());
+        // A spent half-hour budget holds a minute too, not half an hour.
+        pacer.observe(
+            &patch,
+            202,
+            &rate_headers("Microsoft.Compute/VMScaleSetActions30Min;0"),
+            None,
+            None,
+        );
+        assert_eq!(
+            pacer.held(&patch).map(|h| h.wait),
+            Some(Duration::from_secs(60))
+        );
+        tokio::time::advance(Duration::from_secs(60)).await;
         assert!(pacer.held(&patch).is_none());
 
         // Resource Manager's own: every read waits for its refill.
