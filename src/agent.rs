@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::{AdapterConfig, AgentConfig, Config, FleetConfig, SignalConfig};
 use crate::controller::{ControllerParts, FleetController};
 use crate::guards::GuardConfig;
+use crate::signal::NamedSignal;
 use crate::signal::SignalSource;
 use crate::signal::prometheus::PrometheusSignal;
 use crate::signal::synthetic::SyntheticSignal;
@@ -70,22 +71,39 @@ pub fn decorate(
     Box::new(Retry::new(cloud, RetryConfig::default()))
 }
 
-/// The signal source a fleet's config names.
+/// Every signal source a fleet's config names, under their names.
+pub fn build_signals(fleet: &FleetConfig, clock: &dyn Clock) -> anyhow::Result<Vec<NamedSignal>> {
+    fleet
+        .signals
+        .iter()
+        .map(|entry| {
+            build_signal(&fleet.name, &entry.source, clock)
+                .with_context(|| format!("signal {:?}", entry.name))
+                .map(|source| NamedSignal {
+                    name: entry.name.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// The signal source one of fleet `fleet`'s signals names.
 pub fn build_signal(
-    fleet: &FleetConfig,
+    fleet: &str,
+    signal: &SignalConfig,
     clock: &dyn Clock,
 ) -> anyhow::Result<Box<dyn SignalSource>> {
-    Ok(match &fleet.signal {
+    Ok(match signal {
         SignalConfig::Synthetic(config) => {
             Box::new(SyntheticSignal::new(config.clone(), clock.now()))
         }
         SignalConfig::Trace(config) => Box::new(
             TraceSignal::from_config(config, clock.now())
-                .with_context(|| format!("fleet {}: trace signal", fleet.name))?,
+                .with_context(|| format!("fleet {fleet}: trace signal"))?,
         ),
         SignalConfig::Prometheus(config) => Box::new(
             PrometheusSignal::new(config)
-                .with_context(|| format!("fleet {}: prometheus signal", fleet.name))?,
+                .with_context(|| format!("fleet {fleet}: prometheus signal"))?,
         ),
     })
 }
@@ -120,12 +138,12 @@ pub fn controller_on(
         clock.clone(),
         fleet.boot_delay,
     );
-    let signal = build_signal(fleet, clock.as_ref())?;
+    let signals = build_signals(fleet, clock.as_ref())?;
     let history_steps = (fleet.history.as_secs_f64() / agent.tick.as_secs_f64()).ceil() as usize;
-    Ok(FleetController::new(ControllerParts {
+    let mut controller = FleetController::new(ControllerParts {
         name: fleet.name.clone(),
         adapter,
-        signal,
+        signals,
         policy: fleet.policy.build(),
         guards: GuardConfig {
             read_lag: Some(
@@ -147,7 +165,9 @@ pub fn controller_on(
         boot_delay: fleet.boot_delay,
         metrics: metrics.cloned(),
         history_steps,
-    }))
+    });
+    controller.schedule_with(fleet.schedules.clone());
+    Ok(controller)
 }
 
 /// Runs every fleet until `shutdown` resolves; each fleet finishes the tick it is in
@@ -160,21 +180,33 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering the agent's metrics")?;
     let health = Health::default();
+    // The management API beside /metrics and /healthz: pauses and overrides read back
+    // from the state file before any fleet ticks.
+    let api = crate::api::Api::start(
+        &config.agent.api,
+        &config.fleets,
+        clock.clone(),
+        &metrics.registry,
+    )?;
+    let tls = match &config.agent.api.tls {
+        Some(tls) => Some(crate::api::tls_acceptor(tls)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = telemetry::bind(config.agent.metrics_address).await?;
     let address = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(telemetry::serve(
-        listener,
-        metrics.clone(),
-        health.clone(),
-        wait(stopped.clone()),
-    ));
-    tracing::info!(metrics = %format!("http://{address}/metrics"), fleets = config.fleets.len(), dry_run = wiring.dry_run, "fleetscale started");
+    let app = telemetry::router(metrics.clone(), health.clone()).merge(api.router());
+    let server = tokio::spawn(crate::api::serve(listener, app, tls, wait(stopped.clone())));
+    tracing::info!(metrics = %format!("{scheme}://{address}/metrics"), api = %format!("{scheme}://{address}/v1/fleets"), fleets = config.fleets.len(), dry_run = wiring.dry_run, "fleetscale started");
 
     let mut tasks = Vec::new();
     for fleet in &config.fleets {
-        let controller =
+        let mut controller =
             build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone()).await?;
+        if let Some(controls) = api.controls(&fleet.name) {
+            controller.operate_with(controls);
+        }
         health.set(&fleet.name, true, "starting");
         let rebuild = Rebuild {
             fleet: fleet.clone(),
@@ -230,13 +262,20 @@ pub async fn supervise(
 ) {
     let name = rebuild.fleet.name.clone();
     let tick = rebuild.agent.tick;
+    // A rebuilt controller keeps the operator's board (pauses, overrides, its status).
+    let controls = controller.controls().cloned();
     let mut next = Some(controller);
     let mut backoff = tick.max(crate::config::MIN_TICK);
     loop {
         let controller = match next.take() {
             Some(controller) => controller,
             None => match controller_on_config(&rebuild, &metrics).await {
-                Ok(controller) => controller,
+                Ok(mut controller) => {
+                    if let Some(controls) = &controls {
+                        controller.operate_with(controls.clone());
+                    }
+                    controller
+                }
                 Err(e) => {
                     health.set(&name, false, format!("could not restart: {e:#}"));
                     tracing::error!(fleet = %name, error = %format!("{e:#}"), "could not restart the fleet");

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use fleetscale_adapters::SystemClock;
 
 use crate::agent::{self, Wiring};
-use crate::config::{Config, FleetConfig, SignalConfig};
+use crate::config::{Config, FleetConfig, SignalConfig, SignalEntry};
 use crate::signal::SignalError;
 use crate::telemetry::{self, LogFormat};
 
@@ -39,6 +39,10 @@ pub enum Command {
     /// and the signal once, warm the fleet's policy from the signal's history, and print
     /// the observation, the forecast (with its quantiles) and the planned trajectory.
     Plan(crate::plan_cli::PlanArgs),
+    /// The management API's commands (status, pause, resume, override), against a
+    /// running agent.
+    #[command(flatten)]
+    Api(crate::api_cli::ApiCommand),
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +174,10 @@ pub fn execute(cli: Cli) -> Result<(), Failure> {
         Command::Check(args) => check(args),
         Command::Replay(args) => crate::replay_cli::replay(args),
         Command::Plan(args) => crate::plan_cli::plan(args),
+        Command::Api(command) => crate::api_cli::execute(command).map_err(|e| match e {
+            crate::api_cli::ApiCliError::Invalid(message) => Failure::Invalid(message),
+            crate::api_cli::ApiCliError::Failed(error) => Failure::Runtime(error),
+        }),
     }
 }
 
@@ -218,14 +226,18 @@ pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Reads a fleet's signal once and describes its latest value.
-async fn check_signal(fleet: &FleetConfig, serving: Option<u32>) -> anyhow::Result<String> {
-    let mut signal = agent::build_signal(fleet, &SystemClock)?;
+/// Reads one of a fleet's signals once and describes its latest value.
+async fn check_signal(
+    fleet: &FleetConfig,
+    entry: &SignalEntry,
+    serving: Option<u32>,
+) -> anyhow::Result<String> {
+    let mut signal = agent::build_signal(&fleet.name, &entry.source, &SystemClock)?;
     let value = match signal.latest(SystemTime::now(), serving.unwrap_or(1)).await {
         Ok(value) => value,
         // A trace or a generator starts playing now: it is loaded and has no complete
         // step yet. A query that returns nothing, though, is a mistake worth failing on.
-        Err(SignalError::Missing(why)) if !matches!(fleet.signal, SignalConfig::Prometheus(_)) => {
+        Err(SignalError::Missing(why)) if !matches!(entry.source, SignalConfig::Prometheus(_)) => {
             return Ok(format!("loaded; {why}"));
         }
         Err(e) => return Err(e.into()),
@@ -244,6 +256,11 @@ fn check(args: CheckArgs) -> Result<(), Failure> {
         config.fleets.len(),
         if config.fleets.len() == 1 { "" } else { "s" }
     );
+    for fleet in &config.fleets {
+        for line in crate::schedule::conflict_warnings(fleet, std::time::SystemTime::now()) {
+            println!("warning: {line}");
+        }
+    }
     if args.offline {
         return Ok(());
     }
@@ -285,11 +302,20 @@ fn check(args: CheckArgs) -> Result<(), Failure> {
                 Ok(cloud) => cloud.read_fleet().await.map(|f| f.serving()).ok(),
                 Err(_) => None,
             };
-            match check_signal(fleet, serving).await {
-                Ok(line) => println!("  signal ({}): {line}", fleet.signal.kind()),
-                Err(e) => {
-                    println!("  signal ({}): FAILED: {e:#}", fleet.signal.kind());
-                    all_ok = false;
+            for entry in &fleet.signals {
+                let kind = entry.source.kind();
+                // A lone `[fleets.signal]` is named by its kind: said once.
+                let label = if entry.name == kind {
+                    format!("signal ({kind})")
+                } else {
+                    format!("signal {} ({kind})", entry.name)
+                };
+                match check_signal(fleet, entry, serving).await {
+                    Ok(line) => println!("  {label}: {line}"),
+                    Err(e) => {
+                        println!("  {label}: FAILED: {e:#}");
+                        all_ok = false;
+                    }
                 }
             }
         }

@@ -37,6 +37,9 @@ pub struct AgentConfig {
     /// `text` (default) or `json`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// `[agent.api]`: the management API's tokens, state file and TLS.
+    #[serde(default)]
+    pub api: crate::api::ApiConfig,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +48,7 @@ impl Default for AgentConfig {
             tick: defaults::tick(),
             metrics_address: defaults::metrics_address(),
             log_format: LogFormat::Text,
+            api: crate::api::ApiConfig::default(),
         }
     }
 }
@@ -58,9 +62,13 @@ pub struct FleetConfig {
     /// History read from the signal at start, for the forecaster. Default 14 days.
     pub history: Duration,
     pub adapter: AdapterConfig,
-    pub signal: SignalConfig,
+    /// `[fleets.signal]`, or every `[[fleets.signals]]` entry (at least one): the fleet's
+    /// demand is the largest of theirs.
+    pub signals: Vec<SignalEntry>,
     pub policy: fleetscale_policies::PolicyConfig,
     pub guards: GuardConfig,
+    /// `[[fleets.schedules]]`: windows that change the bounds for a while.
+    pub schedules: Vec<crate::schedule::Schedule>,
 }
 
 /// The fields of a `[[fleets]]` entry other than its sub-tables.
@@ -97,6 +105,16 @@ impl AdapterConfig {
             AdapterConfig::Azure(_) => "azure",
         }
     }
+}
+
+/// One of a fleet's signals: `[fleets.signal]`, or an entry of `[[fleets.signals]]`.
+#[derive(Debug, Clone)]
+pub struct SignalEntry {
+    /// Unique in the fleet; names the signal in reasons, reports and metrics. Default:
+    /// the source's kind, and for an entry of `[[fleets.signals]]` its index too
+    /// (`prometheus-1`).
+    pub name: String,
+    pub source: SignalConfig,
 }
 
 /// `[fleets.signal]`: where demand comes from. `kind` selects the source.
@@ -265,6 +283,14 @@ fn parse_sections(text: &str, problems: &mut Vec<Problem>) -> Option<Config> {
             message,
         });
     }
+    if let Some(agent) = &agent {
+        for (field, message) in agent.api.problems() {
+            problems.push(Problem {
+                path: format!("agent.api.{field}"),
+                message,
+            });
+        }
+    }
     let fleets = match table.remove("fleets") {
         None => {
             problems.push(Problem {
@@ -317,18 +343,20 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     };
     let adapter = table.remove("adapter");
     let signal = table.remove("signal");
+    let signals = table.remove("signals");
     let policy = table.remove("policy");
     let guards = table.remove("guards");
+    let schedules = table.remove("schedules");
     let header = section::<FleetHeader>(Some(toml::Value::Table(table)), path, problems);
     let adapter = present(adapter, &format!("{path}.adapter"), problems)
         .and_then(|v| adapter_section(v, &format!("{path}.adapter"), problems));
-    let signal = present(signal, &format!("{path}.signal"), problems)
-        .and_then(|v| signal_section(v, &format!("{path}.signal"), problems));
+    let signals = signal_entries(signal, signals, path, problems);
     let policy = match policy {
         None => Some(fleetscale_policies::PolicyConfig::default()),
         Some(v) => policy_section(v, &format!("{path}.policy"), problems),
     };
     let guards = required::<GuardConfig>(guards, &format!("{path}.guards"), problems);
+    let schedules = schedules_section(schedules, guards.as_ref(), path, problems);
 
     let mut check = |sub: &str, found: Vec<(&'static str, String)>| {
         for (field, message) in found {
@@ -341,8 +369,10 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     if let Some(guards) = &guards {
         check("guards", guards.problems());
     }
-    if let Some(signal) = &signal {
-        check("signal", signal_problems(signal));
+    if let Some(signals) = &signals {
+        for (sub, signal) in signals {
+            check(sub, signal_problems(&signal.source));
+        }
     }
     if let Some(header) = &header {
         if header.name.trim().is_empty() {
@@ -369,10 +399,100 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
         boot_delay: header.boot_delay,
         history: header.history,
         adapter: adapter?,
-        signal: signal?,
+        signals: signals?.into_iter().map(|(_, signal)| signal).collect(),
         policy: policy?,
         guards: guards?,
+        schedules: schedules?,
     })
+}
+
+/// The fleet's signals, each with the path its fields are reported under: the single
+/// `[fleets.signal]` (named by its kind), or each `[[fleets.signals]]` entry.
+fn signal_entries(
+    signal: Option<toml::Value>,
+    signals: Option<toml::Value>,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<(String, SignalEntry)>> {
+    let entries = match (signal, signals) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem {
+                path: format!("{path}.signals"),
+                message: format!(
+                    "{path}.signal and {path}.signals are both given: use [fleets.signal] for \
+                     one signal or [[fleets.signals]] for several, not both"
+                ),
+            });
+            return None;
+        }
+        (None, None) => {
+            problems.push(Problem {
+                path: format!("{path}.signal"),
+                message: "missing section ([fleets.signal], or [[fleets.signals]] for several)"
+                    .into(),
+            });
+            return None;
+        }
+        (Some(signal), None) => {
+            let sub = "signal".to_string();
+            let source = signal_section(signal, &format!("{path}.{sub}"), problems)?;
+            return Some(vec![(
+                sub,
+                SignalEntry {
+                    name: source.kind().to_string(),
+                    source,
+                },
+            )]);
+        }
+        (None, Some(toml::Value::Array(entries))) if !entries.is_empty() => entries,
+        (None, Some(_)) => {
+            problems.push(Problem {
+                path: format!("{path}.signals"),
+                message: "must be a non-empty array of tables ([[fleets.signals]])".into(),
+            });
+            return None;
+        }
+    };
+    let mut parsed = Vec::new();
+    let mut failed = false;
+    for (i, entry) in entries.into_iter().enumerate() {
+        let sub = format!("signals[{i}]");
+        let at = format!("{path}.{sub}");
+        let mut entry = entry;
+        let name = match &mut entry {
+            toml::Value::Table(table) => match table.remove("name") {
+                None => None,
+                Some(toml::Value::String(name)) if !name.trim().is_empty() => Some(name),
+                Some(other) => {
+                    problems.push(Problem {
+                        path: format!("{at}.name"),
+                        message: format!("must be a non-empty string, not {other}"),
+                    });
+                    failed = true;
+                    None
+                }
+            },
+            _ => None,
+        };
+        match signal_section(entry, &at, problems) {
+            Some(source) => {
+                let name = name.unwrap_or_else(|| format!("{}-{i}", source.kind()));
+                parsed.push((sub, SignalEntry { name, source }));
+            }
+            None => failed = true,
+        }
+    }
+    let mut names = HashSet::new();
+    for (sub, signal) in &parsed {
+        if !names.insert(signal.name.as_str()) {
+            problems.push(Problem {
+                path: format!("{path}.{sub}.name"),
+                message: format!("signal {:?} is named twice in this fleet", signal.name),
+            });
+            failed = true;
+        }
+    }
+    (!failed).then_some(parsed)
 }
 
 fn signal_problems(signal: &SignalConfig) -> Vec<(&'static str, String)> {
@@ -408,6 +528,61 @@ fn signal_problems(signal: &SignalConfig) -> Vec<(&'static str, String)> {
             problems
         }
     }
+}
+
+/// `[[fleets.schedules]]` (none when absent), each entry validated against the fleet's
+/// guards; problems are named `fleets[0].schedules[1].cron`.
+fn schedules_section(
+    value: Option<toml::Value>,
+    guards: Option<&GuardConfig>,
+    fleet: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<crate::schedule::Schedule>> {
+    use crate::schedule::{Schedule, ScheduleEntry};
+    let entries = match value {
+        None => return Some(Vec::new()),
+        Some(toml::Value::Array(entries)) => entries,
+        Some(_) => {
+            problems.push(Problem {
+                path: format!("{fleet}.schedules"),
+                message: "must be an array of tables ([[fleets.schedules]])".into(),
+            });
+            return None;
+        }
+    };
+    let fixed = guards.map(|g| fleetscale_policies::Bounds {
+        min: g.min,
+        max: g.max,
+    });
+    let before = problems.len();
+    let mut schedules: Vec<Schedule> = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let path = format!("{fleet}.schedules[{i}]");
+        let Some(entry) = deserialize::<ScheduleEntry>(entry, &path, problems) else {
+            continue;
+        };
+        let named = entry.name.is_some();
+        match Schedule::from_entry(entry, fixed) {
+            Ok(schedule) => {
+                if named && schedules.iter().any(|s| s.name == schedule.name) {
+                    problems.push(Problem {
+                        path: format!("{path}.name"),
+                        message: format!("schedule {:?} is named twice", schedule.name),
+                    });
+                }
+                schedules.push(schedule);
+            }
+            Err(found) => problems.extend(found.into_iter().map(|(field, message)| Problem {
+                path: if field.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{path}.{field}")
+                },
+                message,
+            })),
+        }
+    }
+    (problems.len() == before).then_some(schedules)
 }
 
 /// Deserializes a section that may be absent (its defaults apply), recording a problem

@@ -16,14 +16,20 @@ use std::time::{Duration, Instant, SystemTime};
 use fleetscale_adapters::{
     AdapterError, Clock, CloudAdapter, ErrorKind, InstanceId, InstanceState,
 };
-use fleetscale_policies::{Decision, Observation, Policy};
+use fleetscale_policies::{Bounds, Decision, Observation, Policy};
 use serde::Serialize;
 
 use crate::account::{BootTimes, FleetAccount, Unseen};
 use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
+use crate::operator::{FleetControls, Pause, Published};
 use crate::scale_in;
-use crate::signal::{SignalError, SignalSource};
+use crate::schedule::{self, Schedule};
+use crate::signal::{NamedSignal, SignalError, SignalSource, combine};
 use crate::telemetry::Metrics;
+
+/// Steps of bounds ahead a policy is shown when the fleet has schedules: the longest
+/// plan the dp planner makes (a day at one-minute steps).
+pub const BOUNDS_AHEAD_STEPS: usize = 1440;
 
 /// At most this much history is kept (14 days at one-minute steps); forecasters need no
 /// more, and a restart reads it again from the signal.
@@ -51,15 +57,28 @@ pub enum Action {
     Paused {
         until: String,
     },
+    /// Paused by an operator (`crate::operator`): observed and decided, nothing changed.
+    Held {
+        by: String,
+        reason: String,
+    },
 }
 
 /// Everything one tick saw and did: the decision log line, as a value.
 #[derive(Debug, Clone, Serialize)]
 pub struct TickReport {
     pub fleet: String,
-    /// Latest demand, in instances, when the signal was read.
+    /// Latest demand, in instances: the largest of the signals that were read.
     pub observed: Option<f64>,
+    /// What failed, when any signal failed (`name: error`, `; `-separated).
     pub signal_error: Option<String>,
+    /// Each signal's latest demand or failure, in the config's order.
+    pub signals: Vec<SignalReading>,
+    /// The bounds in force this tick, (min, max): the guards' (as an operator's
+    /// overrides set them) within which the open windows of the fleet's schedules act.
+    pub bounds: (u32, u32),
+    /// The names of the schedules' windows open this tick.
+    pub windows: Vec<String>,
     pub serving: u32,
     /// Everything the provider may still bill: serving, booting and leaving.
     pub billed: u32,
@@ -84,6 +103,19 @@ pub struct TickReport {
     /// Time the policy took.
     #[serde(skip)]
     pub decide_time: Duration,
+}
+
+/// One signal's reading at a tick.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalReading {
+    pub name: String,
+    /// Its demand, in instances, when it was read.
+    pub demand: Option<f64>,
+    /// Why it could not be read.
+    pub error: Option<String>,
+    /// The error's metric label (`missing`, `stale`, ...).
+    #[serde(skip)]
+    pub reason: Option<&'static str>,
 }
 
 impl TickReport {
@@ -181,7 +213,7 @@ impl History {
 pub struct FleetController {
     name: String,
     adapter: Box<dyn CloudAdapter>,
-    signal: Box<dyn SignalSource>,
+    signals: Vec<SignalState>,
     policy: Box<dyn Policy>,
     guards: GuardConfig,
     guard_state: GuardState,
@@ -213,13 +245,25 @@ pub struct FleetController {
     /// The first tick's time: for `read_lag` after it, a launch made before this
     /// controller existed may be in flight unseen.
     started: Option<SystemTime>,
+    /// The operator's board: pauses and overrides in, each tick's report out.
+    controls: Option<FleetControls>,
+    /// The configured bounds, which overrides in force replace.
+    configured_bounds: (u32, u32),
+    /// The operator's pause, as read at the start of this tick.
+    held_by: Option<Pause>,
+    /// `[[fleets.schedules]]`: windows that change the bounds for a while.
+    schedules: Vec<Schedule>,
+    /// The bounds in force this tick, and at each step ahead (empty without schedules).
+    bounds: Bounds,
+    bounds_ahead: Vec<Bounds>,
 }
 
 /// Parts a controller is made of.
 pub struct ControllerParts {
     pub name: String,
     pub adapter: Box<dyn CloudAdapter>,
-    pub signal: Box<dyn SignalSource>,
+    /// At least one; the fleet's demand is the largest of theirs.
+    pub signals: Vec<NamedSignal>,
     pub policy: Box<dyn Policy>,
     pub guards: GuardConfig,
     pub clock: Arc<dyn Clock>,
@@ -231,11 +275,40 @@ pub struct ControllerParts {
     pub history_steps: usize,
 }
 
-/// What observe saw: the fleet's account, and the signal's latest demand or why not.
+/// What observe saw: the fleet's account, and the signals' latest demand (the largest
+/// of those read) or, when none was read, why not.
 #[derive(Debug)]
 pub struct Observed {
     pub account: FleetAccount,
     pub signal: Result<f64, SignalError>,
+    /// Each signal's reading; the fleet holds scale-in while any has failed.
+    pub readings: Vec<SignalReading>,
+}
+
+impl Observed {
+    /// Whether every signal was read: only then may the fleet scale in.
+    pub fn all_signals_read(&self) -> bool {
+        self.signal.is_ok() && self.readings.iter().all(|r| r.error.is_none())
+    }
+}
+
+/// One signal's source and what the controller keeps of it.
+#[derive(Debug)]
+struct SignalState {
+    name: String,
+    source: Box<dyn SignalSource>,
+    /// Steps at the end of the history this signal has given no value for yet, to be
+    /// read back when it answers again.
+    gap: usize,
+}
+
+/// `name: error` for each failed reading, `; `-separated; `None` when none failed.
+fn failures(readings: &[SignalReading]) -> Option<String> {
+    let failed: Vec<String> = readings
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{:?}: {e}", r.name)))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
 }
 
 /// What the guards let through.
@@ -248,7 +321,7 @@ pub enum Intent {
 }
 
 /// The fleet as a policy is shown it, apart from the history.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct FleetNow {
     serving: u32,
     active: u32,
@@ -259,6 +332,7 @@ struct FleetNow {
     max_step_down: Option<u32>,
     step: Duration,
     boot_steps: u32,
+    bounds_ahead: Vec<Bounds>,
 }
 
 /// Asks `policy` for its decision on `history` and `fleet`.
@@ -282,6 +356,7 @@ fn ask(
         step: fleet.step,
         boot_steps: fleet.boot_steps,
         boot_times,
+        bounds_ahead: &fleet.bounds_ahead,
     };
     policy.decide(&observation)
 }
@@ -334,7 +409,15 @@ impl FleetController {
             replace_wait: parts.guards.replace_backoff,
             name: parts.name,
             adapter: parts.adapter,
-            signal: parts.signal,
+            signals: parts
+                .signals
+                .into_iter()
+                .map(|s| SignalState {
+                    name: s.name,
+                    source: s.source,
+                    gap: 0,
+                })
+                .collect(),
             policy: parts.policy,
             guards: parts.guards,
             guard_state: GuardState::default(),
@@ -357,6 +440,12 @@ impl FleetController {
             first_read: None,
             last_step: None,
             started: None,
+            controls: None,
+            configured_bounds: (0, 0),
+            held_by: None,
+            bounds: Bounds { min: 0, max: 0 },
+            schedules: Vec::new(),
+            bounds_ahead: Vec::new(),
         }
     }
 
@@ -378,14 +467,73 @@ impl FleetController {
         self.suspended
     }
 
+    /// Takes an operator's pause and overrides from `controls` at the start of each tick
+    /// (so a command applies from the next tick), and publishes each tick's report there.
+    pub fn operate_with(&mut self, controls: FleetControls) {
+        self.configured_bounds = (self.guards.min, self.guards.max);
+        self.controls = Some(controls);
+    }
+
+    /// Applies `schedules`' windows to the bounds from the next tick on.
+    pub fn schedule_with(&mut self, schedules: Vec<Schedule>) {
+        self.schedules = schedules;
+    }
+
+    /// The bounds in force at `now` and at each step the planner may look ahead to
+    /// ([`BOUNDS_AHEAD_STEPS`]), from the schedules' windows within the guards' bounds.
+    fn read_schedules(&mut self, now: SystemTime, report: &mut TickReport) {
+        let fixed = Bounds {
+            min: self.guards.min,
+            max: self.guards.max,
+        };
+        let in_force = schedule::in_force(&self.schedules, fixed, now);
+        self.bounds = in_force.bounds;
+        self.bounds_ahead =
+            schedule::bounds_ahead(&self.schedules, fixed, now, self.step, BOUNDS_AHEAD_STEPS);
+        report.bounds = (self.bounds.min, self.bounds.max);
+        report.windows = in_force.open.into_iter().map(|w| w.name).collect();
+    }
+
+    pub fn controls(&self) -> Option<&FleetControls> {
+        self.controls.as_ref()
+    }
+
+    /// The operator's commands in force at `now`: overrides replace the bounds for this
+    /// tick; a pause holds every change.
+    fn read_commands(&mut self, now: SystemTime) {
+        let Some(controls) = &self.controls else {
+            return;
+        };
+        let commands = controls.commands();
+        (self.guards.min, self.guards.max) =
+            crate::operator::bounds_in_force(self.configured_bounds, &commands, now);
+        self.held_by = commands.pause;
+    }
+
+    fn publish(&self, now: SystemTime, report: &TickReport) {
+        if let Some(controls) = &self.controls {
+            controls.publish(Published {
+                at: now,
+                report: report.clone(),
+                bounds: (self.guards.min, self.guards.max),
+                paused: self.held_by.is_some(),
+                suspended: self.suspended,
+            });
+        }
+    }
+
     /// Observe, decide, guard, act, record: once.
     pub async fn tick(&mut self) -> TickReport {
         let now = self.clock.now();
         self.started.get_or_insert(now);
+        self.read_commands(now);
         let mut report = TickReport {
             fleet: self.name.clone(),
             observed: None,
             signal_error: None,
+            signals: Vec::new(),
+            bounds: (self.guards.min, self.guards.max),
+            windows: Vec::new(),
             serving: 0,
             billed: 0,
             booting: 0,
@@ -400,8 +548,10 @@ impl FleetController {
             decision: None,
             decide_time: Duration::ZERO,
         };
+        self.read_schedules(now, &mut report);
         let _ = self.steps(now, &mut report).await;
         self.record(&report);
+        self.publish(now, &report);
         report
     }
 
@@ -410,7 +560,31 @@ impl FleetController {
         let seen = self.observe(now, report).await?;
         self.check_paused(now, &seen.account, report)?;
         let wanted = self.decide(&seen, permit, report).await;
+        let replacing = (self.replace_after, self.replace_wait);
         let intent = self.guard(now, &seen, wanted, report);
+        if let Some(pause) = self.held_by.clone() {
+            // Paused by an operator: no call that changes the fleet, and no round of
+            // stuck-instance replacement counted.
+            (self.replace_after, self.replace_wait) = replacing;
+            let held = match &intent {
+                Intent::Resize(size) if *size != seen.account.active() => {
+                    format!("would resize to {size}")
+                }
+                Intent::Resize(_) => "no change due".to_string(),
+                Intent::ReplaceStuck(stuck) => {
+                    format!("would replace {} instance(s) stuck booting", stuck.len())
+                }
+            };
+            report.reason.push_str(&format!(
+                "; paused by {} ({}): {held}, nothing changed",
+                pause.by, pause.reason
+            ));
+            report.action = Action::Held {
+                by: pause.by,
+                reason: pause.reason,
+            };
+            return Ok(());
+        }
         self.act(now, &seen, intent, report).await;
         Ok(())
     }
@@ -435,20 +609,25 @@ impl FleetController {
         report.in_flight = account.in_flight;
         report.leaving = account.leaving;
 
-        let signal = self.observe_signal(now, account.serving).await;
+        let (signal, readings) = self.observe_signals(now, account.serving).await;
         self.serving_after_act = f64::from(account.serving);
-        match &signal {
-            Ok(value) => report.observed = Some(*value),
-            Err(e) => {
-                report.signal_error = Some(e.to_string());
-                if let Some(m) = &self.metrics {
+        report.observed = signal.as_ref().ok().copied();
+        report.signal_error = failures(&readings);
+        if let Some(m) = &self.metrics {
+            for reading in &readings {
+                if let Some(reason) = reading.reason {
                     m.signal_errors
-                        .with_label_values(&[&self.name, e.reason()])
+                        .with_label_values(&[&self.name, &reading.name, reason])
                         .inc();
                 }
             }
         }
-        Ok(Observed { account, signal })
+        report.signals = readings.clone();
+        Ok(Observed {
+            account,
+            signal,
+            readings,
+        })
     }
 
     /// A suspended or backing-off fleet observes (history stays whole) and does no more,
@@ -463,7 +642,7 @@ impl FleetController {
         let Some(until) = self.paused_until.filter(|until| now < *until) else {
             return Ok(());
         };
-        if !self.suspended && account.active() < self.guards.min {
+        if !self.suspended && account.active() < self.bounds.min {
             return Ok(());
         }
         report.action = Action::Paused {
@@ -518,19 +697,23 @@ impl FleetController {
     ) -> u32 {
         let account = &seen.account;
         if seen.signal.is_err() {
-            report.reason = "holding: no trustworthy signal".into();
+            report.reason = format!(
+                "holding: no trustworthy signal ({})",
+                failures(&seen.readings).unwrap_or_default()
+            );
             return account.active();
         }
         let fleet = FleetNow {
             serving: account.serving,
             active: account.active(),
             booting: account.booting,
-            min: self.guards.min,
-            max: self.guards.max,
+            min: self.bounds.min,
+            max: self.bounds.max,
             max_step_up: self.guards.max_step_up,
             max_step_down: self.guards.max_step_down,
             step: self.step,
             boot_steps: self.boot_steps,
+            bounds_ahead: self.bounds_ahead.clone(),
         };
         let boot_times = self.boot_times.recent().to_vec();
         let started = Instant::now();
@@ -578,6 +761,12 @@ impl FleetController {
         report.decide_time = started.elapsed();
         report.desired = Some(decision.desired);
         report.reason = decision.reason.clone();
+        // The others' word may grow the fleet, never shrink it (see `guard`).
+        if let Some(failed) = failures(&seen.readings) {
+            report
+                .reason
+                .push_str(&format!("; no scale-in while a signal fails ({failed})"));
+        }
         let desired = decision.desired;
         report.decision = Some(decision);
         desired
@@ -611,13 +800,14 @@ impl FleetController {
             self.replace_after = now.checked_add(self.replace_wait);
             return Intent::ReplaceStuck(stuck);
         }
-        let guarded = guards::apply(
+        let guarded = guards::apply_within(
             &self.guards,
+            self.bounds,
             &mut self.guard_state,
             now,
             seen.account.active(),
             wanted,
-            seen.signal.is_ok(),
+            seen.all_signals_read(),
         );
         let mut applied = guarded.applied;
         report.interventions = guarded.interventions;
@@ -627,9 +817,9 @@ impl FleetController {
         let active = seen.account.active();
         if self.starting_up(now) {
             let held = match applied.cmp(&active) {
-                std::cmp::Ordering::Greater => applied.min(active.max(self.guards.min)),
+                std::cmp::Ordering::Greater => applied.min(active.max(self.bounds.min)),
                 // Above max is still brought down to it.
-                std::cmp::Ordering::Less => active.min(self.guards.max).max(applied),
+                std::cmp::Ordering::Less => active.min(self.bounds.max).max(applied),
                 std::cmp::Ordering::Equal => applied,
             };
             if held != applied {
@@ -827,25 +1017,60 @@ impl FleetController {
             .is_some_and(|started| now < started + self.guards.read_lag())
     }
 
-    /// Reads the signal, appending to the history. Returns the latest demand.
-    async fn observe_signal(&mut self, now: SystemTime, serving: u32) -> Result<f64, SignalError> {
+    /// Reads every signal, appending their step-wise largest to the history. Returns the
+    /// latest demand (the largest read), or the first error when none was read, and each
+    /// signal's reading.
+    async fn observe_signals(
+        &mut self,
+        now: SystemTime,
+        serving: u32,
+    ) -> (Result<f64, SignalError>, Vec<SignalReading>) {
+        let mut results = Vec::with_capacity(self.signals.len());
         if !self.warmed {
-            let past = self
-                .signal
-                .history(now, self.step, self.history_steps, serving)
-                .await?;
-            for value in past {
+            let mut pasts = Vec::with_capacity(self.signals.len());
+            for signal in &mut self.signals {
+                pasts.push(
+                    signal
+                        .source
+                        .history(now, self.step, self.history_steps, serving)
+                        .await,
+                );
+            }
+            let read: Vec<Vec<f64>> = pasts
+                .iter()
+                .filter_map(|p| p.as_ref().ok())
+                .cloned()
+                .collect();
+            if read.is_empty() {
+                // Nothing to warm from: the history is read again next tick.
+                let results = pasts.into_iter().map(|p| p.map(|_| f64::NAN)).collect();
+                return self.readings(results);
+            }
+            for value in combine::stepwise_largest(&read) {
                 self.history.push(value, f64::NAN);
             }
             self.missed_steps(now);
             self.warmed = true;
-            return self
-                .history
-                .demand
-                .back()
-                .copied()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| SignalError::Missing("the signal's history is empty".into()));
+            let steps = self.history.demand.len().min(MAX_HISTORY);
+            for (signal, past) in self.signals.iter_mut().zip(pasts) {
+                results.push(match past {
+                    Ok(past) => past
+                        .last()
+                        .copied()
+                        .filter(|v| v.is_finite())
+                        .ok_or_else(|| {
+                            SignalError::Missing("the signal's history is empty".into())
+                        }),
+                    // A signal that could not be read at start is read back, the whole
+                    // history, once it answers: as after an outage.
+                    Err(e) => {
+                        signal.gap = steps;
+                        Err(e)
+                    }
+                });
+            }
+            self.history.gap = self.signals.iter().map(|s| s.gap).max().unwrap_or(0);
+            return self.readings(results);
         }
         // History is kept by time: a tick that came late (a slow call, a busy machine)
         // leaves gaps for the steps it missed, filled from the signal like an outage's.
@@ -853,22 +1078,63 @@ impl FleetController {
         for _ in 0..missed {
             self.history.push(f64::NAN, f64::NAN);
         }
-        self.history.gap = (self.history.gap + missed).min(MAX_HISTORY);
-        match self.signal.latest(now, serving).await {
-            Ok(value) => {
-                let value = crate::signal::checked(value, "demand")?;
-                if self.history.gap > 0 {
-                    self.fill_gap(now, serving).await;
-                }
-                self.history.push(value, self.serving_after_act);
-                Ok(value)
+        for index in 0..self.signals.len() {
+            let Some(signal) = self.signals.get_mut(index) else {
+                continue;
+            };
+            signal.gap = (signal.gap + missed).min(MAX_HISTORY);
+            let read = signal
+                .source
+                .latest(now, serving)
+                .await
+                .and_then(|value| crate::signal::checked(value, "demand"));
+            match &read {
+                Ok(_) if signal.gap > 0 => self.fill_gap(index, now, serving).await,
+                Ok(_) => {}
+                Err(_) => signal.gap = (signal.gap + 1).min(MAX_HISTORY),
             }
-            Err(e) => {
-                self.history.push(f64::NAN, self.serving_after_act);
-                self.history.gap = (self.history.gap + 1).min(MAX_HISTORY);
-                Err(e)
-            }
+            results.push(read);
         }
+        let latest = combine::largest(results.iter().map(|r| r.as_ref().ok().copied()));
+        self.history
+            .push(latest.unwrap_or(f64::NAN), self.serving_after_act);
+        self.history.gap = self.signals.iter().map(|s| s.gap).max().unwrap_or(0);
+        self.readings(results)
+    }
+
+    /// Each signal's reading from its result, and the fleet's: the largest demand read,
+    /// or the first error when none was.
+    fn readings(
+        &self,
+        results: Vec<Result<f64, SignalError>>,
+    ) -> (Result<f64, SignalError>, Vec<SignalReading>) {
+        let latest = combine::largest(results.iter().map(|r| r.as_ref().ok().copied()));
+        let first_error = results.iter().find_map(|r| r.as_ref().err().cloned());
+        let readings = self
+            .signals
+            .iter()
+            .zip(results)
+            .map(|(signal, result)| match result {
+                Ok(demand) => SignalReading {
+                    name: signal.name.clone(),
+                    demand: Some(demand),
+                    error: None,
+                    reason: None,
+                },
+                Err(e) => SignalReading {
+                    name: signal.name.clone(),
+                    demand: None,
+                    error: Some(e.to_string()),
+                    reason: Some(e.reason()),
+                },
+            })
+            .collect();
+        let combined = match (latest, first_error) {
+            (Some(latest), _) => Ok(latest),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(SignalError::Missing("the fleet has no signal".into())),
+        };
+        (combined, readings)
     }
 
     /// Steps that passed since the last tick without one, and notes this one. Ticks are
@@ -886,20 +1152,27 @@ impl FleetController {
         missed.min(MAX_HISTORY as u128) as usize
     }
 
-    /// After an outage, read the missed steps back (a range query) where the source can.
-    async fn fill_gap(&mut self, now: SystemTime, serving: u32) {
-        let gap = std::mem::take(&mut self.history.gap);
+    /// After an outage of signal `index`, read its missed steps back (a range query)
+    /// where the source can; each filled step keeps the larger of its value and the
+    /// other signals' there.
+    async fn fill_gap(&mut self, index: usize, now: SystemTime, serving: u32) {
+        let Some(signal) = self.signals.get_mut(index) else {
+            return;
+        };
+        let gap = std::mem::take(&mut signal.gap);
         // The history call returns the steps ending before now, the last being the
         // latest (pushed separately): the `gap` steps before it fill the holes.
-        if let Ok(values) = self.signal.history(now, self.step, gap + 1, serving).await {
+        if let Ok(values) = signal
+            .source
+            .history(now, self.step, gap + 1, serving)
+            .await
+        {
             let filled = values.split_last().map_or(&[][..], |(_, before)| before);
+            let filled = filled
+                .get(filled.len().saturating_sub(gap)..)
+                .unwrap_or_default();
             // The latest filled step goes to the history's last slot, and so on back.
-            let slots = self.history.demand.iter_mut().rev();
-            for (slot, value) in slots.zip(filled.iter().rev()).take(gap) {
-                if value.is_finite() && *value >= 0.0 {
-                    *slot = *value;
-                }
-            }
+            combine::merge_into(self.history.demand.iter_mut(), filled);
         }
     }
 
@@ -966,6 +1239,7 @@ impl FleetController {
             Action::Shrink { requested, removed } => format!("shrink -{removed}/{requested}"),
             Action::ReplaceStuck { removed } => format!("replace-stuck -{removed}"),
             Action::Paused { until } => format!("paused until {until}"),
+            Action::Held { by, .. } => format!("held (paused by {by})"),
         };
         match (&report.error, &report.signal_error) {
             (Some(error), _) => tracing::warn!(
@@ -1017,6 +1291,11 @@ impl FleetController {
         }
         if let Some(observed) = report.observed {
             m.demand.with_label_values(&[fleet]).set(observed);
+        }
+        for reading in &report.signals {
+            m.signal_demand
+                .with_label_values(&[fleet, &reading.name])
+                .set(reading.demand.unwrap_or(f64::NAN));
         }
         for i in &report.interventions {
             m.guard_interventions

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use fleetscale_policies::Bounds;
 use serde::{Deserialize, Serialize};
 
 /// `[fleets.guards]`: the limits every decision passes through, whatever the policy.
@@ -165,6 +166,10 @@ pub enum Guard {
     ScaleDownCooldown,
     Stabilisation,
     SignalHold,
+    /// A schedule's window raised the minimum above `min`.
+    ScheduleMin,
+    /// A schedule's window lowered the maximum below `max`.
+    ScheduleMax,
     /// Within `read_lag` of the agent's start, no grow beyond `min` and no scale-in: a
     /// launch or removal made just before a restart may not show in reads yet.
     StartUp,
@@ -181,6 +186,8 @@ impl Guard {
             Guard::ScaleDownCooldown => "scale_down_cooldown",
             Guard::Stabilisation => "stabilisation",
             Guard::SignalHold => "signal_hold",
+            Guard::ScheduleMin => "schedule_min",
+            Guard::ScheduleMax => "schedule_max",
             Guard::StartUp => "start_up",
         }
     }
@@ -198,6 +205,25 @@ pub struct Guarded {
 /// booting; instances already leaving are not counted).
 pub fn apply(
     config: &GuardConfig,
+    state: &mut GuardState,
+    now: SystemTime,
+    current: u32,
+    wanted: u32,
+    signal_ok: bool,
+) -> Guarded {
+    let bounds = Bounds {
+        min: config.min,
+        max: config.max,
+    };
+    apply_within(config, bounds, state, now, current, wanted, signal_ok)
+}
+
+/// [`apply`] within `bounds`, the bounds in force now (the guards' `min` and `max` as a
+/// schedule's open windows change them: see [`crate::schedule`]). A bound a window set
+/// is reported as [`Guard::ScheduleMin`] or [`Guard::ScheduleMax`].
+pub fn apply_within(
+    config: &GuardConfig,
+    bounds: Bounds,
     state: &mut GuardState,
     now: SystemTime,
     current: u32,
@@ -258,12 +284,23 @@ pub fn apply(
     {
         set(&mut size, Guard::MaxStepDown, current.saturating_sub(step));
     }
-    // Bounds last: they win over everything, including a hold.
-    if size > config.max {
-        set(&mut size, Guard::Max, config.max);
+    // Bounds last: they win over everything, including a hold. Where a window's
+    // minimum met another's lower maximum, the bounds already hold the maximum.
+    if size > bounds.max {
+        let guard = if bounds.max < config.max {
+            Guard::ScheduleMax
+        } else {
+            Guard::Max
+        };
+        set(&mut size, guard, bounds.max);
     }
-    if size < config.min {
-        set(&mut size, Guard::Min, config.min);
+    if size < bounds.min {
+        let guard = if bounds.min > config.min {
+            Guard::ScheduleMin
+        } else {
+            Guard::Min
+        };
+        set(&mut size, guard, bounds.min);
     }
     Guarded {
         applied: size,
@@ -334,6 +371,34 @@ mod tests {
         // 10 left the window at 300 s; 6 (at 240 s) is the highest wish since.
         assert_eq!(apply(&config, &mut state, at(301), 10, 4, true).applied, 6);
         assert_eq!(apply(&config, &mut state, at(541), 6, 4, true).applied, 4);
+    }
+
+    #[test]
+    fn scheduled_bounds_replace_the_static_ones_and_say_so() {
+        let config = GuardConfig {
+            min: 2,
+            max_step_up: Some(50),
+            ..GuardConfig::with_max(40)
+        };
+        let mut state = GuardState::default();
+        let window = Bounds { min: 12, max: 30 };
+        let g = apply_within(&config, window, &mut state, at(0), 5, 3, true);
+        assert_eq!(g.applied, 12);
+        assert_eq!(g.interventions[0].guard, Guard::ScheduleMin);
+        let g = apply_within(&config, window, &mut state, at(0), 5, 35, true);
+        assert_eq!(g.applied, 30);
+        assert_eq!(g.interventions[0].guard, Guard::ScheduleMax);
+        // Step limits still apply; the bounds win over them, as the static ones do.
+        let limited = GuardConfig {
+            max_step_down: Some(1),
+            ..config.clone()
+        };
+        let g = apply_within(&limited, window, &mut state, at(0), 36, 1, true);
+        assert_eq!(g.applied, 30);
+        // The static bounds, as `apply` has them, report Min and Max.
+        let fixed = Bounds { min: 2, max: 40 };
+        let g = apply_within(&config, fixed, &mut state, at(0), 5, 1, true);
+        assert_eq!((g.applied, g.interventions[0].guard), (2, Guard::Min));
     }
 
     #[test]

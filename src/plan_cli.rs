@@ -21,6 +21,8 @@ use crate::cli::{Failure, load_config};
 use crate::config::{AgentConfig, FleetConfig};
 use crate::controller::MAX_HISTORY;
 use crate::guards::{self, GuardState};
+use crate::schedule::{self, OpenWindow};
+use fleetscale_policies::Bounds;
 
 #[derive(Debug, Args)]
 pub struct PlanArgs {
@@ -55,11 +57,19 @@ pub struct PlanReport {
     /// (a reference forecast: the policy makes no plan).
     pub forecast_source: &'static str,
     pub forecast: Vec<ForecastStep>,
+    /// `[[fleets.schedules]]` windows open now, and those opening within the forecast's
+    /// horizon (their first opening each).
+    pub windows_open: Vec<OpenWindow>,
+    pub windows_opening: Vec<OpenWindow>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct ObservationReport {
-    pub signal: &'static str,
+    /// The signals' names, `, `-separated.
+    pub signal: String,
+    /// Each signal as read; the history and latest demand above are their step-wise
+    /// largest.
+    pub signals: Vec<SignalReport>,
     /// Steps of history read, and how many of them hold a value.
     pub history_steps: usize,
     pub history_values: usize,
@@ -68,8 +78,21 @@ pub struct ObservationReport {
     pub serving: u32,
     pub billed: u32,
     pub booting: u32,
+    /// The bounds in force now: the guards' as the open windows change them.
     pub min: u32,
     pub max: u32,
+}
+
+/// One of the fleet's signals as `plan` read it.
+#[derive(Debug, Serialize)]
+pub struct SignalReport {
+    pub name: String,
+    pub kind: &'static str,
+    pub history_values: usize,
+    /// Its most recent step's demand, in instances.
+    pub latest_demand: Option<f64>,
+    /// Why it could not be read (the plan then holds scale-in, as the agent would).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,15 +173,61 @@ pub async fn build_report(
     let (serving, active, booting) = (account.serving, account.active(), account.booting);
     let billed = account.billed();
 
-    let mut signal = agent::build_signal(fleet, clock.as_ref())?;
     let steps =
         ((fleet.history.as_secs_f64() / step.as_secs_f64()).ceil() as usize).clamp(1, MAX_HISTORY);
-    let demand = signal
-        .history(now, step, steps, serving)
-        .await
-        .map_err(|e| anyhow::anyhow!("fleet {}: {} signal: {e}", fleet.name, signal.kind()))?;
+    // Each signal's history, combined as the controller does: the largest at each step.
+    let mut signals = Vec::new();
+    let mut read = Vec::new();
+    for mut signal in agent::build_signals(fleet, clock.as_ref())? {
+        let kind = signal.source.kind();
+        let past = signal.source.history(now, step, steps, serving).await;
+        signals.push(SignalReport {
+            name: signal.name,
+            kind,
+            history_values: past
+                .as_ref()
+                .map_or(0, |p| p.iter().filter(|d| d.is_finite()).count()),
+            latest_demand: past
+                .as_ref()
+                .ok()
+                .and_then(|p| p.last().copied())
+                .filter(|d| d.is_finite()),
+            error: past.as_ref().err().map(|e| e.to_string()),
+        });
+        read.extend(past.ok());
+    }
+    if read.is_empty() {
+        let failed: Vec<String> = signals
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} signal {:?}: {}",
+                    s.kind,
+                    s.name,
+                    s.error.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        anyhow::bail!("fleet {}: {}", fleet.name, failed.join("; "));
+    }
+    let demand = crate::signal::combine::stepwise_largest(&read);
+    // Scale-in only on every signal's word, as the controller.
+    let every_signal = signals.iter().all(|s| s.latest_demand.is_some());
     let serving_history = vec![f64::NAN; demand.len()];
     let boot_steps = fleet.boot_delay.as_nanos().div_ceil(step.as_nanos().max(1)) as u32;
+    let fixed = Bounds {
+        min: fleet.guards.min,
+        max: fleet.guards.max,
+    };
+    let in_force = schedule::in_force(&fleet.schedules, fixed, now);
+    let bounds = in_force.bounds;
+    let bounds_ahead = schedule::bounds_ahead(
+        &fleet.schedules,
+        fixed,
+        now,
+        step,
+        crate::controller::BOUNDS_AHEAD_STEPS,
+    );
     let observation = Observation {
         demand: &demand,
         serving_history: &serving_history,
@@ -166,26 +235,28 @@ pub async fn build_report(
         serving,
         active,
         booting,
-        min: fleet.guards.min,
-        max: fleet.guards.max,
+        min: bounds.min,
+        max: bounds.max,
         max_step_up: fleet.guards.max_step_up,
         max_step_down: fleet.guards.max_step_down,
         step,
         boot_steps,
         boot_times: &[],
+        bounds_ahead: &bounds_ahead,
     };
     let latest_demand = observation
         .latest_demand()
         .filter(|_| demand.last().is_some_and(|d| d.is_finite()));
     let mut policy = fleet.policy.build();
     let decision = policy.decide(&observation);
-    let guarded = guards::apply(
+    let guarded = guards::apply_within(
         &fleet.guards,
+        bounds,
         &mut GuardState::default(),
         now,
         active,
         decision.desired,
-        latest_demand.is_some(),
+        latest_demand.is_some() && every_signal,
     );
     let would = match guarded.applied.cmp(&active) {
         std::cmp::Ordering::Greater => format!("grow by {}", guarded.applied - active),
@@ -193,20 +264,28 @@ pub async fn build_report(
         std::cmp::Ordering::Equal => "nothing".into(),
     };
     let (forecast_source, forecast) = forecast_steps(&decision, &demand, now, step, horizon);
+    let ahead = u32::try_from(forecast.len().max(horizon)).unwrap_or(u32::MAX);
+    let windows_opening =
+        schedule::opening_within(&fleet.schedules, now, now + step.saturating_mul(ahead));
     Ok(PlanReport {
         fleet: fleet.name.clone(),
         at: humantime::format_rfc3339_seconds(now).to_string(),
         step_seconds: step.as_secs_f64(),
         observation: ObservationReport {
-            signal: signal.kind(),
+            signal: signals
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            signals,
             history_steps: demand.len(),
             history_values: demand.iter().filter(|d| d.is_finite()).count(),
             latest_demand,
             serving,
             billed,
             booting,
-            min: fleet.guards.min,
-            max: fleet.guards.max,
+            min: bounds.min,
+            max: bounds.max,
         },
         decision: DecisionReport {
             policy: policy.name().to_string(),
@@ -224,6 +303,8 @@ pub async fn build_report(
         },
         forecast_source,
         forecast,
+        windows_open: in_force.open,
+        windows_opening,
     })
 }
 
@@ -293,11 +374,43 @@ pub fn table(report: &PlanReport) -> String {
         "  latest demand   {} instances",
         number(o.latest_demand)
     );
+    if o.signals.len() > 1 || o.signals.iter().any(|s| s.error.is_some()) {
+        for s in &o.signals {
+            let _ = match &s.error {
+                Some(e) => writeln!(out, "    {} ({}): FAILED: {e}", s.name, s.kind),
+                None => writeln!(
+                    out,
+                    "    {} ({}): latest {} instances, {} steps hold a value",
+                    s.name,
+                    s.kind,
+                    number(s.latest_demand),
+                    s.history_values
+                ),
+            };
+        }
+    }
     let _ = writeln!(
         out,
         "  fleet           {} serving, {} booting, {} billed (bounds {}..={})",
         o.serving, o.booting, o.billed, o.min, o.max
     );
+    let show = |w: &OpenWindow| {
+        let bound = |name: &str, v: Option<u32>| v.map(|v| format!(" {name} {v}"));
+        format!(
+            "{}:{}{} from {} to {}",
+            w.name,
+            bound("min", w.min).unwrap_or_default(),
+            bound("max", w.max).unwrap_or_default(),
+            humantime::format_rfc3339_seconds(w.opened),
+            humantime::format_rfc3339_seconds(w.closes)
+        )
+    };
+    for w in &report.windows_open {
+        let _ = writeln!(out, "  window open     {}", show(w));
+    }
+    for w in &report.windows_opening {
+        let _ = writeln!(out, "  window opening  {}", show(w));
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "decision ({})", d.policy);
     let _ = writeln!(out, "  desired         {}", d.desired);

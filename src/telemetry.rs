@@ -19,6 +19,8 @@ pub struct Metrics {
     pub decisions: IntCounterVec,
     pub guard_interventions: IntCounterVec,
     pub signal_errors: IntCounterVec,
+    /// Each signal's latest demand; NaN while that signal fails.
+    pub signal_demand: GaugeVec,
     pub tick_failures: IntCounterVec,
     pub suspended: IntGaugeVec,
     pub stuck_replaced: IntCounterVec,
@@ -81,9 +83,17 @@ impl Metrics {
         )?;
         let signal_errors = counter(
             "fleetscale_signal_errors_total",
-            "Signal reads that failed, by reason.",
-            &["fleet", "reason"],
+            "Signal reads that failed, by signal and reason.",
+            &["fleet", "signal", "reason"],
         )?;
+        let signal_demand = GaugeVec::new(
+            Opts::new(
+                "fleetscale_signal_demand_instances",
+                "Each signal's latest demand, in instances (NaN while it fails).",
+            ),
+            &["fleet", "signal"],
+        )?;
+        registry.register(Box::new(signal_demand.clone()))?;
         let tick_failures = counter(
             "fleetscale_tick_failures_total",
             "Ticks that failed on an adapter call, by error kind.",
@@ -124,6 +134,7 @@ impl Metrics {
             decisions,
             guard_interventions,
             signal_errors,
+            signal_demand,
             tick_failures,
             suspended,
             stuck_replaced,
@@ -184,8 +195,16 @@ pub async fn serve(
     health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics, health))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The /metrics and /healthz routes (open: no token), which the agent serves beside the
+/// management API's.
+pub fn router(metrics: Metrics, health: Health) -> axum::Router {
     use axum::{Json, Router, http::StatusCode, response::IntoResponse, routing::get};
-    let app = Router::new()
+    Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -218,10 +237,7 @@ pub async fn serve(
                     (status, Json(fleets))
                 }
             }),
-        );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+        )
 }
 
 /// Binds the metrics address; an error names it.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use fleetscale::controller::{Action, ControllerParts, FleetController, TickReport};
 use fleetscale::guards::GuardConfig;
 use fleetscale::signal::trace::TraceSignal;
-use fleetscale::signal::{SignalError, SignalSource};
+use fleetscale::signal::{NamedSignal, SignalError, SignalSource};
 use fleetscale::telemetry::Metrics;
 use fleetscale_adapters::mock::{MockCloud, MockConfig};
 use fleetscale_adapters::{Clock, CloudAdapter, DryRun, InstanceState, TokioClock};
@@ -61,6 +61,13 @@ struct Rig {
     metrics: Metrics,
 }
 
+fn named(name: &str, source: impl SignalSource + 'static) -> NamedSignal {
+    NamedSignal {
+        name: name.into(),
+        source: Box::new(source),
+    }
+}
+
 fn mock_config(initial: u32) -> MockConfig {
     MockConfig {
         initial_size: initial,
@@ -108,7 +115,7 @@ fn rig_from(
     let controller = FleetController::new(ControllerParts {
         name: "web".into(),
         adapter,
-        signal: Box::new(signal),
+        signals: vec![named("trace", signal)],
         policy: policy.build(),
         guards,
         clock,
@@ -277,7 +284,7 @@ async fn holds_through_a_signal_outage_then_follows_again() {
     let errors = rig
         .metrics
         .signal_errors
-        .with_label_values(&["web", "unavailable"])
+        .with_label_values(&["web", "trace", "unavailable"])
         .get();
     assert_eq!(errors, 15);
     rig.signal_down.store(false, Ordering::SeqCst);
@@ -705,12 +712,12 @@ async fn a_fleet_that_panics_is_counted_shown_and_restarted_from_its_config() {
     .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
     let fleet = &config.fleets[0];
-    let signal = fleetscale::agent::build_signal(fleet, clock.as_ref()).unwrap();
+    let signals = fleetscale::agent::build_signals(fleet, clock.as_ref()).unwrap();
     let metrics = Metrics::new().unwrap();
     let first = FleetController::new(ControllerParts {
         name: "web".into(),
         adapter: Box::new(MockCloud::new(mock_config(2), clock.clone())),
-        signal,
+        signals,
         policy: Box::new(Panicking),
         guards: GuardConfig::with_max(10),
         clock: clock.clone(),
@@ -788,7 +795,10 @@ async fn a_late_tick_fills_the_steps_it_missed_from_the_signal() {
     let mut controller = FleetController::new(ControllerParts {
         name: "web".into(),
         adapter: Box::new(MockCloud::new(mock_config(2), clock.clone())),
-        signal: Box::new(TraceSignal::new(&demand, 1.0, start, TICK, false)),
+        signals: vec![named(
+            "trace",
+            TraceSignal::new(&demand, 1.0, start, TICK, false),
+        )],
         policy: Box::new(Recording(seen.clone())),
         guards: GuardConfig {
             read_lag: Some(Duration::ZERO),
@@ -811,4 +821,246 @@ async fn a_late_tick_fills_the_steps_it_missed_from_the_signal() {
         last.windows(2).all(|w| w[1] == w[0] + 1.0),
         "the history has a break: {last:?}"
     );
+}
+
+/// A controller over a fresh mock of `initial` instances (reads never lag) with `signals`.
+fn several(
+    signals: Vec<NamedSignal>,
+    policy: Box<dyn fleetscale_policies::Policy>,
+    initial: u32,
+    clock: Arc<dyn Clock>,
+    metrics: Option<Metrics>,
+) -> (MockCloud, FleetController) {
+    let mock = MockCloud::new(mock_config(initial), clock.clone());
+    let controller = FleetController::new(ControllerParts {
+        name: "web".into(),
+        adapter: Box::new(mock.clone()),
+        signals,
+        policy,
+        guards: GuardConfig {
+            read_lag: Some(Duration::ZERO),
+            ..GuardConfig::with_max(100)
+        },
+        clock,
+        step: TICK,
+        boot_delay: BOOT,
+        metrics,
+        history_steps: 60,
+    });
+    (mock, controller)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_policy_sees_the_step_wise_largest_of_the_signals_warm_up_included() {
+    // Two signals that cross: neither alone is the larger throughout.
+    let rising: Vec<f64> = (0..40).map(f64::from).collect();
+    let falling: Vec<f64> = (0..40)
+        .map(|t| 30.0 - f64::from(t))
+        .map(|d| d.max(0.0))
+        .collect();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let start = clock.now();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_, mut controller) = several(
+        vec![
+            named("rising", TraceSignal::new(&rising, 1.0, start, TICK, false)),
+            named(
+                "falling",
+                TraceSignal::new(&falling, 1.0, start, TICK, false),
+            ),
+        ],
+        Box::new(Recording(seen.clone())),
+        2,
+        clock,
+        None,
+    );
+    // Ten steps of history at start, then a tick a step.
+    tokio::time::advance(TICK * 10).await;
+    let first = controller.tick().await;
+    // The step that has ended at t = 10 is step 9: falling reads 21, rising 9.
+    assert_eq!(first.observed, Some(21.0), "{first:?}");
+    for _ in 0..20 {
+        tokio::time::advance(TICK).await;
+        let report = controller.tick().await;
+        let demands: Vec<Option<f64>> = report.signals.iter().map(|s| s.demand).collect();
+        let largest = demands.iter().flatten().copied().fold(f64::MIN, f64::max);
+        assert_eq!(report.observed, Some(largest), "{report:?}");
+    }
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    let expected: Vec<f64> = (0..30).map(|t| rising[t].max(falling[t])).collect();
+    assert_eq!(last, expected, "the history is not the step-wise largest");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_larger_signal_drives_the_planner() {
+    // The dp planner on a small signal and a large one plans as on the large one alone.
+    let small = vec![3.0; 60];
+    let large: Vec<f64> = (0..60).map(|t| 8.0 + f64::from(t % 7)).collect();
+    let run = |signals: Vec<(&'static str, Vec<f64>)>| async move {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+        let start = clock.now();
+        let signals = signals
+            .into_iter()
+            .map(|(name, d)| named(name, TraceSignal::new(&d, 1.0, start, TICK, false)))
+            .collect();
+        let (mock, mut controller) = several(signals, dp().build(), 2, clock, None);
+        tokio::time::advance(TICK * 20).await;
+        let mut applied = Vec::new();
+        for _ in 0..20 {
+            tokio::time::advance(TICK).await;
+            applied.push(controller.tick().await.applied);
+        }
+        (applied, billed(&mock).await)
+    };
+    let (both, both_billed) = run(vec![("small", small.clone()), ("large", large.clone())]).await;
+    let (alone, alone_billed) = run(vec![("large", large)]).await;
+    let (small_alone, _) = run(vec![("small", small)]).await;
+    assert_eq!(both, alone, "the planner did not follow the larger signal");
+    assert_eq!(both_billed, alone_billed);
+    assert!(both_billed >= 8, "{both_billed}");
+    assert_ne!(both, small_alone, "the test cannot tell the signals apart");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_signal_holds_scale_in_but_not_scale_up_and_says_which() {
+    // The queue's demand falls from 20 to 2, rises to 30, then falls to 2 again; the CPU
+    // signal asks for 1 and fails from tick 5 to tick 24.
+    let queue = [vec![20.0; 10], vec![2.0; 8], vec![30.0; 12], vec![2.0; 40]].concat();
+    let cpu = vec![1.0; 70];
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let start = clock.now();
+    let cpu_down = Arc::new(AtomicBool::new(false));
+    let metrics = Metrics::new().unwrap();
+    let (mock, mut controller) = several(
+        vec![
+            named("queue", TraceSignal::new(&queue, 1.0, start, TICK, false)),
+            named(
+                "cpu",
+                Switchable {
+                    inner: TraceSignal::new(&cpu, 1.0, start, TICK, false),
+                    down: cpu_down.clone(),
+                },
+            ),
+        ],
+        target_tracking(1.0).build(),
+        25,
+        clock,
+        Some(metrics.clone()),
+    );
+    let mut tick = async || {
+        tokio::time::advance(TICK).await;
+        controller.tick().await
+    };
+    for _ in 0..5 {
+        tick().await;
+    }
+    cpu_down.store(true, Ordering::SeqCst);
+    let mut grew = false;
+    let mut before = billed(&mock).await;
+    for t in 5..25 {
+        let report = tick().await;
+        let now = billed(&mock).await;
+        assert!(
+            now >= before,
+            "tick {t}: scaled in while cpu fails: {report:?}"
+        );
+        grew |= now > before;
+        before = now;
+        assert!(
+            report.reason.contains("\"cpu\"") && report.reason.contains("no scale-in"),
+            "tick {t}: the reason does not name the failing signal: {}",
+            report.reason
+        );
+        let cpu = report.signals.iter().find(|s| s.name == "cpu").unwrap();
+        assert!(cpu.demand.is_none() && cpu.error.as_deref().unwrap().contains("switched off"));
+        let queue = report.signals.iter().find(|s| s.name == "queue").unwrap();
+        assert_eq!(report.observed, queue.demand, "{report:?}");
+    }
+    assert!(
+        grew,
+        "the queue's rise to 30 was not followed while cpu failed"
+    );
+    assert_eq!(before, 30);
+    assert_eq!(
+        metrics
+            .signal_errors
+            .with_label_values(&["web", "cpu", "unavailable"])
+            .get(),
+        20
+    );
+    assert!(
+        metrics
+            .signal_demand
+            .with_label_values(&["web", "cpu"])
+            .get()
+            .is_nan()
+    );
+    assert_eq!(
+        metrics
+            .signal_demand
+            .with_label_values(&["web", "queue"])
+            .get(),
+        30.0
+    );
+    // Back: the fleet follows the queue down.
+    cpu_down.store(false, Ordering::SeqCst);
+    let mut last = None;
+    for _ in 0..20 {
+        last = Some(tick().await);
+    }
+    let last = last.unwrap();
+    assert!(last.signal_error.is_none(), "{last:?}");
+    assert_eq!(billed(&mock).await, 2, "{last:?}");
+    assert_eq!(
+        metrics
+            .signal_demand
+            .with_label_values(&["web", "cpu"])
+            .get(),
+        1.0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signal_back_from_an_outage_fills_its_gap_into_the_largest() {
+    // `b` is the larger from step 12 to 16 while it is down; read back, it wins there.
+    let a = vec![5.0; 40];
+    let b: Vec<f64> = (0..40)
+        .map(|t| if (12..17).contains(&t) { 9.0 } else { 1.0 })
+        .collect();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let start = clock.now();
+    let down = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (_, mut controller) = several(
+        vec![
+            named("a", TraceSignal::new(&a, 1.0, start, TICK, false)),
+            named(
+                "b",
+                Switchable {
+                    inner: TraceSignal::new(&b, 1.0, start, TICK, false),
+                    down: down.clone(),
+                },
+            ),
+        ],
+        Box::new(Recording(seen.clone())),
+        2,
+        clock,
+        None,
+    );
+    tokio::time::advance(TICK * 10).await;
+    controller.tick().await;
+    down.store(true, Ordering::SeqCst);
+    let mut during = Vec::new();
+    for _ in 0..8 {
+        tokio::time::advance(TICK).await;
+        during.push(controller.tick().await.observed);
+    }
+    // While `b` is down the fleet's demand is `a`'s alone.
+    assert!(during.iter().all(|d| *d == Some(5.0)), "{during:?}");
+    down.store(false, Ordering::SeqCst);
+    tokio::time::advance(TICK).await;
+    controller.tick().await;
+    let last = seen.lock().unwrap().last().cloned().unwrap();
+    let expected: Vec<f64> = (0..19).map(|t| a[t].max(b[t])).collect();
+    assert_eq!(last, expected);
 }

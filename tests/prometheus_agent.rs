@@ -110,7 +110,7 @@ async fn tick_until(
 fn signal_errors(metrics: &Metrics, reason: &str) -> u64 {
     metrics
         .signal_errors
-        .with_label_values(&["shop", reason])
+        .with_label_values(&["shop", "prometheus", reason])
         .get()
 }
 

@@ -45,6 +45,7 @@ fn bench_plans(c: &mut Criterion) {
             boot_steps: 3,
             min: 1,
             max: u32::MAX,
+            bounds: &[],
             max_step_up: limit,
             max_step_down: limit,
             penalty: 100.0,
@@ -114,6 +115,7 @@ fn bench_tick(c: &mut Criterion) {
                 step: Duration::from_secs(60),
                 boot_steps: 3,
                 boot_times: &[],
+                bounds_ahead: &[],
             };
             dp.decide(black_box(&obs))
         })

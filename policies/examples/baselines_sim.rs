@@ -207,6 +207,7 @@ impl Model {
                     step: self.step,
                     boot_steps: self.boot_steps,
                     boot_times: &[],
+                    bounds_ahead: &[],
                 };
                 let decision = policy.decide(&obs);
                 let desired = decision.desired;

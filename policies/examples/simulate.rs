@@ -366,6 +366,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
                 step,
                 boot_steps,
                 boot_times: &[],
+                bounds_ahead: &[],
             };
             let decision = policy.decide(&obs);
             if explain.as_ref().is_some_and(|r| r.contains(&t)) {

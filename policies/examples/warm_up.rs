@@ -76,6 +76,7 @@ fn main() {
         step: Duration::from_secs(step_secs),
         boot_steps: 3,
         boot_times: &[],
+        bounds_ahead: &[],
     };
     let decision = dp.decide(&obs);
     let first = started.elapsed();

@@ -14,5 +14,5 @@ mod registry;
 
 pub use oracle::{OracleError, OraclePolicy, OracleSchedule};
 pub use planner::{DpConfig, DpPlanner};
-pub use policy::{Decision, Observation, Plan, Policy};
+pub use policy::{Bounds, Decision, Observation, Plan, Policy};
 pub use registry::PolicyConfig;

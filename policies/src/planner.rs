@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::dp::{DpError, Solver, Stage};
 use crate::forecast::{AdaptiveForecaster, ForecastSettings, Forecaster};
 use crate::outage::OutageWatch;
-use crate::{Decision, Observation, Plan, Policy};
+use crate::{Bounds, Decision, Observation, Plan, Policy};
 
 /// Settings of the `dp` policy.
 ///
@@ -153,6 +153,9 @@ pub struct PlanInput<'a> {
     pub boot_steps: u32,
     pub min: u32,
     pub max: u32,
+    /// Bounds per stage where they differ from `min`/`max` (a schedule's windows): entry
+    /// `k` for stage `k`; empty, or shorter than the plan, means `min`/`max` beyond.
+    pub bounds: &'a [Bounds],
     pub max_step_up: Option<u32>,
     pub max_step_down: Option<u32>,
     /// Cost of one unserved instance-step, in instance-steps.
@@ -194,6 +197,15 @@ impl PlanInput<'_> {
     fn points(&self, k: usize) -> &[f64] {
         let m = self.weights.len();
         self.demand.get(k * m..(k + 1) * m).unwrap_or_default()
+    }
+
+    /// The bounds of stage `k` (`min` at most `max`).
+    fn bounds_at(&self, k: usize) -> (u32, u32) {
+        let b = self
+            .bounds
+            .get(k)
+            .map_or((self.min, self.max), |b| (b.min, b.max));
+        (b.0.min(b.1), b.1)
     }
 
     /// Serving capacity of `kept` instances at stage `k`.
@@ -301,6 +313,16 @@ fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
                 lo = lo.min(input.serving(k, u32::MAX));
             }
             let near = k.saturating_sub(l)..(k + l + 1).min(h);
+            // A stage's scheduled minimum is a need like a quantile's: a unit may be
+            // kept to bridge to it (the bounds clamp each window afterwards).
+            let scheduled = if input.bounds.is_empty() {
+                0
+            } else {
+                near.clone()
+                    .map(|m| input.bounds_at(m).0)
+                    .max()
+                    .unwrap_or(0)
+            };
             let hi = tops
                 .get(near)
                 .unwrap_or_default()
@@ -308,6 +330,7 @@ fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
                 .copied()
                 .max()
                 .unwrap_or(0)
+                .max(scheduled)
                 .max(lo);
             (lo, hi)
         })
@@ -318,11 +341,26 @@ fn stage_windows(input: &PlanInput<'_>) -> Vec<(u32, u32)> {
         // Limits at least as wide as every move within the union, as the bounds keep it
         // (from the pool too), bind no plan there, and the best plan without them lies
         // within the windows.
-        let (min, max) = (input.min.min(input.max), input.max);
-        let (lo_kept, hi_kept) = (lo.clamp(min, max), hi.clamp(min, max));
+        let (mut lo_kept, mut hi_kept) = {
+            let (min, max) = input.bounds_at(0);
+            (lo.clamp(min, max), hi.clamp(min, max))
+        };
+        for k in 1..input.bounds.len().min(h) {
+            let (min, max) = input.bounds_at(k);
+            lo_kept = lo_kept.min(lo.clamp(min, max));
+            hi_kept = hi_kept.max(hi.clamp(min, max));
+        }
         let widest = hi_kept.max(input.pool) - lo_kept.min(input.pool);
         let binds = |limit: Option<u32>| limit.is_some_and(|l| l < widest);
         if binds(input.max_step_up) || binds(input.max_step_down) {
+            // Under binding limits a stage's scheduled maximum may force the sizes
+            // before it down towards it, as its minimum forces them up.
+            let stages = 0..input.bounds.len().min(h);
+            let lo = stages
+                .clone()
+                .map(|k| input.bounds_at(k).1)
+                .fold(lo, u32::min);
+            let hi = stages.map(|k| input.bounds_at(k).0).fold(hi, u32::max);
             windows.iter_mut().for_each(|w| *w = (lo, hi));
         }
     }
@@ -341,7 +379,6 @@ fn to_size(x: f64) -> u32 {
 pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<CapacityPlan, DpError> {
     let h = input.stages();
     let l = input.boot_steps as usize;
-    let (min, max) = (input.min.min(input.max), input.max);
     let windows = stage_windows(input);
 
     // Stages: the window within the bounds, moved inside what the step limits reach.
@@ -354,6 +391,7 @@ pub fn plan_capacity(input: &PlanInput<'_>, solver: &mut Solver) -> Result<Capac
             reach_lo.saturating_sub(down.unwrap_or(u32::MAX)),
             reach_hi.saturating_add(up.unwrap_or(u32::MAX)),
         );
+        let (min, max) = input.bounds_at(k);
         let (blo, bhi) = (lo.clamp(min, max), hi.clamp(min, max));
         let (slo, shi) = (blo.clamp(rlo, rhi), bhi.clamp(rlo, rhi));
         stages.push(Stage::new(slo, shi).with_limits(up, down));
@@ -966,6 +1004,7 @@ impl DpPlanner {
                 active: serving + in_boot,
                 booting: in_boot,
                 boot_times: &[],
+                bounds_ahead: &[],
                 ..*obs
             };
             let active = serving + in_boot;
@@ -1151,6 +1190,7 @@ impl DpPlanner {
             boot_steps: l,
             min: obs.min,
             max: obs.max,
+            bounds: obs.bounds_ahead,
             max_step_up: obs.max_step_up,
             max_step_down: obs.max_step_down,
             penalty: penalty.value,
@@ -1311,6 +1351,7 @@ mod tests {
             boot_steps: 2,
             min: 1,
             max: 1000,
+            bounds: &[],
             max_step_up: limit,
             max_step_down: limit,
             penalty: 50.0,

@@ -23,9 +23,14 @@ pub struct Observation<'a> {
     pub active: u32,
     /// Instances launched and not yet serving (launches in flight included).
     pub booting: u32,
-    /// Fleet bounds, inclusive.
+    /// Fleet bounds in force now, inclusive.
     pub min: u32,
     pub max: u32,
+    /// The bounds in force at each step ahead (entry `k` for the step that starts `k`
+    /// steps from now; entry 0 is now), where a schedule changes them. Empty, or
+    /// shorter than a policy's horizon, means `min`/`max` beyond its end: a fleet
+    /// without schedules passes nothing.
+    pub bounds_ahead: &'a [Bounds],
     /// Most instances one tick may add or remove, when limited.
     pub max_step_up: Option<u32>,
     pub max_step_down: Option<u32>,
@@ -38,7 +43,22 @@ pub struct Observation<'a> {
     pub boot_times: &'a [Duration],
 }
 
+/// A fleet's bounds at one step, inclusive (`min <= max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub min: u32,
+    pub max: u32,
+}
+
 impl Observation<'_> {
+    /// The bounds in force `k` steps from now (0: now).
+    pub fn bounds_at(&self, k: usize) -> Bounds {
+        self.bounds_ahead.get(k).copied().unwrap_or(Bounds {
+            min: self.min,
+            max: self.max,
+        })
+    }
+
     /// The most recent known demand, if any.
     pub fn latest_demand(&self) -> Option<f64> {
         self.demand.iter().rev().copied().find(|d| d.is_finite())

@@ -60,6 +60,7 @@ fn replay(policy: &mut dyn Policy, demand: &[f64], step: Duration, boot_steps: u
                 step,
                 boot_steps,
                 boot_times: &[],
+                bounds_ahead: &[],
             };
             let decision = policy.decide(&obs);
             fleet.resize(decision.desired as usize, now);
@@ -92,6 +93,7 @@ fn observe(demand: &[f64], serving: u32, billed: u32) -> Observation<'_> {
         step: MINUTE,
         boot_steps: 3,
         boot_times: &[],
+        bounds_ahead: &[],
     }
 }
 

@@ -64,6 +64,7 @@ fn replay(
                 step: Duration::from_secs(60),
                 boot_steps,
                 boot_times: &[],
+                bounds_ahead: &[],
             };
             let desired = policy.decide(&obs).desired.clamp(min, max) as usize;
             if desired > fleet.len() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleetscale_policies::dp::Solver;
 use fleetscale_policies::planner::{PlanInput, plan_capacity};
-use fleetscale_policies::{DpConfig, DpPlanner, Observation, Policy};
+use fleetscale_policies::{Bounds, DpConfig, DpPlanner, Observation, Policy};
 use proptest::prelude::*;
 
 /// A small planning problem: points are multiples of 1/4 and weights powers of two, so
@@ -21,6 +21,8 @@ struct Problem {
     boot_steps: u32,
     min: u32,
     max: u32,
+    /// Bounds per stage, as a schedule sets them (empty: `min`/`max` throughout).
+    bounds: Vec<Bounds>,
     up: Option<u32>,
     down: Option<u32>,
     penalty: f64,
@@ -37,6 +39,7 @@ impl Problem {
             boot_steps: self.boot_steps,
             min: self.min,
             max: self.max,
+            bounds: &self.bounds,
             max_step_up: self.up,
             max_step_down: self.down,
             penalty: self.penalty,
@@ -57,6 +60,12 @@ impl Problem {
         }
     }
 
+    fn bounds_at(&self, k: usize) -> (u32, u32) {
+        self.bounds
+            .get(k)
+            .map_or((self.min, self.max), |b| (b.min, b.max))
+    }
+
     fn shortfall(&self, k: usize, serving: u32) -> f64 {
         let points = &self.demand[k * 4..k * 4 + 4];
         points
@@ -74,7 +83,8 @@ impl Problem {
             let up = self.up.unwrap_or(u32::MAX);
             let down = self.down.unwrap_or(u32::MAX);
             let no_launch = k < self.boot_steps as usize;
-            if s < self.min || s > self.max || (s > prev && (no_launch || s - prev > up)) {
+            let (min, max) = self.bounds_at(k);
+            if s < min || s > max || (s > prev && (no_launch || s - prev > up)) {
                 return None;
             }
             if s < prev && prev - s > down {
@@ -115,6 +125,15 @@ impl Problem {
 }
 
 fn problem(limits: bool) -> impl Strategy<Value = Problem> {
+    problem_with(limits, false)
+}
+
+/// Problems whose stages may each have bounds of their own (a schedule's windows).
+fn scheduled_problem(limits: bool) -> impl Strategy<Value = Problem> {
+    problem_with(limits, true)
+}
+
+fn problem_with(limits: bool, scheduled: bool) -> impl Strategy<Value = Problem> {
     let limit = move || {
         if limits {
             prop::option::of(0u32..3).boxed()
@@ -144,20 +163,37 @@ fn problem(limits: bool) -> impl Strategy<Value = Problem> {
                 }),
                 h,
             );
-            (arrivals, points, min..8).prop_map(move |(arrivals, points, max)| Problem {
-                pool,
-                arrivals,
-                boot_steps,
-                min,
-                max,
-                up,
-                down,
-                penalty: f64::from(penalty),
-                demand: points
-                    .into_iter()
-                    .flatten()
-                    .map(|q| f64::from(q) / 4.0)
-                    .collect(),
+            let bounds = if scheduled {
+                prop::collection::vec((min..8, min..8), h)
+                    .prop_map(|b| {
+                        b.into_iter()
+                            .map(|(a, b)| Bounds {
+                                min: a.min(b),
+                                max: a.max(b),
+                            })
+                            .collect()
+                    })
+                    .boxed()
+            } else {
+                Just(Vec::new()).boxed()
+            };
+            (arrivals, points, min..8, bounds).prop_map(move |(arrivals, points, max, bounds)| {
+                Problem {
+                    pool,
+                    arrivals,
+                    boot_steps,
+                    min,
+                    max,
+                    bounds,
+                    up,
+                    down,
+                    penalty: f64::from(penalty),
+                    demand: points
+                        .into_iter()
+                        .flatten()
+                        .map(|q| f64::from(q) / 4.0)
+                        .collect(),
+                }
             })
         })
 }
@@ -181,6 +217,25 @@ proptest! {
             (Ok(_), None) => {}
             (Err(e), _) => prop_assert!(false, "planner failed: {e}"),
         }
+    }
+
+    #[test]
+    fn plans_with_bounds_per_stage_equal_brute_force(p in scheduled_problem(true)) {
+        let plan = plan_capacity(&p.input(), &mut Solver::default()).unwrap();
+        if let Some(best) = p.brute_force(8) {
+            let cost = p.objective(&plan.kept);
+            prop_assert!(cost.is_some(), "plan {:?} breaks a rule of {:?}", plan.kept, p.bounds);
+            prop_assert!((plan.objective - best).abs() < 1e-9, "{} vs {best}", plan.objective);
+        }
+    }
+
+    #[test]
+    fn bounds_per_stage_equal_to_the_fleets_change_nothing(p in problem(true)) {
+        let plain = plan_capacity(&p.input(), &mut Solver::default()).unwrap();
+        let mut same = p.clone();
+        same.bounds = vec![Bounds { min: p.min, max: p.max }; p.stages()];
+        let spelled = plan_capacity(&same.input(), &mut Solver::default()).unwrap();
+        prop_assert_eq!(plain, spelled);
     }
 
     #[test]
@@ -303,6 +358,7 @@ fn one_minute_steps<'a>(
         step: Duration::from_secs(60),
         boot_steps,
         boot_times: &[],
+        bounds_ahead: &[],
     }
 }
 
@@ -406,6 +462,7 @@ fn dp_starts_from_nothing_and_from_a_long_history() {
         step: Duration::from_secs(300),
         boot_steps: 1,
         boot_times: &[],
+        bounds_ahead: &[],
     };
     let d = dp.decide(&obs);
     assert!((1..=10).contains(&d.desired));
@@ -426,6 +483,7 @@ fn dp_starts_from_nothing_and_from_a_long_history() {
         step: Duration::from_secs(60),
         boot_steps: 3,
         boot_times: &[],
+        bounds_ahead: &[],
     };
     let first = dp.decide(&obs);
     assert!(first.desired >= 1);
@@ -473,6 +531,7 @@ fn dp_handles_steps_from_a_second_to_a_day() {
                 step: Duration::from_secs(step),
                 boot_steps,
                 boot_times: &[],
+                bounds_ahead: &[],
             };
             let d = dp.decide(&obs);
             let plan = d.plan.unwrap();
@@ -788,4 +847,57 @@ fn boots_slower_than_configured_are_planned_with() {
         "{}",
         few.reason
     );
+}
+
+/// A scheduled minimum `L` stages ahead is launched for now, so that it serves when its
+/// window opens, and not a step earlier; after the window the plan falls back to demand.
+#[test]
+fn a_scheduled_minimum_is_launched_a_boot_delay_ahead() {
+    let (levels, weights) = fleetscale_policies::planner::planning_grid();
+    let h = 12;
+    let demand: Vec<f64> = (0..h)
+        .flat_map(|_| levels.iter().map(|q| 2.0 + q))
+        .collect();
+    let quiet = Bounds { min: 1, max: 100 };
+    let window = Bounds { min: 10, max: 100 };
+    // The window covers stages 5 to 7.
+    let bounds: Vec<Bounds> = (0..h)
+        .map(|k| if (5..8).contains(&k) { window } else { quiet })
+        .collect();
+    let input = |bounds: &[Bounds]| {
+        let input = PlanInput {
+            pool: 3,
+            arrivals: &[3, 3, 3],
+            boot_steps: 3,
+            min: 1,
+            max: 100,
+            bounds,
+            max_step_up: None,
+            max_step_down: None,
+            penalty: 50.0,
+            demand: &demand,
+            weights: &weights,
+        };
+        plan_capacity(&input, &mut Solver::default()).unwrap()
+    };
+    let plan = input(&bounds);
+    assert_eq!(&plan.serving[5..8], &[10, 10, 10], "{:?}", plan.serving);
+    assert!(
+        plan.serving[..5].iter().all(|&s| s < 10),
+        "{:?}",
+        plan.serving
+    );
+    assert!(
+        plan.serving[8..].iter().all(|&s| s < 10),
+        "{:?}",
+        plan.serving
+    );
+    // Two stages before the launch stage: nothing launched yet.
+    assert_eq!(plan.launch_now, 0);
+    // Moved two stages nearer, the window's launch is now.
+    let nearer: Vec<Bounds> = bounds[2..].iter().copied().chain([quiet; 2]).collect();
+    let plan = input(&nearer);
+    assert_eq!(plan.serving[3], 10, "{:?}", plan.serving);
+    assert_eq!(plan.launch_now, 10 - plan.kept[2], "{plan:?}");
+    assert!(plan.desired_billed >= 10, "{plan:?}");
 }

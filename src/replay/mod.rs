@@ -254,7 +254,10 @@ async fn run_async(
                 RetryConfig::default(),
                 jitter,
             )),
-            signal: Box::new(signal),
+            signals: vec![crate::signal::NamedSignal {
+                name: "trace".into(),
+                source: Box::new(signal),
+            }],
             policy: make_policy(),
             guards: guards.clone(),
             clock: Arc::new(clock.clone()),

@@ -1,6 +1,7 @@
 //! Where demand comes from. A [`SignalSource`] turns a recorded trace, a generator or a
 //! Prometheus query into demand in instance units.
 
+pub mod combine;
 pub mod prometheus;
 pub mod synthetic;
 pub mod trace;
@@ -54,6 +55,43 @@ pub fn checked(value: f64, what: &str) -> Result<f64, SignalError> {
             detail: format!("{what} must be a finite, non-negative number"),
         })
     }
+}
+
+/// How a source's raw value becomes demand in instances: the one place every source's
+/// conversion is done.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Conversion {
+    /// Work per unit of time: demand = value / per_instance.
+    Throughput { per_instance: f64 },
+    /// The fleet's mean utilisation (CPU, memory or disk; a fraction or a percentage):
+    /// demand = value x serving / target, `serving` being the fleet account's serving
+    /// count at the step read.
+    Utilisation { target: f64 },
+    /// Items waiting (a queue's depth): demand = value / items_per_instance.
+    QueueDepth { items_per_instance: f64 },
+}
+
+impl Conversion {
+    /// Demand in instances for a raw value, with `serving` instances serving.
+    pub fn demand(&self, value: f64, serving: u32) -> f64 {
+        match *self {
+            Conversion::Throughput { per_instance } => value / per_instance,
+            Conversion::Utilisation { target } => value * f64::from(serving) / target,
+            Conversion::QueueDepth { items_per_instance } => value / items_per_instance,
+        }
+    }
+
+    /// Whether demand depends on the serving count (and so says nothing while none serve).
+    pub fn needs_serving(&self) -> bool {
+        matches!(self, Conversion::Utilisation { .. })
+    }
+}
+
+/// One of a fleet's signals, under the name that its reports and metrics use.
+#[derive(Debug)]
+pub struct NamedSignal {
+    pub name: String,
+    pub source: Box<dyn SignalSource>,
 }
 
 /// A source of demand, in instance units (how many instances the work needs at their

@@ -21,6 +21,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 
+pub use super::Conversion;
 use super::{SignalError, SignalSource};
 
 /// Prometheus refuses range queries of more than 11,000 points per series; stay under it.
@@ -59,6 +60,10 @@ pub struct PrometheusConfig {
     /// query's own unit (0.7, or 70 for a percentage). Demand = value x serving / target.
     #[serde(default)]
     pub target: Option<f64>,
+    /// `meaning = "queue_depth"`: how many waiting items one instance works off.
+    /// Demand = value / items_per_instance.
+    #[serde(default)]
+    pub items_per_instance: Option<f64>,
     /// Longest wait for one answer; a slower server is unavailable. Default 10s.
     #[serde(default = "defaults::timeout", with = "humantime_serde")]
     pub timeout: Duration,
@@ -93,6 +98,20 @@ pub enum Meaning {
     /// How busy the serving instances are (mean CPU, 0.0 to 1.0 or a percentage): demand
     /// is `value x serving / target`.
     Utilisation,
+    /// Items waiting (a queue's depth, jobs pending): demand is
+    /// `value / items_per_instance`.
+    QueueDepth,
+}
+
+impl Meaning {
+    /// As the config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Meaning::Throughput => "throughput",
+            Meaning::Utilisation => "utilisation",
+            Meaning::QueueDepth => "queue_depth",
+        }
+    }
 }
 
 /// `[fleets.signal.basic_auth]`.
@@ -185,42 +204,41 @@ impl PrometheusConfig {
                 Ok(_) => {}
             }
         }
-        let positive = |value: f64| value.is_finite() && value > 0.0;
-        match self.meaning {
-            Meaning::Throughput => {
-                match self.per_instance {
-                    None => problems.push((
-                        "per_instance",
-                        "meaning = \"throughput\" needs per_instance (value one instance serves)"
-                            .into(),
-                    )),
-                    Some(v) if !positive(v) => problems.push((
-                        "per_instance",
-                        format!("must be a positive number, not {v}"),
-                    )),
-                    Some(_) => {}
+        // Each meaning needs its own field, and the other meanings' fields are refused.
+        let fields = [
+            (
+                "throughput",
+                "per_instance",
+                self.per_instance,
+                "the value one instance serves",
+            ),
+            (
+                "utilisation",
+                "target",
+                self.target,
+                "the utilisation to run at",
+            ),
+            (
+                "queue_depth",
+                "items_per_instance",
+                self.items_per_instance,
+                "the items one instance works off",
+            ),
+        ];
+        let meaning = self.meaning.as_str();
+        for (owner, field, value, what) in fields {
+            match value {
+                None if owner == meaning => problems.push((
+                    field,
+                    format!("meaning = \"{meaning}\" needs {field} ({what})"),
+                )),
+                Some(v) if owner == meaning && !(v.is_finite() && v > 0.0) => {
+                    problems.push((field, format!("must be a positive number, not {v}")))
                 }
-                if self.target.is_some() {
-                    problems.push(("target", "applies to meaning = \"utilisation\" only".into()));
+                Some(_) if owner != meaning => {
+                    problems.push((field, format!("applies to meaning = \"{owner}\" only")))
                 }
-            }
-            Meaning::Utilisation => {
-                match self.target {
-                    None => problems.push((
-                        "target",
-                        "meaning = \"utilisation\" needs target (the utilisation to run at)".into(),
-                    )),
-                    Some(v) if !positive(v) => {
-                        problems.push(("target", format!("must be a positive number, not {v}")))
-                    }
-                    Some(_) => {}
-                }
-                if self.per_instance.is_some() {
-                    problems.push((
-                        "per_instance",
-                        "applies to meaning = \"throughput\" only".into(),
-                    ));
-                }
+                _ => {}
             }
         }
         if self.timeout.is_zero() {
@@ -354,25 +372,6 @@ enum Auth {
     },
 }
 
-/// How the query's value becomes demand in instances.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Conversion {
-    /// demand = value / per_instance
-    Throughput { per_instance: f64 },
-    /// demand = value x serving / target
-    Utilisation { target: f64 },
-}
-
-impl Conversion {
-    /// Demand in instances for a query value, with `serving` instances serving.
-    pub fn demand(&self, value: f64, serving: u32) -> f64 {
-        match *self {
-            Conversion::Throughput { per_instance } => value / per_instance,
-            Conversion::Utilisation { target } => value * f64::from(serving) / target,
-        }
-    }
-}
-
 /// The Prometheus signal source.
 #[derive(Debug)]
 pub struct PrometheusSignal {
@@ -404,6 +403,9 @@ impl PrometheusSignal {
             },
             Meaning::Utilisation => Conversion::Utilisation {
                 target: config.target.unwrap_or(1.0),
+            },
+            Meaning::QueueDepth => Conversion::QueueDepth {
+                items_per_instance: config.items_per_instance.unwrap_or(1.0),
             },
         };
         let mut base = Url::parse(&config.address).map_err(|e| PrometheusError::Config {
@@ -840,7 +842,7 @@ impl SignalSource for PrometheusSignal {
         // Past utilisation scaled by nothing serving would be a history of zeros, and a
         // warm-up would take it for no demand: gaps instead (the past's serving counts
         // are not known).
-        if serving == 0 && matches!(self.conversion, Conversion::Utilisation { .. }) {
+        if serving == 0 && self.conversion.needs_serving() {
             return Ok(vec![f64::NAN; steps]);
         }
         let mut values = self.values_until(now, step, steps).await?;
@@ -853,7 +855,7 @@ impl SignalSource for PrometheusSignal {
 
     async fn latest(&mut self, now: SystemTime, serving: u32) -> Result<f64, SignalError> {
         let value = self.value_at(now).await?;
-        if serving == 0 && matches!(self.conversion, Conversion::Utilisation { .. }) {
+        if serving == 0 && self.conversion.needs_serving() {
             return Err(SignalError::Missing(
                 "utilisation says nothing about demand while no instance serves".into(),
             ));
@@ -1162,6 +1164,11 @@ mod tests {
         // 6 instances at 90 % with a 60 % target need 9.
         assert!((Conversion::Utilisation { target: 0.6 }.demand(0.9, 6) - 9.0).abs() < 1e-12);
         assert!((Conversion::Utilisation { target: 60.0 }.demand(90.0, 6) - 9.0).abs() < 1e-12);
+        // 120 items waiting, 40 per instance: 3 instances, whatever serves now.
+        let queue = Conversion::QueueDepth {
+            items_per_instance: 40.0,
+        };
+        assert!((queue.demand(120.0, 7) - 3.0).abs() < 1e-12);
     }
 
     #[test]

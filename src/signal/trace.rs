@@ -174,7 +174,8 @@ impl TraceSignal {
         row: Duration,
         repeat: bool,
     ) -> Self {
-        let demand = values.iter().map(|v| v / per_instance).collect();
+        let conversion = super::Conversion::Throughput { per_instance };
+        let demand = values.iter().map(|v| conversion.demand(*v, 0)).collect();
         TraceSignal {
             demand,
             start,
