@@ -2,7 +2,7 @@
 //! scraped every second drives the mock fleet up and down on the real clock; the server
 //! stopped mid-run, wrong credentials and faulty series hold the fleet; `fleetscale plan`
 //! prints a forecast built from a backfilled history; the example scrape config scrapes
-//! the running agent.
+//! the running agent; of two queries the larger drives, and one failing holds the fleet.
 // Tests: a panic is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -24,6 +24,15 @@ const TICK: Duration = Duration::from_secs(1);
 /// A one-fleet config: tick 1s, the mock cloud with `initial` instances booting in 1s,
 /// target tracking at 0.8 with a 1s scale-down window, and the given signal lines.
 fn config(initial: u32, signal: &str) -> Config {
+    config_with(
+        initial,
+        &format!("[fleets.signal]\nkind = \"prometheus\"\n{signal}"),
+    )
+}
+
+/// The same fleet with the given signal sections (`[fleets.signal]` or
+/// `[[fleets.signals]]`).
+fn config_with(initial: u32, signals: &str) -> Config {
     let text = format!(
         r#"
 [agent]
@@ -43,9 +52,7 @@ terminate_latency = "0s"
 zones = ["zone-a", "zone-b"]
 initial_size = {initial}
 
-[fleets.signal]
-kind = "prometheus"
-{signal}
+{signals}
 
 [fleets.policy]
 name = "target-tracking"
@@ -174,6 +181,145 @@ async fn a_live_exporter_drives_the_fleet_up_and_down_and_an_outage_holds_it() {
 
     // It comes back on the same port and data: the agent follows the load down by itself.
     prometheus.launch();
+    let reports = tick_until(&mut shop, 20, |r| r.billed == 2).await;
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.signal_error.is_none() && r.observed == Some(1.0)),
+        "{reports:?}"
+    );
+}
+
+/// Two `[[fleets.signals]]` on one Prometheus: requests (throughput) and a queue's depth.
+fn two_signals(address: &str) -> String {
+    format!(
+        r#"[[fleets.signals]]
+name = "requests"
+kind = "prometheus"
+address = {address:?}
+query = "shop_requests_per_second"
+meaning = "throughput"
+per_instance = 10.0
+timeout = "2s"
+
+[[fleets.signals]]
+name = "queue"
+kind = "prometheus"
+address = {address:?}
+query = "shop_queue_depth"
+meaning = "queue_depth"
+items_per_instance = 5.0
+timeout = "2s"
+"#
+    )
+}
+
+fn requests_and_queue(requests_per_second: f64, queue: Option<f64>) -> String {
+    let mut text = load(requests_per_second);
+    if let Some(depth) = queue {
+        text.push_str(&format!(
+            "# TYPE shop_queue_depth gauge\nshop_queue_depth {depth}\n"
+        ));
+    }
+    text
+}
+
+fn demand_of(report: &TickReport, signal: &str) -> Option<f64> {
+    let reading = report.signals.iter().find(|s| s.name == signal);
+    reading
+        .unwrap_or_else(|| panic!("no {signal} in {report:?}"))
+        .demand
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_queries_the_larger_drives_and_one_failing_mid_run_holds_the_fleet() {
+    // Requests want 4 instances, the queue 6: the queue drives (8 at 0.8).
+    let exporter = Exporter::start(&requests_and_queue(40.0, Some(30.0))).await;
+    let prometheus = Prometheus::start(PrometheusOptions {
+        scrape_targets: vec![exporter.target()],
+        ..Default::default()
+    });
+    prometheus
+        .wait_for("shop_queue_depth", Duration::from_secs(20))
+        .await;
+    let config = config_with(2, &two_signals(&prometheus.address()));
+    let metrics = Metrics::new().unwrap();
+    let mut shop = controller(&config, &metrics).await;
+    let reports = tick_until(&mut shop, 15, |r| r.billed == 8 && r.serving == 8).await;
+    let last = reports.last().unwrap();
+    assert_eq!(demand_of(last, "requests"), Some(4.0), "{last:?}");
+    assert_eq!(demand_of(last, "queue"), Some(6.0), "{last:?}");
+    assert_eq!(last.observed, Some(6.0), "the larger is the fleet's demand");
+
+    // The queue's series disappears (its exporter stops exposing it) while requests fall
+    // to 1 instance's worth: the queue's word is missing, so the fleet holds at 8.
+    exporter.set(&requests_and_queue(10.0, None));
+    let reports = tick_until(&mut shop, 15, |r| {
+        r.signals
+            .iter()
+            .any(|s| s.name == "queue" && s.error.is_some())
+    })
+    .await;
+    let first_failed = reports.last().unwrap();
+    assert_eq!(first_failed.billed, 8, "{first_failed:?}");
+    for _ in 0..4 {
+        tokio::time::sleep(TICK).await;
+        let report = shop.tick().await;
+        assert_eq!(demand_of(&report, "requests"), Some(1.0), "{report:?}");
+        assert_eq!(demand_of(&report, "queue"), None, "{report:?}");
+        assert_eq!(report.billed, 8, "the fleet must hold: {report:?}");
+        assert!(
+            !matches!(report.action, Action::Shrink { .. }),
+            "{report:?}"
+        );
+        assert!(
+            report
+                .reason
+                .contains("no scale-in while a signal fails (\"queue\""),
+            "the decision line names the failing signal: {}",
+            report.reason
+        );
+        assert!(
+            report
+                .signal_error
+                .as_deref()
+                .unwrap_or("")
+                .contains("queue"),
+            "{report:?}"
+        );
+    }
+    let failed_reads: u64 = ["missing", "stale"]
+        .iter()
+        .map(|reason| {
+            metrics
+                .signal_errors
+                .with_label_values(&["shop", "queue", reason])
+                .get()
+        })
+        .sum();
+    assert!(failed_reads >= 4, "the queue's failures are counted");
+    assert_eq!(
+        metrics
+            .signal_errors
+            .with_label_values(&["shop", "requests", "missing"])
+            .get(),
+        0
+    );
+    assert!(
+        metrics
+            .signal_demand
+            .with_label_values(&["shop", "queue"])
+            .get()
+            .is_nan(),
+        "the failing signal's demand gauge reads NaN"
+    );
+
+    // The others' word may still grow the fleet: requests rise to 12 instances' worth.
+    exporter.set(&requests_and_queue(120.0, None));
+    tick_until(&mut shop, 15, |r| r.billed == 15).await;
+
+    // The queue comes back empty: the fleet follows requests down again.
+    exporter.set(&requests_and_queue(10.0, Some(0.0)));
     let reports = tick_until(&mut shop, 20, |r| r.billed == 2).await;
     assert!(
         reports
