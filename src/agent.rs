@@ -8,14 +8,11 @@ use anyhow::Context;
 use fleetscale_adapters::{Clock, CloudAdapter, DryRun, Metered, Retry, RetryConfig};
 use tokio::sync::watch;
 
-use crate::config::{AdapterConfig, AgentConfig, Config, FleetConfig, SignalConfig};
+use crate::config::{AgentConfig, Config, FleetConfig, SignalConfig};
 use crate::controller::{ControllerParts, FleetController};
 use crate::guards::GuardConfig;
 use crate::signal::NamedSignal;
 use crate::signal::SignalSource;
-use crate::signal::prometheus::PrometheusSignal;
-use crate::signal::synthetic::SyntheticSignal;
-use crate::signal::trace::TraceSignal;
 use crate::telemetry::{self, Health, Metrics};
 
 /// How a fleet's adapter is wrapped.
@@ -25,28 +22,103 @@ pub struct Wiring {
     pub dry_run: bool,
 }
 
+/// What the agent needs of one kind of adapter's settings (`kind = ...` in
+/// `[fleets.adapter]`). Each kind implements it once, here, and is registered by one line
+/// of the list of kinds in `crate::config` (`AdapterConfig`).
+#[async_trait::async_trait]
+pub trait AdapterKind: std::fmt::Debug + Send + Sync {
+    /// Problems with the values, as (field relative to the adapter's table, message);
+    /// a config with any is refused.
+    fn problems(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The backend for fleet `fleet`, connected, without decorators.
+    async fn connect(
+        &self,
+        fleet: &str,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Box<dyn CloudAdapter>>;
+
+    /// How long the backend's reads may lag behind its writes, for a fleet whose guards
+    /// do not say (`guards.read_lag`).
+    fn read_lag(&self) -> Duration {
+        crate::guards::CLOUD_READ_LAG
+    }
+}
+
+/// `mock`: the in-memory cloud, whose read lag is its own setting.
+#[async_trait::async_trait]
+impl AdapterKind for fleetscale_adapters::mock::MockConfig {
+    async fn connect(
+        &self,
+        _fleet: &str,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Box<dyn CloudAdapter>> {
+        Ok(Box::new(fleetscale_adapters::mock::MockCloud::new(
+            self.clone(),
+            clock,
+        )))
+    }
+
+    fn read_lag(&self) -> Duration {
+        self.launch_read_lag.max(self.removal_read_lag)
+    }
+}
+
+/// `aws`: an EC2 fleet.
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl AdapterKind for fleetscale_adapters::aws::AwsConfig {
+    fn problems(&self) -> Vec<(String, String)> {
+        self.validate()
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
+    }
+
+    async fn connect(
+        &self,
+        fleet: &str,
+        _clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Box<dyn CloudAdapter>> {
+        Ok(Box::new(
+            fleetscale_adapters::aws::Ec2Fleet::connect(fleet, self)
+                .await
+                .with_context(|| format!("fleet {fleet}: connecting to EC2"))?,
+        ))
+    }
+}
+
+/// `azure`: a VM Scale Set.
+#[cfg(feature = "azure")]
+#[async_trait::async_trait]
+impl AdapterKind for fleetscale_adapters::azure::AzureConfig {
+    fn problems(&self) -> Vec<(String, String)> {
+        match self.validate() {
+            Ok(()) => Vec::new(),
+            Err(found) => found.into_iter().map(|p| (p.field, p.message)).collect(),
+        }
+    }
+
+    async fn connect(
+        &self,
+        fleet: &str,
+        _clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Box<dyn CloudAdapter>> {
+        Ok(Box::new(
+            fleetscale_adapters::azure::ScaleSetFleet::new(self.clone())
+                .with_context(|| format!("fleet {fleet}: connecting to Azure"))?,
+        ))
+    }
+}
+
 /// The cloud backend a fleet's config names, without decorators.
 pub async fn build_cloud(
     fleet: &FleetConfig,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Box<dyn CloudAdapter>> {
-    Ok(match &fleet.adapter {
-        AdapterConfig::Mock(mock) => Box::new(fleetscale_adapters::mock::MockCloud::new(
-            mock.clone(),
-            clock,
-        )),
-        #[cfg(feature = "aws")]
-        AdapterConfig::Aws(aws) => Box::new(
-            fleetscale_adapters::aws::Ec2Fleet::connect(&fleet.name, aws)
-                .await
-                .with_context(|| format!("fleet {}: connecting to EC2", fleet.name))?,
-        ),
-        #[cfg(feature = "azure")]
-        AdapterConfig::Azure(azure) => Box::new(
-            fleetscale_adapters::azure::ScaleSetFleet::new(azure.clone())
-                .with_context(|| format!("fleet {}: connecting to Azure", fleet.name))?,
-        ),
-    })
+    fleet.adapter.settings().connect(&fleet.name, clock).await
 }
 
 /// The backend wrapped as every fleet runs it: metered on the outside (so /metrics shows
@@ -93,19 +165,10 @@ pub fn build_signal(
     signal: &SignalConfig,
     clock: &dyn Clock,
 ) -> anyhow::Result<Box<dyn SignalSource>> {
-    Ok(match signal {
-        SignalConfig::Synthetic(config) => {
-            Box::new(SyntheticSignal::new(config.clone(), clock.now()))
-        }
-        SignalConfig::Trace(config) => Box::new(
-            TraceSignal::from_config(config, clock.now())
-                .with_context(|| format!("fleet {fleet}: trace signal"))?,
-        ),
-        SignalConfig::Prometheus(config) => Box::new(
-            PrometheusSignal::new(config)
-                .with_context(|| format!("fleet {fleet}: prometheus signal"))?,
-        ),
-    })
+    signal
+        .settings()
+        .build(clock)
+        .with_context(|| format!("fleet {fleet}: {} signal", signal.kind()))
 }
 
 /// A controller for one fleet of `config`.
@@ -150,13 +213,7 @@ pub fn controller_on(
                 fleet
                     .guards
                     .read_lag
-                    .unwrap_or_else(|| match &fleet.adapter {
-                        AdapterConfig::Mock(mock) => {
-                            mock.launch_read_lag.max(mock.removal_read_lag)
-                        }
-                        #[allow(unreachable_patterns)]
-                        _ => crate::guards::CLOUD_READ_LAG,
-                    }),
+                    .unwrap_or_else(|| fleet.adapter.settings().read_lag()),
             ),
             ..fleet.guards.clone()
         },

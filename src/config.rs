@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::agent::AdapterKind;
 use crate::guards::GuardConfig;
+use crate::signal::SignalKind;
 use crate::signal::prometheus::PrometheusConfig;
 use crate::signal::synthetic::SyntheticConfig;
 use crate::signal::trace::TraceConfig;
@@ -82,28 +84,113 @@ struct FleetHeader {
     history: Duration,
 }
 
-/// `[fleets.adapter]`: which cloud, and its settings. `kind` selects the backend.
-#[derive(Debug, Clone)]
-pub enum AdapterConfig {
-    /// The in-memory cloud (dry-run demos, replay, tests).
-    Mock(fleetscale_adapters::mock::MockConfig),
-    /// An EC2 fleet: instances carrying the fleet's tag.
-    #[cfg(feature = "aws")]
-    Aws(fleetscale_adapters::aws::AwsConfig),
-    /// An Azure VM Scale Set.
-    #[cfg(feature = "azure")]
-    Azure(fleetscale_adapters::azure::AzureConfig),
+/// Declares the enum of a section whose `kind` selects its settings (`[fleets.adapter]`,
+/// `[fleets.signal]`) from one list of `Variant(ConfigType) = "kind"`, and everything that
+/// matches on it: the kinds a config may name, each value's kind, reading a section of a
+/// given kind, and the dispatch to the variant's settings (`$Kind`, the trait each config
+/// type implements). A variant may carry a `#[cfg(...)]`: its kind is still known, and a
+/// config that names it, in a binary built without it, is told so.
+macro_rules! kinds {
+    (
+        $(#[doc = $doc:expr])*
+        pub enum $Enum:ident: dyn $Kind:path {
+            $(
+                $(#[doc = $variant_doc:expr])*
+                $(#[cfg($cfg:meta)])?
+                $variant:ident($config:ty) = $name:literal,
+            )*
+        }
+    ) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone)]
+        pub enum $Enum {
+            $(
+                $(#[doc = $variant_doc])*
+                $(#[cfg($cfg)])?
+                $variant($config),
+            )*
+        }
+
+        impl $Enum {
+            /// Every kind a config may name (built into this binary or not), in the
+            /// order they are listed to users.
+            pub const KINDS: &[&str] = &[$($name),*];
+
+            /// The kind it was selected by (`kind = ...`).
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(
+                        $(#[cfg($cfg)])?
+                        $Enum::$variant(_) => $name,
+                    )*
+                }
+            }
+
+            /// The settings of its kind, to check, describe or build.
+            pub fn settings(&self) -> &dyn $Kind {
+                match self {
+                    $(
+                        $(#[cfg($cfg)])?
+                        $Enum::$variant(settings) => settings,
+                    )*
+                }
+            }
+
+            /// Reads `rest` (the section without its `kind`) as the settings of `kind`,
+            /// one of [`KINDS`](Self::KINDS).
+            fn read(
+                kind: &str,
+                rest: toml::Value,
+                path: &str,
+                problems: &mut Vec<Problem>,
+            ) -> Option<Self> {
+                match kind {
+                    $(
+                        $(#[cfg($cfg)])?
+                        $name => deserialize::<$config>(rest, path, problems).map($Enum::$variant),
+                    )*
+                    other => {
+                        problems.push(Problem {
+                            path: format!("{path}.kind"),
+                            message: format!(
+                                "this fleetscale was built without the `{other}` feature"
+                            ),
+                        });
+                        None
+                    }
+                }
+            }
+        }
+    };
 }
 
-impl AdapterConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AdapterConfig::Mock(_) => "mock",
-            #[cfg(feature = "aws")]
-            AdapterConfig::Aws(_) => "aws",
-            #[cfg(feature = "azure")]
-            AdapterConfig::Azure(_) => "azure",
-        }
+// The adapter kinds, one line each. Adding one: its config type implements
+// `agent::AdapterKind` (checks, connecting, read lag), and it gets a line here.
+kinds! {
+    /// `[fleets.adapter]`: which cloud, and its settings. `kind` selects the backend.
+    pub enum AdapterConfig: dyn AdapterKind {
+        /// The in-memory cloud (dry-run demos, replay, tests).
+        Mock(fleetscale_adapters::mock::MockConfig) = "mock",
+        /// An EC2 fleet: instances carrying the fleet's tag.
+        #[cfg(feature = "aws")]
+        Aws(fleetscale_adapters::aws::AwsConfig) = "aws",
+        /// An Azure VM Scale Set.
+        #[cfg(feature = "azure")]
+        Azure(fleetscale_adapters::azure::AzureConfig) = "azure",
+    }
+}
+
+// The signal kinds, one line each. Adding one: its config type implements
+// `signal::SignalKind` (checks, building the source), and it gets a line here.
+kinds! {
+    /// `[fleets.signal]`: where demand comes from. `kind` selects the source.
+    pub enum SignalConfig: dyn SignalKind {
+        /// A seeded generator (no file needed).
+        Synthetic(SyntheticConfig) = "synthetic",
+        /// A column of a CSV trace, played as a live signal.
+        Trace(TraceConfig) = "trace",
+        /// A PromQL query against a Prometheus-compatible server.
+        Prometheus(Box<PrometheusConfig>) = "prometheus",
     }
 }
 
@@ -115,27 +202,6 @@ pub struct SignalEntry {
     /// (`prometheus-1`).
     pub name: String,
     pub source: SignalConfig,
-}
-
-/// `[fleets.signal]`: where demand comes from. `kind` selects the source.
-#[derive(Debug, Clone)]
-pub enum SignalConfig {
-    /// A seeded generator (no file needed).
-    Synthetic(SyntheticConfig),
-    /// A column of a CSV trace, played as a live signal.
-    Trace(TraceConfig),
-    /// A PromQL query against a Prometheus-compatible server.
-    Prometheus(Box<PrometheusConfig>),
-}
-
-impl SignalConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SignalConfig::Synthetic(_) => "synthetic",
-            SignalConfig::Trace(_) => "trace",
-            SignalConfig::Prometheus(_) => "prometheus",
-        }
-    }
 }
 
 /// The shortest and longest tick: below a second no VM fleet changes, and the policies'
@@ -371,7 +437,7 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     }
     if let Some(signals) = &signals {
         for (sub, signal) in signals {
-            check(sub, signal_problems(&signal.source));
+            check(sub, signal.source.settings().problems());
         }
     }
     if let Some(header) = &header {
@@ -493,41 +559,6 @@ fn signal_entries(
         }
     }
     (!failed).then_some(parsed)
-}
-
-fn signal_problems(signal: &SignalConfig) -> Vec<(&'static str, String)> {
-    match signal {
-        SignalConfig::Synthetic(s) => s.problems(),
-        SignalConfig::Prometheus(p) => p.problems(),
-        SignalConfig::Trace(t) => {
-            let mut problems = Vec::new();
-            if !(t.per_instance.is_finite() && t.per_instance > 0.0) {
-                problems.push((
-                    "per_instance",
-                    format!("must be a positive number, not {}", t.per_instance),
-                ));
-            }
-            if !(t.speedup.is_finite() && t.speedup > 0.0) {
-                problems.push((
-                    "speedup",
-                    format!("must be a positive number, not {}", t.speedup),
-                ));
-            }
-            if t.step.is_zero() {
-                problems.push(("step", "must be longer than 0s".into()));
-            }
-            if t.start_row.is_some() && t.start_at.is_some() {
-                problems.push(("start_at", "give start_row or start_at, not both".into()));
-            }
-            if !t.path.is_file() {
-                problems.push((
-                    "path",
-                    format!("{} is not a readable file", t.path.display()),
-                ));
-            }
-            problems
-        }
-    }
 }
 
 /// `[[fleets.schedules]]` (none when absent), each entry validated against the fleet's
@@ -669,45 +700,17 @@ fn adapter_section(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<AdapterConfig> {
-    let (kind, rest) = selector(value, "kind", path, &["mock", "aws", "azure"], problems)?;
-    match kind.as_str() {
-        "mock" => deserialize(rest, path, problems).map(AdapterConfig::Mock),
-        #[cfg(feature = "aws")]
-        "aws" => deserialize::<fleetscale_adapters::aws::AwsConfig>(rest, path, problems).and_then(
-            |aws| {
-                let found = aws.validate();
-                let ok = found.is_empty();
-                for p in found {
-                    problems.push(Problem {
-                        path: format!("{path}.{}", p.field),
-                        message: p.message,
-                    });
-                }
-                ok.then_some(AdapterConfig::Aws(aws))
-            },
-        ),
-        #[cfg(feature = "azure")]
-        "azure" => deserialize::<fleetscale_adapters::azure::AzureConfig>(rest, path, problems)
-            .and_then(|azure| match azure.validate() {
-                Ok(()) => Some(AdapterConfig::Azure(azure)),
-                Err(found) => {
-                    for p in found {
-                        problems.push(Problem {
-                            path: format!("{path}.{}", p.field),
-                            message: p.message,
-                        });
-                    }
-                    None
-                }
-            }),
-        other => {
-            problems.push(Problem {
-                path: format!("{path}.kind"),
-                message: format!("this fleetscale was built without the `{other}` feature"),
-            });
-            None
-        }
+    let (kind, rest) = selector(value, "kind", path, AdapterConfig::KINDS, problems)?;
+    let adapter = AdapterConfig::read(&kind, rest, path, problems)?;
+    let found = adapter.settings().problems();
+    let ok = found.is_empty();
+    for (field, message) in found {
+        problems.push(Problem {
+            path: format!("{path}.{field}"),
+            message,
+        });
     }
+    ok.then_some(adapter)
 }
 
 fn signal_section(
@@ -715,18 +718,8 @@ fn signal_section(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<SignalConfig> {
-    let (kind, rest) = selector(
-        value,
-        "kind",
-        path,
-        &["synthetic", "trace", "prometheus"],
-        problems,
-    )?;
-    match kind.as_str() {
-        "synthetic" => deserialize(rest, path, problems).map(SignalConfig::Synthetic),
-        "trace" => deserialize(rest, path, problems).map(SignalConfig::Trace),
-        _ => deserialize(rest, path, problems).map(SignalConfig::Prometheus),
-    }
+    let (kind, rest) = selector(value, "kind", path, SignalConfig::KINDS, problems)?;
+    SignalConfig::read(&kind, rest, path, problems)
 }
 
 fn policy_section(
@@ -736,13 +729,9 @@ fn policy_section(
 ) -> Option<fleetscale_policies::PolicyConfig> {
     use fleetscale_policies::PolicyConfig;
     let (name, rest) = selector(value, "name", path, PolicyConfig::NAMES, problems)?;
-    let config = match name.as_str() {
-        "dp" => deserialize(rest, path, problems).map(PolicyConfig::Dp),
-        "target-tracking" => deserialize(rest, path, problems).map(PolicyConfig::TargetTracking),
-        "step-scaling" => deserialize(rest, path, problems).map(PolicyConfig::StepScaling),
-        "predictive" => deserialize(rest, path, problems).map(PolicyConfig::Predictive),
-        _ => deserialize(rest, path, problems).map(PolicyConfig::Static),
-    }?;
+    let config = deserialize_by(rest, path, problems, |settings| {
+        PolicyConfig::deserialize_named(&name, settings)
+    })?;
     match config.validate() {
         Ok(()) => Some(config),
         Err(message) => {
@@ -758,14 +747,30 @@ fn policy_section(
 /// Reads `value` as a `T`. A field that fails is reported with its full path, removed,
 /// and the rest read again, so that every bad field of a section is reported at once.
 fn deserialize<T: DeserializeOwned>(
+    value: toml::Value,
+    path: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    deserialize_by(value, path, problems, |settings| T::deserialize(settings))
+}
+
+/// Like [`deserialize`], reading with `read` (a type's `deserialize`, or a registry's
+/// reader that picks the type by name).
+fn deserialize_by<T>(
     mut value: toml::Value,
     path: &str,
     problems: &mut Vec<Problem>,
+    read: impl Fn(serde_path_to_error::Deserializer<'_, '_, toml::Value>) -> Result<T, toml::de::Error>,
 ) -> Option<T> {
     let mut removed: Vec<String> = Vec::new();
     let mut failed = false;
     for _ in 0..64 {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        let mut track = serde_path_to_error::Track::new();
+        let read = read(serde_path_to_error::Deserializer::new(
+            value.clone(),
+            &mut track,
+        ));
+        match read.map_err(|e| serde_path_to_error::Error::new(track.path(), e)) {
             Ok(parsed) => return if failed { None } else { Some(parsed) },
             Err(e) => {
                 let segments: Vec<String> = e.path().iter().map(|s| s.to_string()).collect();

@@ -8,16 +8,13 @@
 pub mod account;
 pub mod agent;
 pub mod api;
-mod api_cli;
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod guards;
 pub mod operator;
-mod plan_cli;
 pub mod plot;
 pub mod replay;
-mod replay_cli;
 pub mod scale_in;
 pub mod schedule;
 pub mod signal;

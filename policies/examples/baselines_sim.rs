@@ -50,12 +50,10 @@ fn run() -> Result<(), String> {
     let names: Vec<&str> = if args.len() > 5 {
         args[5..].iter().map(String::as_str).collect()
     } else {
-        vec![
-            "static-peak",
-            "target-tracking",
-            "step-scaling",
-            "predictive",
-        ]
+        let baselines = PolicyConfig::baselines();
+        std::iter::once("static-peak")
+            .chain(baselines.iter().map(PolicyConfig::name))
+            .collect()
     };
     let demand = read_trace(&args[0], &args[1], per_instance)?;
     let model = Model {

@@ -15,4 +15,4 @@ mod registry;
 pub use oracle::{OracleError, OraclePolicy, OracleSchedule};
 pub use planner::{DpConfig, DpPlanner};
 pub use policy::{Bounds, Decision, Observation, Plan, Policy};
-pub use registry::PolicyConfig;
+pub use registry::{PolicyConfig, PolicyKind};

@@ -1120,6 +1120,38 @@ impl DpPlanner {
     }
 }
 
+/// `dp` in the policy registry: steered by `max_unserved`, judged at its defaults (not
+/// swept).
+impl crate::PolicyKind for DpConfig {
+    fn defaults() -> Option<Self> {
+        Some(DpConfig::default())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        DpConfig::validate(self).map_err(|errors| crate::registry::dp_problems(&errors))
+    }
+
+    fn build(&self) -> Result<Box<dyn Policy>, String> {
+        match DpPlanner::new(self.clone()) {
+            Ok(planner) => Ok(Box::new(planner)),
+            Err(errors) => Err(crate::registry::dp_problems(&errors)),
+        }
+    }
+
+    fn knob(&self) -> &'static str {
+        "max_unserved"
+    }
+
+    fn knob_value(&self) -> f64 {
+        self.max_unserved
+    }
+
+    fn set_knob(&mut self, value: f64) -> Result<(), String> {
+        self.max_unserved = value;
+        Ok(())
+    }
+}
+
 impl Policy for DpPlanner {
     fn name(&self) -> &str {
         "dp"

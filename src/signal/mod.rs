@@ -9,6 +9,7 @@ pub mod trace;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use fleetscale_adapters::Clock;
 
 /// Why a signal could not be read. The controller holds the fleet (never scales in) while
 /// it has no trustworthy signal, and counts each error by its [`SignalError::reason`].
@@ -92,6 +93,40 @@ impl Conversion {
 pub struct NamedSignal {
     pub name: String,
     pub source: Box<dyn SignalSource>,
+}
+
+/// What the agent needs of one kind of signal's settings (`kind = ...` in
+/// `[fleets.signal]`). Each kind implements it once, beside its config type, and is
+/// registered by one line of the list of kinds in `crate::config` (`SignalConfig`).
+pub trait SignalKind: std::fmt::Debug {
+    /// Problems with the values, as (field, message); reported under the signal's path.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// The source these settings describe, starting at the clock's now.
+    fn build(&self, clock: &dyn Clock) -> anyhow::Result<Box<dyn SignalSource>>;
+
+    /// Whether a source just built may have no complete step yet (a trace or a generator
+    /// starts playing when it is loaded): `check` then says it is loaded rather than
+    /// failing. A query that returns nothing is a mistake worth failing on.
+    fn may_start_empty(&self) -> bool {
+        false
+    }
+}
+
+impl<T: SignalKind + ?Sized> SignalKind for Box<T> {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        (**self).problems()
+    }
+
+    fn build(&self, clock: &dyn Clock) -> anyhow::Result<Box<dyn SignalSource>> {
+        (**self).build(clock)
+    }
+
+    fn may_start_empty(&self) -> bool {
+        (**self).may_start_empty()
+    }
 }
 
 /// A source of demand, in instance units (how many instances the work needs at their

@@ -155,6 +155,20 @@ mod defaults {
     }
 }
 
+/// `prometheus` among the signal kinds.
+impl super::SignalKind for PrometheusConfig {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        PrometheusConfig::problems(self)
+    }
+
+    fn build(
+        &self,
+        _clock: &dyn fleetscale_adapters::Clock,
+    ) -> anyhow::Result<Box<dyn SignalSource>> {
+        Ok(Box::new(PrometheusSignal::new(self)?))
+    }
+}
+
 impl PrometheusConfig {
     /// Every problem with the values, as (field, message); files are checked to exist,
     /// environment variables are read only when the source is built.

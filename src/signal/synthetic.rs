@@ -74,6 +74,24 @@ impl Default for SyntheticConfig {
     }
 }
 
+/// `synthetic` among the signal kinds.
+impl super::SignalKind for SyntheticConfig {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        SyntheticConfig::problems(self)
+    }
+
+    fn build(
+        &self,
+        clock: &dyn fleetscale_adapters::Clock,
+    ) -> anyhow::Result<Box<dyn SignalSource>> {
+        Ok(Box::new(SyntheticSignal::new(self.clone(), clock.now())))
+    }
+
+    fn may_start_empty(&self) -> bool {
+        true
+    }
+}
+
 impl SyntheticConfig {
     /// Problems with the values, as (field, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {

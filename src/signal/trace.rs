@@ -142,6 +142,49 @@ impl TraceConfig {
     }
 }
 
+/// `trace` among the signal kinds.
+impl super::SignalKind for TraceConfig {
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if !(self.per_instance.is_finite() && self.per_instance > 0.0) {
+            problems.push((
+                "per_instance",
+                format!("must be a positive number, not {}", self.per_instance),
+            ));
+        }
+        if !(self.speedup.is_finite() && self.speedup > 0.0) {
+            problems.push((
+                "speedup",
+                format!("must be a positive number, not {}", self.speedup),
+            ));
+        }
+        if self.step.is_zero() {
+            problems.push(("step", "must be longer than 0s".into()));
+        }
+        if self.start_row.is_some() && self.start_at.is_some() {
+            problems.push(("start_at", "give start_row or start_at, not both".into()));
+        }
+        if !self.path.is_file() {
+            problems.push((
+                "path",
+                format!("{} is not a readable file", self.path.display()),
+            ));
+        }
+        problems
+    }
+
+    fn build(
+        &self,
+        clock: &dyn fleetscale_adapters::Clock,
+    ) -> anyhow::Result<Box<dyn SignalSource>> {
+        Ok(Box::new(TraceSignal::from_config(self, clock.now())?))
+    }
+
+    fn may_start_empty(&self) -> bool {
+        true
+    }
+}
+
 fn default_trace_step() -> Duration {
     Duration::from_secs(60)
 }

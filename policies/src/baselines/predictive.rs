@@ -149,6 +149,39 @@ impl Predictive {
     }
 }
 
+/// `predictive` in the policy registry: the benchmark sweeps `target_utilisation` from
+/// 0.50 to 0.95 by 0.05.
+impl crate::PolicyKind for PredictiveConfig {
+    fn defaults() -> Option<Self> {
+        Some(PredictiveConfig::default())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        PredictiveConfig::validate(self)
+    }
+
+    fn build(&self) -> Result<Box<dyn Policy>, String> {
+        Ok(Box::new(Predictive::new(self.clone())))
+    }
+
+    fn knob(&self) -> &'static str {
+        "target_utilisation"
+    }
+
+    fn knob_value(&self) -> f64 {
+        self.target_utilisation
+    }
+
+    fn set_knob(&mut self, value: f64) -> Result<(), String> {
+        self.target_utilisation = value;
+        Ok(())
+    }
+
+    fn sweep_settings(&self) -> Vec<f64> {
+        crate::registry::percent_sweep(50, 95)
+    }
+}
+
 impl Policy for Predictive {
     fn name(&self) -> &str {
         "predictive"

@@ -63,6 +63,40 @@ impl StaticSize {
     }
 }
 
+/// `static` in the policy registry: no default (`size` is required), and not swept (the
+/// benchmark's static-peak takes its size from the trace).
+impl crate::PolicyKind for StaticConfig {
+    fn defaults() -> Option<Self> {
+        None
+    }
+
+    fn build(&self) -> Result<Box<dyn Policy>, String> {
+        Ok(Box::new(StaticSize::new(self)))
+    }
+
+    fn knob(&self) -> &'static str {
+        "size"
+    }
+
+    fn knob_value(&self) -> f64 {
+        f64::from(self.size)
+    }
+
+    fn set_knob(&mut self, value: f64) -> Result<(), String> {
+        if !(value.is_finite()
+            && value >= 0.0
+            && value <= f64::from(u32::MAX)
+            && value.fract() == 0.0)
+        {
+            return Err(format!(
+                "size must be a whole number of instances, got {value}"
+            ));
+        }
+        self.size = value as u32;
+        Ok(())
+    }
+}
+
 impl Policy for StaticSize {
     fn name(&self) -> &str {
         "static"

@@ -350,6 +350,39 @@ impl StepScaling {
     }
 }
 
+/// `step-scaling` in the policy registry: the benchmark sweeps `threshold` from 0.50 to
+/// 1.00 by 0.05.
+impl crate::PolicyKind for StepScalingConfig {
+    fn defaults() -> Option<Self> {
+        Some(StepScalingConfig::default())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        StepScalingConfig::validate(self)
+    }
+
+    fn build(&self) -> Result<Box<dyn Policy>, String> {
+        Ok(Box::new(StepScaling::new(self.clone())))
+    }
+
+    fn knob(&self) -> &'static str {
+        "threshold"
+    }
+
+    fn knob_value(&self) -> f64 {
+        self.threshold
+    }
+
+    fn set_knob(&mut self, value: f64) -> Result<(), String> {
+        self.threshold = value;
+        Ok(())
+    }
+
+    fn sweep_settings(&self) -> Vec<f64> {
+        crate::registry::percent_sweep(50, 100)
+    }
+}
+
 impl Policy for StepScaling {
     fn name(&self) -> &str {
         "step-scaling"

@@ -4,22 +4,100 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
 use fleetscale_policies::{OraclePolicy, OracleSchedule, Policy, PolicyConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{Failure, Format, ReplayArgs};
+use super::shared::Failure;
 use crate::replay::cloud::CloudScenario;
 use crate::replay::{self, Figures, Run, Scenario, Setup};
 
-/// Policies `--policy all` runs, in table order.
-const ALL: &[&str] = &[
-    "dp",
-    "target-tracking",
-    "step-scaling",
-    "predictive",
-    "static-peak",
-    "oracle",
-];
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// CSV trace: a header row, then one row per step.
+    #[arg(long)]
+    pub trace: PathBuf,
+    /// The value column.
+    #[arg(long)]
+    pub column: String,
+    /// How much of the column's value one instance serves at its service-level limit.
+    #[arg(long)]
+    pub per_instance: f64,
+    /// Length of one row (one step), e.g. 60s or 5m.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub step: Duration,
+    /// Time from launch until an instance serves.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    pub boot: Duration,
+    /// A policy (every registered one with default settings, then static-peak and
+    /// oracle), or `all` for every one of them in one table.
+    #[arg(long, default_value = PolicyConfig::default().name(), help = policy_help())]
+    pub policy: String,
+    /// The policy's knob (target-tracking: target utilisation; step-scaling: threshold;
+    /// predictive: target utilisation; dp: max_unserved). Default: the policy's default.
+    #[arg(long)]
+    pub setting: Option<f64>,
+    /// Sweep each baseline's knob and report its cheapest setting with at most 0.1 %
+    /// unserved; with --format json or csv, every setting of the sweep.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Fewest instances.
+    #[arg(long, default_value_t = 1)]
+    pub min: u32,
+    /// Most instances (default: unbounded).
+    #[arg(long)]
+    pub max: Option<u32>,
+    /// The cloud to replay in: `ideal` (BENCHMARK.md's model), `aws` or `hostile` (its
+    /// "Realistic clouds" scenarios: boot and termination times, read lag, failed and
+    /// half-filled launches, throttling, deaths, signal gaps, agent restarts), or a TOML
+    /// file of one's own with the same fields (see the README).
+    #[arg(long, default_value = "ideal")]
+    pub cloud: String,
+    /// Seed of every random draw of the cloud scenario; the same seed repeats a run.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Also draw demand, serving and billed instances to this SVG (with --sweep: dp and
+    /// the cheapest baseline at its best setting).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Also write every run's figures (the whole sweep) as JSON to this file.
+    #[arg(long)]
+    pub save: Option<PathBuf>,
+}
+
+/// The benchmark's reference policies, built from the trace rather than named in a
+/// config: `static` at the trace's peak, and the oracle.
+const REFERENCES: &[&str] = &["static-peak", "oracle"];
+
+/// `--policy`'s help, naming the policies it accepts.
+fn policy_help() -> String {
+    format!(
+        "A policy ({}), or `all` for every one of them in one table",
+        all_policies().join(", ")
+    )
+}
+
+/// Policies `--policy` names and `--policy all` runs, in table order: every registered
+/// policy that has default settings, then the references.
+fn all_policies() -> Vec<&'static str> {
+    PolicyConfig::NAMES
+        .iter()
+        .copied()
+        .filter(|name| PolicyConfig::from_name(name).is_some())
+        .chain(REFERENCES.iter().copied())
+        .collect()
+}
 
 /// One policy at one setting, ready to build.
 #[derive(Debug, Clone)]
@@ -48,7 +126,7 @@ impl Candidate {
 
 fn candidates(args: &ReplayArgs) -> Result<Vec<Candidate>, Failure> {
     let names: Vec<&str> = if args.policy == "all" {
-        ALL.to_vec()
+        all_policies()
     } else {
         vec![args.policy.as_str()]
     };
@@ -60,14 +138,12 @@ fn candidates(args: &ReplayArgs) -> Result<Vec<Candidate>, Failure> {
             _ => Kind::Configured(PolicyConfig::from_name(name).ok_or_else(|| {
                 Failure::Invalid(format!(
                     "--policy: unknown policy {name:?} (known: {}, all)",
-                    ALL.join(", ")
+                    all_policies().join(", ")
                 ))
             })?),
         };
         match (&kind, args.sweep, args.setting) {
-            (Kind::Configured(config), true, _)
-                if !config.sweep_settings().is_empty() && name != "dp" =>
-            {
+            (Kind::Configured(config), true, _) if !config.sweep_settings().is_empty() => {
                 for setting in config.sweep_settings() {
                     let tuned = config
                         .with_knob(setting)
@@ -239,15 +315,17 @@ fn figures_json(figures: &[Figures]) -> Result<String, Failure> {
 /// The runs a plot shows: without a sweep, every run but the reference ones; with a
 /// sweep, dp and the cheapest baseline at its best setting (more lines are unreadable).
 fn drawn_runs<'a>(runs: &'a [Run], shown: &[Figures], sweep: bool) -> Vec<&'a Run> {
-    let reference = |policy: &str| policy == "oracle" || policy == "static-peak";
+    let reference = |policy: &str| REFERENCES.contains(&policy);
+    // The default policy (dp) against the best of the rest.
+    let ours = PolicyConfig::default().name();
     let chosen: Vec<&Figures> = if sweep {
         let cheapest = shown
             .iter()
-            .filter(|f| !reference(&f.policy) && f.policy != "dp")
+            .filter(|f| !reference(&f.policy) && f.policy != ours)
             .min_by(|a, b| a.instance_minutes.total_cmp(&b.instance_minutes));
         shown
             .iter()
-            .filter(|f| f.policy == "dp")
+            .filter(|f| f.policy == ours)
             .chain(cheapest)
             .collect()
     } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
+use super::shared::Failure;
 use crate::api::DEFAULT_SERVER;
 
 #[derive(Debug, Subcommand)]
@@ -91,29 +92,18 @@ pub struct OverrideArgs {
     pub connection: Connection,
 }
 
-/// How a command failed: the request was refused as wrong (exit 2), or the agent could
-/// not be reached or answered with an error of its own (exit 1).
-#[derive(Debug)]
-pub enum ApiCliError {
-    Invalid(String),
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for ApiCliError {
-    fn from(e: anyhow::Error) -> Self {
-        ApiCliError::Failed(e)
-    }
-}
-
-pub fn execute(command: ApiCommand) -> Result<(), ApiCliError> {
+/// Runs one of the API's commands. A request refused as wrong fails as
+/// [`Failure::Invalid`] (exit 2); an agent that cannot be reached or answers with an error
+/// of its own, as [`Failure::Runtime`] (exit 1).
+pub fn execute(command: ApiCommand) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ApiCliError::Failed(e.into()))?;
+        .map_err(|e| Failure::Runtime(e.into()))?;
     runtime.block_on(run(command))
 }
 
-async fn run(command: ApiCommand) -> Result<(), ApiCliError> {
+async fn run(command: ApiCommand) -> Result<(), Failure> {
     match command {
         ApiCommand::Status(args) => {
             let client = Client::new(&args.connection)?;
@@ -221,31 +211,31 @@ struct Client {
 }
 
 impl Client {
-    fn new(connection: &Connection) -> Result<Client, ApiCliError> {
+    fn new(connection: &Connection) -> Result<Client, Failure> {
         let file = connection.token_file.as_ref().ok_or_else(|| {
-            ApiCliError::Invalid(
+            Failure::Invalid(
                 "--token-file (or FLEETSCALE_TOKEN_FILE) is required: every /v1 call needs a token"
                     .into(),
             )
         })?;
         let token = std::fs::read_to_string(file)
-            .map_err(|e| ApiCliError::Invalid(format!("cannot read {}: {e}", file.display())))?
+            .map_err(|e| Failure::Invalid(format!("cannot read {}: {e}", file.display())))?
             .trim()
             .to_string();
         if token.is_empty() {
-            return Err(ApiCliError::Invalid(format!("{} is empty", file.display())));
+            return Err(Failure::Invalid(format!("{} is empty", file.display())));
         }
         let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30));
         if let Some(ca) = &connection.ca_certificate {
             let pem = std::fs::read(ca)
-                .map_err(|e| ApiCliError::Invalid(format!("cannot read {}: {e}", ca.display())))?;
+                .map_err(|e| Failure::Invalid(format!("cannot read {}: {e}", ca.display())))?;
             let certificate = reqwest::Certificate::from_pem(&pem).map_err(|e| {
-                ApiCliError::Invalid(format!("{} is not a PEM certificate: {e}", ca.display()))
+                Failure::Invalid(format!("{} is not a PEM certificate: {e}", ca.display()))
             })?;
             builder = builder.add_root_certificate(certificate);
         }
         Ok(Client {
-            http: builder.build().map_err(|e| ApiCliError::Failed(e.into()))?,
+            http: builder.build().map_err(|e| Failure::Runtime(e.into()))?,
             server: connection.server.trim_end_matches('/').to_string(),
             token,
             format: connection.format,
@@ -257,7 +247,7 @@ impl Client {
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
-    ) -> Result<Value, ApiCliError> {
+    ) -> Result<Value, Failure> {
         let url = format!("{}{path}", self.server);
         let mut request = self.http.request(method, &url).bearer_auth(&self.token);
         if let Some(body) = body {
@@ -266,12 +256,12 @@ impl Client {
         let response = request
             .send()
             .await
-            .map_err(|e| ApiCliError::Failed(anyhow::anyhow!("cannot reach {url}: {e}")))?;
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("cannot reach {url}: {e}")))?;
         let status = response.status();
         let text = response
             .text()
             .await
-            .map_err(|e| ApiCliError::Failed(anyhow::anyhow!("reading {url}: {e}")))?;
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("reading {url}: {e}")))?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(body);
@@ -281,16 +271,16 @@ impl Client {
             message.push_str(&format!(" (field {field})"));
         }
         Err(match status.as_u16() {
-            400 | 404 | 409 => ApiCliError::Invalid(message),
-            _ => ApiCliError::Failed(anyhow::anyhow!(message)),
+            400 | 404 | 409 => Failure::Invalid(message),
+            _ => Failure::Runtime(anyhow::anyhow!(message)),
         })
     }
 
-    fn print(&self, body: &Value, table: impl Fn(&Value) -> String) -> Result<(), ApiCliError> {
+    fn print(&self, body: &Value, table: impl Fn(&Value) -> String) -> Result<(), Failure> {
         match self.format {
             OutputFormat::Json => {
-                let text = serde_json::to_string_pretty(body)
-                    .map_err(|e| ApiCliError::Failed(e.into()))?;
+                let text =
+                    serde_json::to_string_pretty(body).map_err(|e| Failure::Runtime(e.into()))?;
                 println!("{text}");
             }
             OutputFormat::Table => print!("{}", table(body)),

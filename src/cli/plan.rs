@@ -16,8 +16,8 @@ use fleetscale_policies::baselines::SeasonalForecast;
 use fleetscale_policies::{Decision, Observation};
 use serde::Serialize;
 
+use super::shared::{Failure, load_config, runtime};
 use crate::agent::{self, Wiring};
-use crate::cli::{Failure, load_config};
 use crate::config::{AgentConfig, FleetConfig};
 use crate::controller::MAX_HISTORY;
 use crate::guards::{self, GuardState};
@@ -132,7 +132,7 @@ pub fn plan(args: PlanArgs) -> Result<(), Failure> {
             names.join(", ")
         )));
     };
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failure::Runtime(e.into()))?;
+    let runtime = runtime()?;
     let report = runtime.block_on(build_report(fleet, &config.agent, args.horizon))?;
     match args.format {
         PlanFormat::Json => {
