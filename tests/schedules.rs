@@ -1,7 +1,8 @@
 //! `[[fleets.schedules]]` end to end: a config with a window, wired by the agent into a
 //! controller over the mock cloud on a manual clock. The dp planner launches a boot delay
 //! before the window opens, so that its minimum is serving when it does; the fleet comes
-//! back within its bounds after it closes. Bad schedules are reported by path, and
+//! back within its bounds after it closes, and the window keeps its local hour across a
+//! change to summer time. Bad schedules are reported by path, and
 //! `fleetscale check` warns of windows that conflict.
 // Tests: a panic is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
@@ -49,6 +50,7 @@ fn config(dir: &Path, policy: &str) -> Config {
         per_instance = 1.0
         step = "1m"
         start_row = 120
+        loop = true
         [fleets.policy]
         name = "{policy}"
         [fleets.guards]
@@ -70,7 +72,14 @@ fn config(dir: &Path, policy: &str) -> Config {
 /// Ticks the fleet of `config` every minute from 07:00 to 09:00 UTC on Monday 2 June 2025;
 /// returns each tick's time and report.
 async fn run_morning(config: &Config) -> Vec<(SystemTime, TickReport)> {
-    let clock = ManualClock::new(utc("2025-06-02T07:00:00Z"));
+    run_spans(config, &[("2025-06-02T07:00:00Z", 120)]).await
+}
+
+/// Ticks the fleet of `config` every minute through each span (its start, then so many
+/// ticks), the clock jumping from one span to the next; returns each tick's time and
+/// report.
+async fn run_spans(config: &Config, spans: &[(&str, usize)]) -> Vec<(SystemTime, TickReport)> {
+    let clock = ManualClock::new(utc(spans[0].0));
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
     let fleet = &config.fleets[0];
     let AdapterConfig::Mock(mock_config) = &fleet.adapter else {
@@ -87,11 +96,14 @@ async fn run_morning(config: &Config) -> Vec<(SystemTime, TickReport)> {
     )
     .unwrap();
     let mut reports = Vec::new();
-    for _ in 0..120 {
-        clock.advance(TICK);
-        let report = controller.tick().await;
-        assert!(report.error.is_none(), "{report:?}");
-        reports.push((clock.now(), report));
+    for (start, ticks) in spans {
+        clock.advance(utc(start).duration_since(clock.now()).unwrap_or_default());
+        for _ in 0..*ticks {
+            clock.advance(TICK);
+            let report = controller.tick().await;
+            assert!(report.error.is_none(), "{report:?}");
+            reports.push((clock.now(), report));
+        }
     }
     reports
 }
@@ -142,6 +154,43 @@ async fn dp_launches_a_boot_delay_ahead_so_the_windows_minimum_serves_when_it_op
         (1..12).contains(&later.billed),
         "the fleet returns to its demand: {later:?}"
     );
+}
+
+#[tokio::test]
+async fn the_window_opens_at_ten_in_paris_on_both_sides_of_the_change_to_summer_time() {
+    // Paris moves from UTC+1 to UTC+2 on Sunday 30 March 2025: the weekday window at
+    // 10:00 local opens at 09:00 UTC on Friday 28 and at 08:00 UTC on Monday 31.
+    let dir = tempfile::tempdir().unwrap();
+    let reports = run_spans(
+        &config(dir.path(), "dp"),
+        &[("2025-03-28T07:30:00Z", 150), ("2025-03-31T07:00:00Z", 120)],
+    )
+    .await;
+    for (before, opening, closed) in [
+        (
+            "2025-03-28T08:59:00Z",
+            "2025-03-28T09:00:00Z",
+            "2025-03-28T09:30:00Z",
+        ),
+        (
+            "2025-03-31T07:59:00Z",
+            "2025-03-31T08:00:00Z",
+            "2025-03-31T08:30:00Z",
+        ),
+    ] {
+        let report = at(&reports, before);
+        assert_eq!(report.bounds, (1, 50), "{before}: {report:?}");
+        let report = at(&reports, opening);
+        assert_eq!(report.bounds, (12, 50), "{opening}: {report:?}");
+        assert_eq!(report.windows, ["morning"], "{opening}");
+        // Planned across the jump in the clock too: its minimum serves as it opens.
+        assert!(report.serving >= 12, "{opening}: {report:?}");
+        let report = at(&reports, closed);
+        assert_eq!(report.bounds, (1, 50), "{closed}: {report:?}");
+    }
+    // Friday's 08:00 UTC and Monday's 09:00 UTC (the other offset's hour) are outside.
+    assert_eq!(at(&reports, "2025-03-28T08:00:00Z").bounds, (1, 50));
+    assert_eq!(at(&reports, "2025-03-31T09:00:00Z").bounds, (1, 50));
 }
 
 #[tokio::test]
