@@ -16,9 +16,14 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus
   fi
+  # The status page's test drives Debian's chromium headless through chromedriver.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  fi
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 fi
-for tool in prometheus promtool moto_server; do
+for tool in prometheus promtool moto_server chromium chromedriver; do
   command -v "$tool" >/dev/null || { echo "missing $tool: see scripts/test.sh for how it is installed" >&2; exit 1; }
 done
 

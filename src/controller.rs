@@ -518,6 +518,7 @@ impl FleetController {
                 bounds: (self.guards.min, self.guards.max),
                 paused: self.held_by.is_some(),
                 suspended: self.suspended,
+                step: self.step,
             });
         }
     }

@@ -11,13 +11,17 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::controller::TickReport;
+use crate::controller::{Action, TickReport};
 
 /// How far back the published history reaches, and how many points it holds at most
 /// (whichever is less): enough for a status page's picture of the last hours, and a
 /// fixed bound on memory per fleet.
 pub const HISTORY_SPAN: Duration = Duration::from_secs(6 * 3600);
 pub const HISTORY_POINTS: usize = 1440;
+
+/// How many of a fleet's latest decisions are kept for the status page (repeats of the
+/// same decision are folded into one).
+pub const DECISIONS_KEPT: usize = 12;
 
 /// A fleet paused by an operator: the controller still observes, decides and records,
 /// but makes no mutating call (no grow, no shrink, no replacement of stuck instances).
@@ -121,6 +125,62 @@ pub struct Published {
     /// Whether the tick ran paused by an operator.
     pub paused: bool,
     pub suspended: bool,
+    /// The controller's step (its tick): how far apart the plan's steps are.
+    pub step: Duration,
+}
+
+/// One of a fleet's latest decisions, as the status page lists them: the same decision
+/// made at consecutive ticks is one record, from `first_at` to `at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionRecord {
+    /// The latest tick that made it.
+    pub at: SystemTime,
+    /// The first of the consecutive ticks that made it.
+    pub first_at: SystemTime,
+    /// How many consecutive ticks made it.
+    pub ticks: u32,
+    pub desired: Option<u32>,
+    pub applied: Option<u32>,
+    pub reason: String,
+    pub action: Action,
+    /// The adapter call that failed, if any.
+    pub error: Option<String>,
+    pub paused: bool,
+}
+
+impl DecisionRecord {
+    fn of(published: &Published) -> Self {
+        let r = &published.report;
+        DecisionRecord {
+            at: published.at,
+            first_at: published.at,
+            ticks: 1,
+            desired: r.desired,
+            applied: r.applied,
+            reason: r.reason.clone(),
+            action: r.action.clone(),
+            error: r.error.as_ref().map(|e| e.to_string()),
+            paused: published.paused,
+        }
+    }
+
+    fn same_as(&self, other: &DecisionRecord) -> bool {
+        (
+            self.desired,
+            self.applied,
+            &self.reason,
+            &self.action,
+            &self.error,
+            self.paused,
+        ) == (
+            other.desired,
+            other.applied,
+            &other.reason,
+            &other.action,
+            &other.error,
+            other.paused,
+        )
+    }
 }
 
 #[derive(Debug, Default)]
@@ -128,6 +188,8 @@ struct Board {
     commands: Commands,
     latest: Option<Published>,
     history: VecDeque<HistoryPoint>,
+    /// Oldest first, at most [`DECISIONS_KEPT`].
+    decisions: VecDeque<DecisionRecord>,
 }
 
 /// The shared board of one fleet: commands in, the latest report out. Cloning shares it.
@@ -163,8 +225,21 @@ impl FleetControls {
             serving: published.report.serving,
             billed: published.report.billed,
         };
+        let decision = DecisionRecord::of(&published);
         let mut board = self.board();
         push_bounded(&mut board.history, point);
+        match board.decisions.back_mut() {
+            Some(last) if last.same_as(&decision) => {
+                last.at = decision.at;
+                last.ticks = last.ticks.saturating_add(1);
+            }
+            _ => {
+                board.decisions.push_back(decision);
+                while board.decisions.len() > DECISIONS_KEPT {
+                    board.decisions.pop_front();
+                }
+            }
+        }
         board.latest = Some(published);
     }
 
@@ -174,6 +249,11 @@ impl FleetControls {
 
     pub fn history(&self) -> Vec<HistoryPoint> {
         self.board().history.iter().copied().collect()
+    }
+
+    /// The latest decisions, oldest first (repeats folded).
+    pub fn decisions(&self) -> Vec<DecisionRecord> {
+        self.board().decisions.iter().cloned().collect()
     }
 }
 
@@ -252,6 +332,59 @@ mod tests {
         };
         assert_eq!(bounds_in_force((2, 80), &size, at(49)), (7, 7));
         assert_eq!(bounds_in_force((2, 80), &size, at(50)), (2, 80));
+    }
+
+    #[test]
+    fn repeated_decisions_fold_and_only_the_latest_are_kept() {
+        let published = |secs: u64, desired: u32| Published {
+            at: at(secs),
+            report: TickReport {
+                fleet: "web".into(),
+                observed: Some(3.0),
+                signal_error: None,
+                signals: Vec::new(),
+                bounds: (1, 10),
+                windows: Vec::new(),
+                serving: 3,
+                billed: 3,
+                booting: 0,
+                in_flight: 0,
+                leaving: 0,
+                desired: Some(desired),
+                applied: Some(desired),
+                reason: format!("want {desired}"),
+                interventions: Vec::new(),
+                action: Action::None,
+                error: None,
+                decision: None,
+                decide_time: Duration::ZERO,
+            },
+            bounds: (1, 10),
+            paused: false,
+            suspended: false,
+            step: Duration::from_secs(60),
+        };
+        let controls = FleetControls::default();
+        for secs in 0..3 {
+            controls.publish(published(secs, 3));
+        }
+        controls.publish(published(3, 4));
+        let decisions = controls.decisions();
+        assert_eq!(decisions.len(), 2);
+        assert_eq!(
+            (decisions[0].first_at, decisions[0].at, decisions[0].ticks),
+            (at(0), at(2), 3)
+        );
+        assert_eq!(decisions[1].desired, Some(4));
+        for secs in 4..(4 + 2 * DECISIONS_KEPT as u64) {
+            controls.publish(published(secs, secs as u32));
+        }
+        let decisions = controls.decisions();
+        assert_eq!(decisions.len(), DECISIONS_KEPT);
+        assert_eq!(
+            decisions.last().map(|d| d.at),
+            Some(at(3 + 2 * DECISIONS_KEPT as u64))
+        );
     }
 
     #[test]

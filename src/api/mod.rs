@@ -1,11 +1,13 @@
 //! The management API under `/v1` on the agent's HTTP server: fleets' state, last
 //! decision, forecast and plan; pauses and time-limited overrides, each audited in the
 //! log and kept in a state file across restarts. Bearer tokens with `read` or `operate`
-//! roles ([`auth`]); TLS when configured. The schema is docs/openapi.json.
+//! roles ([`auth`]); TLS when configured. The schema is docs/openapi.json. The status
+//! page at `/` ([`page`]) shows the same to a browser, behind the same tokens.
 //!
 //! The controllers never see HTTP: each shares a [`FleetControls`] board with the API.
 
 pub mod auth;
+pub mod page;
 pub mod routes;
 pub mod state;
 
@@ -127,6 +129,7 @@ pub struct Api {
     pub(crate) store: Arc<state::StateStore>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) metrics: auth::ApiMetrics,
+    pub(crate) page: page::PageKeys,
 }
 
 impl Api {
@@ -174,6 +177,7 @@ impl Api {
             clock,
             metrics: auth::ApiMetrics::register(registry)
                 .context("registering the API's metrics")?,
+            page: page::PageKeys::new(config.tls.is_some()),
         })
     }
 
@@ -182,9 +186,9 @@ impl Api {
         self.fleets.get(fleet).map(|f| f.controls.clone())
     }
 
-    /// The `/v1` routes.
+    /// The `/v1` routes and the status page's (`/`, `/login`, the page's forms).
     pub fn router(&self) -> axum::Router {
-        routes::router(self.clone())
+        routes::router(self.clone()).merge(page::router(self.clone()))
     }
 }
 

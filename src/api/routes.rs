@@ -50,7 +50,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>) -> Self {
         ApiError {
             status,
             error: error.into(),
@@ -58,11 +58,25 @@ impl ApiError {
         }
     }
 
-    fn bad_field(field: &str, error: impl Into<String>) -> Self {
+    pub(crate) fn bad_field(field: &str, error: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             error: error.into(),
             field: Some(field.into()),
+        }
+    }
+}
+
+impl ApiError {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error for a person: the field at fault first, when there is one.
+    pub(crate) fn message(&self) -> String {
+        match &self.field {
+            Some(field) => format!("{field}: {}", self.error),
+            None => self.error.clone(),
         }
     }
 }
@@ -124,7 +138,7 @@ async fn authenticate(State(api): State<Api>, mut request: Request, next: Next) 
     }
 }
 
-fn fleet<'a>(api: &'a Api, name: &str) -> Result<&'a FleetEntry, ApiError> {
+pub(crate) fn fleet<'a>(api: &'a Api, name: &str) -> Result<&'a FleetEntry, ApiError> {
     api.fleets
         .get(name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no fleet named {name:?}")))
@@ -277,8 +291,8 @@ async fn history(State(api): State<Api>, Path(name): Path<String>) -> Answer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReasonBody {
-    reason: String,
+pub(crate) struct ReasonBody {
+    pub(crate) reason: String,
 }
 
 fn reason(body: ReasonBody) -> Result<String, ApiError> {
@@ -362,15 +376,28 @@ async fn pause(
     bytes: Bytes,
 ) -> Answer {
     let who = caller(who)?;
-    let entry = fleet(&api, &name)?;
-    let reason = reason(body(&bytes)?)?;
+    fleet(&api, &name)?;
+    let paused = pause_fleet(&api, &name, &who, body(&bytes)?)?;
+    Ok(axum::Json(json!({ "fleet": name, "paused": paused })).into_response())
+}
+
+/// Pauses fleet `name` for `who`, audited: what `POST /v1/fleets/{name}/pause` and the
+/// status page's pause button do.
+pub(crate) fn pause_fleet(
+    api: &Api,
+    name: &str,
+    who: &Caller,
+    body: ReasonBody,
+) -> Result<Pause, ApiError> {
+    let entry = fleet(api, name)?;
+    let reason = reason(body)?;
     let now = api.clock.now();
     let paused = Pause {
         by: who.name.clone(),
         reason,
         since: now,
     };
-    let previous = change(&api, &name, entry, |c| match &c.pause {
+    let previous = change(api, name, entry, |c| match &c.pause {
         Some(p) => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -386,8 +413,8 @@ async fn pause(
         }
     })?;
     let new = json!(paused);
-    audit(&who, &name, "pause", &json!(previous.pause), &new, now);
-    Ok(axum::Json(json!({ "fleet": name, "paused": paused })).into_response())
+    audit(who, name, "pause", &json!(previous.pause), &new, now);
+    Ok(paused)
 }
 
 async fn resume(
@@ -397,9 +424,24 @@ async fn resume(
     bytes: Bytes,
 ) -> Answer {
     let who = caller(who)?;
-    let entry = fleet(&api, &name)?;
-    let reason = reason(body(&bytes)?)?;
-    let previous = change(&api, &name, entry, |c| match c.pause.take() {
+    fleet(&api, &name)?;
+    let request: ReasonBody = body(&bytes)?;
+    let reason = request.reason.trim().to_string();
+    let resumed = resume_fleet(&api, &name, &who, request)?;
+    Ok(axum::Json(json!({ "fleet": name, "resumed": resumed, "reason": reason })).into_response())
+}
+
+/// Resumes fleet `name` for `who`, audited; returns the pause it ended. What
+/// `POST /v1/fleets/{name}/resume` and the status page's resume button do.
+pub(crate) fn resume_fleet(
+    api: &Api,
+    name: &str,
+    who: &Caller,
+    body: ReasonBody,
+) -> Result<Option<Pause>, ApiError> {
+    let entry = fleet(api, name)?;
+    let reason = reason(body)?;
+    let previous = change(api, name, entry, |c| match c.pause.take() {
         Some(_) => Ok(()),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -408,30 +450,27 @@ async fn resume(
     })?;
     let now = api.clock.now();
     audit(
-        &who,
-        &name,
+        who,
+        name,
         "resume",
         &json!(previous.pause),
         &json!({ "reason": reason }),
         now,
     );
-    Ok(
-        axum::Json(json!({ "fleet": name, "resumed": previous.pause, "reason": reason }))
-            .into_response(),
-    )
+    Ok(previous.pause)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct OverrideBody {
+pub(crate) struct OverrideBody {
     #[serde(default)]
-    min: Option<u32>,
+    pub(crate) min: Option<u32>,
     #[serde(default)]
-    max: Option<u32>,
+    pub(crate) max: Option<u32>,
     #[serde(default)]
-    size: Option<u32>,
-    duration: String,
-    reason: String,
+    pub(crate) size: Option<u32>,
+    pub(crate) duration: String,
+    pub(crate) reason: String,
 }
 
 async fn add_override(
@@ -441,8 +480,20 @@ async fn add_override(
     bytes: Bytes,
 ) -> Answer {
     let who = caller(who)?;
-    let entry = fleet(&api, &name)?;
-    let request: OverrideBody = body(&bytes)?;
+    fleet(&api, &name)?;
+    let created = add_override_to(&api, &name, &who, body(&bytes)?)?;
+    Ok((StatusCode::CREATED, axum::Json(json!(created))).into_response())
+}
+
+/// Sets an override on fleet `name` for `who`, audited: what
+/// `POST /v1/fleets/{name}/overrides` and the status page's override form do.
+pub(crate) fn add_override_to(
+    api: &Api,
+    name: &str,
+    who: &Caller,
+    request: OverrideBody,
+) -> Result<Override, ApiError> {
+    let entry = fleet(api, name)?;
     if request.size.is_some() && (request.min.is_some() || request.max.is_some()) {
         return Err(ApiError::bad_field(
             "size",
@@ -483,7 +534,7 @@ async fn add_override(
         expires_at: now + duration,
     };
     let configured = entry.configured;
-    let previous = change(&api, &name, entry, |c| {
+    let previous = change(api, name, entry, |c| {
         let (min, max) = bounds_in_force(configured, c, now);
         match (created.min, created.max) {
             (Some(m), None) if m > max => Err(ApiError::new(
@@ -502,14 +553,14 @@ async fn add_override(
     })?;
     let previous_bounds = bounds_in_force(configured, &previous, now);
     audit(
-        &who,
-        &name,
+        who,
+        name,
         "override",
         &json!({ "min": previous_bounds.0, "max": previous_bounds.1 }),
         &json!(created),
         now,
     );
-    Ok((StatusCode::CREATED, axum::Json(json!(created))).into_response())
+    Ok(created)
 }
 
 async fn remove_override(
@@ -518,9 +569,22 @@ async fn remove_override(
     who: Option<axum::Extension<Caller>>,
 ) -> Answer {
     let who = caller(who)?;
-    let entry = fleet(&api, &name)?;
+    fleet(&api, &name)?;
+    let removed = remove_override_from(&api, &name, &who, &id)?;
+    Ok(axum::Json(json!({ "fleet": name, "removed": removed })).into_response())
+}
+
+/// Removes override `id` from fleet `name` for `who`, audited: what
+/// `DELETE /v1/fleets/{name}/overrides/{id}` and the status page's remove button do.
+pub(crate) fn remove_override_from(
+    api: &Api,
+    name: &str,
+    who: &Caller,
+    id: &str,
+) -> Result<Option<Override>, ApiError> {
+    let entry = fleet(api, name)?;
     let mut removed = None;
-    change(&api, &name, entry, |c| {
+    change(api, name, entry, |c| {
         let at = c.overrides.iter().position(|o| o.id == id).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -532,12 +596,12 @@ async fn remove_override(
     })?;
     let now = api.clock.now();
     audit(
-        &who,
-        &name,
+        who,
+        name,
         "remove-override",
         &json!(removed),
         &Value::Null,
         now,
     );
-    Ok(axum::Json(json!({ "fleet": name, "removed": removed })).into_response())
+    Ok(removed)
 }
