@@ -21,9 +21,17 @@ if [ -z "${SKIP_INSTALL:-}" ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends chromium chromium-driver
   fi
+  # The etcd client crate compiles etcd's protobuf API at build time (protoc and the
+  # well-known types); the coordination tests run a real etcd, and etcdctl helps by hand.
+  if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v protoc >/dev/null \
+    || [ ! -f /usr/include/google/protobuf/descriptor.proto ]; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+      protobuf-compiler libprotobuf-dev etcd-server etcd-client
+  fi
   python3 -m pip install --quiet --disable-pip-version-check -r scripts/test-requirements.txt
 fi
-for tool in prometheus promtool moto_server chromium chromedriver; do
+for tool in prometheus promtool moto_server chromium chromedriver etcd etcdctl protoc; do
   command -v "$tool" >/dev/null || { echo "missing $tool: see scripts/test.sh for how it is installed" >&2; exit 1; }
 done
 

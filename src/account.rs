@@ -162,14 +162,28 @@ impl Unseen {
     /// a fleet that comes back to an earlier set of instances, hours later, from meeting
     /// the provider's answer to an old launch.
     pub fn grow_token(&self, fleet: &str, account: &FleetAccount, window: u64) -> IdempotencyToken {
-        let base = format!(
-            "fleetscale-{:016x}",
-            fingerprint([
-                fleet.as_bytes(),
-                &account.view.to_le_bytes(),
-                &window.to_le_bytes()
-            ])
-        );
+        self.grow_token_under(fleet, account, window, None)
+    }
+
+    /// [`grow_token`](Self::grow_token) for a holder of the fleet under etcd lease
+    /// `lease`: the lease is one more input, so a new holder repeating its predecessor's
+    /// intent sends a token of its own, while the same holder repeating sends the same.
+    pub fn grow_token_under(
+        &self,
+        fleet: &str,
+        account: &FleetAccount,
+        window: u64,
+        lease: Option<i64>,
+    ) -> IdempotencyToken {
+        let view = account.view.to_le_bytes();
+        let window = window.to_le_bytes();
+        let lease = lease.map(i64::to_le_bytes);
+        let mut inputs: Vec<&[u8]> = vec![fleet.as_bytes(), &view, &window];
+        if let Some(lease) = &lease {
+            inputs.push(b"lease");
+            inputs.push(lease);
+        }
+        let base = format!("fleetscale-{:016x}", fingerprint(inputs));
         let mut token = base.clone();
         let mut salt = 0u32;
         while self.spent.contains(&token) {
@@ -453,6 +467,31 @@ mod tests {
             (2, 0, 1)
         );
         assert_eq!(account.active(), 2);
+    }
+
+    #[test]
+    fn the_token_carries_the_holders_lease() {
+        let mut unseen = Unseen::default();
+        let one = unseen.account(&fleet(&[("a", Running)]), at(0));
+        assert_eq!(
+            unseen.grow_token_under("web", &one, 7, None),
+            unseen.grow_token("web", &one, 7),
+            "alone, the token is as before"
+        );
+        assert_eq!(
+            unseen.grow_token_under("web", &one, 7, Some(41)),
+            Unseen::default().grow_token_under("web", &one, 7, Some(41)),
+            "the same holder repeating sends the same token"
+        );
+        assert_ne!(
+            unseen.grow_token_under("web", &one, 7, Some(41)),
+            unseen.grow_token_under("web", &one, 7, Some(42)),
+            "a new holder does not send its predecessor's token"
+        );
+        assert_ne!(
+            unseen.grow_token_under("web", &one, 7, Some(41)),
+            unseen.grow_token("web", &one, 7)
+        );
     }
 
     #[test]

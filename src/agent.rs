@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::{AgentConfig, Config, FleetConfig, SignalConfig};
 use crate::controller::{ControllerParts, FleetController};
+use crate::coordination::Seat;
 use crate::guards::GuardConfig;
 use crate::signal::NamedSignal;
 use crate::signal::SignalSource;
@@ -235,7 +236,65 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Metrics::new().context("registering the agent's metrics")?;
+    run_with(config, wiring, clock, RunOptions::default(), shutdown).await
+}
+
+/// Connects a fleet's backend in place of its config's (tests: one mock shared by
+/// several agents in one process).
+pub type Connect = Arc<dyn Fn(&FleetConfig) -> Box<dyn CloudAdapter> + Send + Sync>;
+
+/// What [`run_with`] may be given beside the config.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// The metrics to register into (a fresh set when none).
+    pub metrics: Option<Metrics>,
+    /// The backends, instead of connecting the config's (a fleet's task rebuilt after
+    /// a panic connects its config's).
+    pub connect: Option<Connect>,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("metrics", &self.metrics.is_some())
+            .field("connect", &self.connect.is_some())
+            .finish()
+    }
+}
+
+/// A task aborted when its handle is dropped: an agent's future dropped half-way (its
+/// task aborted) takes its fleets' tasks, its server and its etcd keep-alives with it.
+#[derive(Debug)]
+pub struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// [`run`], with `options`.
+pub async fn run_with(
+    config: &Config,
+    wiring: Wiring,
+    clock: Arc<dyn Clock>,
+    options: RunOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let metrics = match options.metrics {
+        Some(metrics) => metrics,
+        None => Metrics::new().context("registering the agent's metrics")?,
+    };
     let health = Health::default();
     // The management API beside /metrics and /healthz: pauses and overrides read back
     // from the state file before any fleet ticks.
@@ -254,13 +313,31 @@ pub async fn run(
     let address = listener.local_addr()?;
     let (stop, stopped) = watch::channel(false);
     let app = telemetry::router(metrics.clone(), health.clone()).merge(api.router());
-    let server = tokio::spawn(crate::api::serve(listener, app, tls, wait(stopped.clone())));
+    let server = AbortOnDrop(tokio::spawn(crate::api::serve(
+        listener,
+        app,
+        tls,
+        wait(stopped.clone()),
+    )));
     tracing::info!(metrics = %format!("{scheme}://{address}/metrics"), api = %format!("{scheme}://{address}/v1/fleets"), fleets = config.fleets.len(), dry_run = wiring.dry_run, "fleetscale started");
 
+    let coordinator = coordinate(config, &metrics).await?;
     let mut tasks = Vec::new();
     for fleet in &config.fleets {
-        let mut controller =
-            build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone()).await?;
+        let mut controller = match &options.connect {
+            Some(connect) => controller_on(
+                connect(fleet),
+                fleet,
+                &config.agent,
+                wiring,
+                Some(&metrics),
+                clock.clone(),
+            )?,
+            None => {
+                build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone())
+                    .await?
+            }
+        };
         if let Some(controls) = api.controls(&fleet.name) {
             controller.operate_with(controls);
         }
@@ -271,13 +348,15 @@ pub async fn run(
             wiring,
             clock: clock.clone(),
         };
-        tasks.push(tokio::spawn(supervise(
+        let seat = seat_for(coordinator.as_ref(), &fleet.name);
+        tasks.push(AbortOnDrop(tokio::spawn(supervise_with(
             controller,
             rebuild,
             metrics.clone(),
             stopped.clone(),
             health.clone(),
-        )));
+            seat,
+        ))));
     }
 
     shutdown.await;
@@ -286,12 +365,57 @@ pub async fn run(
     for task in tasks {
         task.await.context("a fleet's supervisor panicked")?;
     }
+    close(coordinator).await;
     server
         .await
         .context("the metrics server panicked")?
         .context("the metrics server failed")?;
     tracing::info!("fleetscale stopped");
     Ok(())
+}
+
+#[cfg(feature = "etcd")]
+type Coordinator = crate::coordination::Coordinator;
+#[cfg(not(feature = "etcd"))]
+type Coordinator = ();
+
+/// The agent's coordinator, when the config has `[agent.coordination]`.
+async fn coordinate(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<Coordinator>> {
+    let Some(settings) = &config.agent.coordination else {
+        return Ok(None);
+    };
+    #[cfg(feature = "etcd")]
+    {
+        Ok(Some(
+            Coordinator::start(settings, config.fleets.len(), metrics.clone()).await?,
+        ))
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (settings, metrics);
+        anyhow::bail!("agent.coordination: this binary was built without the `etcd` feature")
+    }
+}
+
+fn seat_for(coordinator: Option<&Coordinator>, fleet: &str) -> Option<Arc<dyn Seat>> {
+    #[cfg(feature = "etcd")]
+    {
+        coordinator.map(|c| Arc::new(c.holding(fleet)) as Arc<dyn Seat>)
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (coordinator, fleet);
+        None
+    }
+}
+
+async fn close(coordinator: Option<Coordinator>) {
+    #[cfg(feature = "etcd")]
+    if let Some(coordinator) = coordinator {
+        coordinator.close().await;
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = coordinator;
 }
 
 /// What a fleet's controller is rebuilt from after a panic.
@@ -314,8 +438,21 @@ pub async fn supervise(
     controller: FleetController,
     rebuild: Rebuild,
     metrics: Metrics,
+    stopped: watch::Receiver<bool>,
+    health: Health,
+) {
+    supervise_with(controller, rebuild, metrics, stopped, health, None).await
+}
+
+/// [`supervise`], with the fleet's seat when coordinating: the fleet's task then ticks
+/// only while this agent holds the fleet.
+pub async fn supervise_with(
+    controller: FleetController,
+    rebuild: Rebuild,
+    metrics: Metrics,
     mut stopped: watch::Receiver<bool>,
     health: Health,
+    seat: Option<Arc<dyn Seat>>,
 ) {
     let name = rebuild.fleet.name.clone();
     let tick = rebuild.agent.tick;
@@ -343,7 +480,13 @@ pub async fn supervise(
                 }
             },
         };
-        let task = tokio::spawn(run_fleet(controller, tick, stopped.clone(), health.clone()));
+        let task = AbortOnDrop(tokio::spawn(run_fleet_with(
+            controller,
+            tick,
+            stopped.clone(),
+            health.clone(),
+            seat.clone(),
+        )));
         match task.await {
             Ok(()) => return,
             Err(e) if e.is_panic() => {
@@ -398,10 +541,24 @@ async fn wait(mut stopped: watch::Receiver<bool>) {
 
 /// One fleet's loop: a tick every `tick`, until told to stop between ticks.
 pub async fn run_fleet(
+    controller: FleetController,
+    tick: Duration,
+    stopped: watch::Receiver<bool>,
+    health: Health,
+) {
+    run_fleet_with(controller, tick, stopped, health, None).await
+}
+
+/// [`run_fleet`]; with a seat (coordinating), each tick first asks it whether this
+/// agent holds the fleet: a standby does not tick (it neither reads the cloud nor
+/// acts) and says so in /healthz; a holder ticks under the seat's fence, then lets the
+/// seat give the fleet up if the agent holds more than its share. A clean stop resigns.
+pub async fn run_fleet_with(
     mut controller: FleetController,
     tick: Duration,
     mut stopped: watch::Receiver<bool>,
     health: Health,
+    seat: Option<Arc<dyn Seat>>,
 ) {
     controller.stop_on(stopped.clone());
     // A zero period would panic; config checks refuse ticks under a second.
@@ -413,8 +570,20 @@ pub async fn run_fleet(
             _ = stopped.wait_for(|stop| *stop) => break,
             _ = interval.tick() => {}
         }
+        if let Some(seat) = &seat {
+            match seat.hold().await {
+                Ok(fence) => controller.fence_with(fence),
+                Err(standby) => {
+                    health.set(controller.name(), standby.healthy, standby.detail);
+                    continue;
+                }
+            }
+        }
         // A tick runs to completion even when a stop arrives during it.
         let report = controller.tick().await;
+        if let Some(seat) = &seat {
+            seat.after_tick().await;
+        }
         let healthy = report.error.is_none() && !controller.is_suspended();
         let detail = match (&report.error, &report.signal_error) {
             (Some(e), _) => e.to_string(),
@@ -425,6 +594,9 @@ pub async fn run_fleet(
             ),
         };
         health.set(controller.name(), healthy, detail);
+    }
+    if let Some(seat) = &seat {
+        seat.resign().await;
     }
     tracing::info!(fleet = %controller.name(), "fleet stopped");
 }

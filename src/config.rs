@@ -42,6 +42,10 @@ pub struct AgentConfig {
     /// `[agent.api]`: the management API's tokens, state file and TLS.
     #[serde(default)]
     pub api: crate::api::ApiConfig,
+    /// `[agent.coordination]`: several agents through etcd. Without it the agent runs
+    /// alone.
+    #[serde(default)]
+    pub coordination: Option<crate::coordination::CoordinationConfig>,
 }
 
 impl Default for AgentConfig {
@@ -51,6 +55,7 @@ impl Default for AgentConfig {
             metrics_address: defaults::metrics_address(),
             log_format: LogFormat::Text,
             api: crate::api::ApiConfig::default(),
+            coordination: None,
         }
     }
 }
@@ -355,6 +360,14 @@ fn parse_sections(text: &str, problems: &mut Vec<Problem>) -> Option<Config> {
                 path: format!("agent.api.{field}"),
                 message,
             });
+        }
+        if let Some(coordination) = &agent.coordination {
+            for (field, message) in coordination.problems() {
+                problems.push(Problem {
+                    path: format!("agent.coordination.{field}"),
+                    message,
+                });
+            }
         }
     }
     let fleets = match table.remove("fleets") {

@@ -20,6 +20,7 @@ use fleetscale_policies::{Bounds, Decision, Observation, Policy};
 use serde::Serialize;
 
 use crate::account::{BootTimes, FleetAccount, Unseen};
+use crate::coordination::{Alone, Fence, LeaseIdentity};
 use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
 use crate::operator::{FleetControls, Pause, Published};
 use crate::scale_in;
@@ -60,6 +61,11 @@ pub enum Action {
     /// Paused by an operator (`crate::operator`): observed and decided, nothing changed.
     Held {
         by: String,
+        reason: String,
+    },
+    /// The fence refused (coordinating through etcd, this agent may no longer hold the
+    /// fleet): observed and decided, nothing changed.
+    Fenced {
         reason: String,
     },
 }
@@ -256,6 +262,8 @@ pub struct FleetController {
     /// The bounds in force this tick, and at each step ahead (empty without schedules).
     bounds: Bounds,
     bounds_ahead: Vec<Bounds>,
+    /// Asked before every mutating call ([`Alone`] unless coordinating).
+    fence: Arc<dyn Fence>,
 }
 
 /// Parts a controller is made of.
@@ -446,6 +454,31 @@ impl FleetController {
             bounds: Bounds { min: 0, max: 0 },
             schedules: Vec::new(),
             bounds_ahead: Vec::new(),
+            fence: Arc::new(Alone),
+        }
+    }
+
+    /// Asks `fence` before every mutating call from the next tick on (coordinating:
+    /// the fleet's holding in etcd).
+    pub fn fence_with(&mut self, fence: Arc<dyn Fence>) {
+        self.fence = fence;
+    }
+
+    /// The fence's answer before a mutating call; on a refusal the report says so and
+    /// nothing is to change.
+    async fn fenced(&mut self, report: &mut TickReport) -> Option<LeaseIdentity> {
+        match self.fence.may_act().await {
+            Ok(identity) => Some(identity),
+            Err(refusal) => {
+                tracing::warn!(fleet = %self.name, reason = %refusal, "fenced: not acting on the fleet");
+                report
+                    .reason
+                    .push_str(&format!("; fenced ({refusal}): nothing changed"));
+                report.action = Action::Fenced {
+                    reason: refusal.to_string(),
+                };
+                None
+            }
         }
     }
 
@@ -586,7 +619,22 @@ impl FleetController {
             };
             return Ok(());
         }
-        self.act(now, &seen, intent, report).await;
+        let mutating = match &intent {
+            Intent::Resize(size) => *size != seen.account.active(),
+            Intent::ReplaceStuck(_) => true,
+        };
+        let lease = if mutating {
+            match self.fenced(report).await {
+                Some(identity) => identity,
+                None => {
+                    (self.replace_after, self.replace_wait) = replacing;
+                    return Ok(());
+                }
+            }
+        } else {
+            LeaseIdentity::Alone
+        };
+        self.act(now, &seen, intent, lease, report).await;
         Ok(())
     }
 
@@ -843,13 +891,15 @@ impl FleetController {
         now: SystemTime,
         seen: &Observed,
         intent: Intent,
+        lease: LeaseIdentity,
         report: &mut TickReport,
     ) {
         let active = seen.account.active();
         match intent {
             Intent::ReplaceStuck(stuck) => self.replace_stuck(now, &stuck, report).await,
             Intent::Resize(target) if target > active => {
-                self.grow(now, &seen.account, target - active, report).await
+                self.grow(now, &seen.account, target - active, lease, report)
+                    .await
             }
             Intent::Resize(target) if target < active => {
                 self.shrink(now, &seen.account, (active - target) as usize, report)
@@ -864,13 +914,23 @@ impl FleetController {
         now: SystemTime,
         account: &FleetAccount,
         count: u32,
+        mut lease: LeaseIdentity,
         report: &mut TickReport,
     ) {
         // The view's token, then salted ones while the provider answers with instances
-        // long gone or (past the start-up window) with a conflict.
+        // long gone or (past the start-up window) with a conflict. The fence was asked
+        // before the first call; it is asked again before each further one.
         let window = token_window(now, self.step, self.guards.read_lag());
-        for _ in 0..4 {
-            let token = self.unseen.grow_token(&self.name, account, window);
+        for attempt in 0..4 {
+            if attempt > 0 {
+                match self.fenced(report).await {
+                    Some(identity) => lease = identity,
+                    None => return,
+                }
+            }
+            let token = self
+                .unseen
+                .grow_token_under(&self.name, account, window, lease.lease());
             match self.adapter.grow(count, &token).await {
                 Ok(outcome) => {
                     let new: Vec<InstanceId> = outcome
@@ -1241,6 +1301,7 @@ impl FleetController {
             Action::ReplaceStuck { removed } => format!("replace-stuck -{removed}"),
             Action::Paused { until } => format!("paused until {until}"),
             Action::Held { by, .. } => format!("held (paused by {by})"),
+            Action::Fenced { .. } => "fenced (not acting)".to_string(),
         };
         match (&report.error, &report.signal_error) {
             (Some(error), _) => tracing::warn!(

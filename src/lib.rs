@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod coordination;
 pub mod guards;
 pub mod operator;
 pub mod plot;

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub launch_shortfall: IntCounterVec,
     pub fleet_panics: IntCounterVec,
     pub decide_seconds: HistogramVec,
+    /// 1 on the agent that holds the fleet (coordinating through etcd), 0 on standbys.
+    pub fleet_held: IntGaugeVec,
+    pub leadership_changes: IntCounterVec,
+    pub etcd_call_seconds: HistogramVec,
+    pub etcd_errors: IntCounterVec,
     pub adapter: fleetscale_adapters::AdapterMetrics,
 }
 
@@ -123,8 +128,35 @@ impl Metrics {
             &["fleet"],
         )?;
         registry.register(Box::new(decide_seconds.clone()))?;
+        let fleet_held = gauge(
+            "fleetscale_fleet_held",
+            "1 while this agent holds the fleet (coordinating through etcd).",
+        )?;
+        let leadership_changes = counter(
+            "fleetscale_leadership_changes_total",
+            "Times this agent took or gave up the fleet.",
+            &["fleet"],
+        )?;
+        let etcd_call_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "fleetscale_etcd_call_duration_seconds",
+                "Time of each etcd call, by operation.",
+            )
+            .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(etcd_call_seconds.clone()))?;
+        let etcd_errors = counter(
+            "fleetscale_etcd_errors_total",
+            "etcd calls that failed or timed out, by operation.",
+            &["operation"],
+        )?;
         let adapter = fleetscale_adapters::AdapterMetrics::register(&registry)?;
         Ok(Metrics {
+            fleet_held,
+            leadership_changes,
+            etcd_call_seconds,
+            etcd_errors,
             registry,
             desired,
             applied,
