@@ -7,9 +7,12 @@
 // Tests: a panic is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
+
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,14 +28,6 @@ use serde_json::{Value, json};
 
 const READ_TOKEN: &str = "read-token-for-tests";
 const OPERATE_TOKEN: &str = "operate-token-for-tests";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn sha256_hex(text: &str) -> String {
     fleetscale::api::auth::hash(text)

@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
+
 #[path = "support/etcd.rs"]
 mod etcd;
 
@@ -161,14 +165,6 @@ max = 60
         ));
     }
     text
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One in-process agent.

@@ -11,7 +11,10 @@
 // Tests: a panic is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::net::TcpListener;
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,14 +29,6 @@ const FLEETS: [&str; 3] = ["api", "batch", "reports"];
 
 const INSTALL: &str = "the status page's test needs Debian's chromium and chromedriver: \
      `apt-get install chromium chromium-driver` (or run ./scripts/test.sh, which installs them)";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn sha256_hex(text: &str) -> String {
     fleetscale::api::auth::hash(text)
