@@ -9,316 +9,65 @@
 
 #[path = "support/ports.rs"]
 mod ports;
-use ports::free_port;
 
 #[path = "support/etcd.rs"]
 mod etcd;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[path = "support/agents.rs"]
+mod agents;
+
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use agents::{Agent, Call, Spec, World, each_held_once, wait_for};
 use etcd::Etcd;
-use fleetscale::agent::{self, RunOptions, Wiring};
 use fleetscale::config::{AdapterConfig, Config};
-use fleetscale::telemetry::Metrics;
 use fleetscale_adapters::mock::MockCloud;
-use fleetscale_adapters::{
-    AccessReport, CloudAdapter, Fleet, GrowOutcome, IdempotencyToken, InstanceId, Result,
-    ShrinkOutcome, SystemClock,
-};
-use tokio::sync::oneshot;
+use fleetscale_adapters::{CloudAdapter, SystemClock};
 
 const FLEETS: usize = 12;
 const TTL: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_secs(1);
 
-/// One call an agent made on a fleet's shared cloud.
-#[derive(Debug, Clone)]
-struct Call {
-    agent: String,
-    fleet: String,
-    at: Instant,
-    kind: &'static str,
-    requested: u32,
-    launched: Vec<String>,
-    token: String,
-}
-
-type Log = Arc<Mutex<Vec<Call>>>;
-
-/// The shared mock, as one agent sees it: every call is logged.
-#[derive(Debug)]
-struct Recording {
-    inner: MockCloud,
-    agent: String,
-    fleet: String,
-    log: Log,
-}
-
-impl Recording {
-    fn note(
-        &self,
-        kind: &'static str,
-        at: Instant,
-        requested: u32,
-        launched: Vec<String>,
-        token: &str,
-    ) {
-        self.log.lock().unwrap().push(Call {
-            agent: self.agent.clone(),
-            fleet: self.fleet.clone(),
-            at,
-            kind,
-            requested,
-            launched,
-            token: token.to_string(),
-        });
-    }
-}
-
-#[async_trait]
-impl CloudAdapter for Recording {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    async fn read_fleet(&self) -> Result<Fleet> {
-        self.note("read", Instant::now(), 0, Vec::new(), "");
-        self.inner.read_fleet().await
-    }
-    async fn grow(&self, count: u32, token: &IdempotencyToken) -> Result<GrowOutcome> {
-        let at = Instant::now();
-        let outcome = self.inner.grow(count, token).await;
-        let launched = outcome
-            .as_ref()
-            .map(|o| o.launched.iter().map(|id| id.to_string()).collect())
-            .unwrap_or_default();
-        self.note("grow", at, count, launched, token.as_str());
-        outcome
-    }
-    async fn shrink(&self, ids: &[InstanceId]) -> Result<ShrinkOutcome> {
-        let at = Instant::now();
-        let outcome = self.inner.shrink(ids).await;
-        self.note("shrink", at, ids.len() as u32, Vec::new(), "");
-        outcome
-    }
-    async fn verify_access(&self) -> Result<AccessReport> {
-        self.inner.verify_access().await
-    }
-}
-
-fn config_text(agent: &str, endpoint: &str, prefix: &str, dir: &Path) -> String {
-    let mut text = format!(
-        r#"
-[agent]
-tick = "1s"
-metrics_address = "127.0.0.1:{port}"
-
-[agent.api]
-state_file = "{state}"
-
-[agent.coordination]
-kind = "etcd"
-endpoints = ["{endpoint}"]
-prefix = "{prefix}"
-lease_ttl = "3s"
-settle = "300ms"
-member = "{agent}"
-"#,
-        port = free_port(),
-        state = dir.join(format!("{agent}.state.json")).display(),
-    );
-    for i in 0..FLEETS {
-        text.push_str(&format!(
-            r#"
-[[fleets]]
-name = "f{i:02}"
-boot_delay = "1s"
-history = "5s"
-
-[fleets.adapter]
-kind = "mock"
-boot_delay = "1s"
-initial_size = 2
-launch_read_lag = "0s"
-removal_read_lag = "0s"
-
-[fleets.signal]
-kind = "synthetic"
-mean = 12.0
-daily_amplitude = 0.8
-noise = 0.1
-flash_crowds_per_day = 0.0
-speedup = 7200.0
-seed = {i}
-
-[fleets.policy]
-name = "target-tracking"
-target_utilisation = 0.7
-
-[fleets.guards]
-min = 1
-max = 60
-"#
-        ));
-    }
-    text
-}
-
-/// One in-process agent.
-struct Agent {
-    name: String,
-    metrics: Metrics,
-    port: u16,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Agent {
-    fn held(&self) -> Vec<String> {
-        (0..FLEETS)
-            .map(|i| format!("f{i:02}"))
-            .filter(|f| self.metrics.fleet_held.with_label_values(&[f]).get() == 1)
-            .collect()
-    }
-
-    /// kill -9: the task is aborted; nothing resigns, the lease is not revoked.
-    fn kill(&self) {
-        self.task.abort();
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-
-    async fn healthz(&self) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}/healthz", self.port);
-        match reqwest::get(&url).await {
-            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
-            Err(e) => (0, e.to_string()),
-        }
-    }
-}
-
-struct World {
-    mocks: HashMap<String, MockCloud>,
-    log: Log,
-    dir: tempfile::TempDir,
-}
-
-impl World {
-    fn new(endpoint: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let text = config_text("x", endpoint, "/w", dir.path());
-        let config = Config::parse(&text, Path::new("x.toml")).unwrap();
-        let mocks = config
-            .fleets
-            .iter()
-            .map(|f| {
-                let AdapterConfig::Mock(mock) = &f.adapter else {
-                    panic!("mock fleets only")
-                };
-                (
-                    f.name.clone(),
-                    MockCloud::new(mock.clone(), Arc::new(SystemClock)),
-                )
-            })
-            .collect();
-        World {
-            mocks,
-            log: Arc::default(),
-            dir,
-        }
-    }
-
-    fn agent(&self, name: &str, endpoint: &str, prefix: &str) -> Agent {
-        let text = config_text(name, endpoint, prefix, self.dir.path());
-        let config = Config::parse(&text, Path::new("agent.toml")).unwrap();
-        let port = config.agent.metrics_address.port();
-        let metrics = Metrics::new().unwrap();
-        let mocks = self.mocks.clone();
-        let log = self.log.clone();
-        let agent_name = name.to_string();
-        let connect: agent::Connect = Arc::new(move |fleet| {
-            Box::new(Recording {
-                inner: mocks[&fleet.name].clone(),
-                agent: agent_name.clone(),
-                fleet: fleet.name.clone(),
-                log: log.clone(),
-            }) as Box<dyn CloudAdapter>
-        });
-        let options = RunOptions {
-            metrics: Some(metrics.clone()),
-            connect: Some(connect),
-        };
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            agent::run_with(
-                &config,
-                Wiring::default(),
-                Arc::new(SystemClock),
-                options,
-                async move {
-                    let _ = stopped.await;
-                },
-            )
-            .await
-        });
-        Agent {
-            name: name.to_string(),
-            metrics,
-            port,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-/// Fleet -> the agents that hold it.
-fn holders(agents: &[&Agent]) -> BTreeMap<String, Vec<String>> {
-    let mut map: BTreeMap<String, Vec<String>> = (0..FLEETS)
-        .map(|i| (format!("f{i:02}"), Vec::new()))
+/// Twelve mock fleets, one shared mock each (every agent sees the same cloud).
+fn mock_world(spec: Spec) -> (World, HashMap<String, MockCloud>) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = spec.config_text("x", &["http://127.0.0.1:1".into()], "/x", dir.path());
+    let config = Config::parse(&text, Path::new("x.toml")).unwrap();
+    let mocks: HashMap<String, MockCloud> = config
+        .fleets
+        .iter()
+        .map(|f| {
+            let AdapterConfig::Mock(mock) = &f.adapter else {
+                panic!("mock fleets only")
+            };
+            let cloud = MockCloud::new(mock.clone(), Arc::new(SystemClock));
+            (f.name.clone(), cloud)
+        })
         .collect();
-    for agent in agents {
-        for fleet in agent.held() {
-            map.get_mut(&fleet).unwrap().push(agent.name.clone());
-        }
-    }
-    map
+    let shared = mocks.clone();
+    let world = World::new(
+        spec,
+        Arc::new(move |_agent, fleet| Arc::new(shared[fleet].clone()) as Arc<dyn CloudAdapter>),
+    );
+    (world, mocks)
 }
 
-fn each_held_once(map: &BTreeMap<String, Vec<String>>) -> bool {
-    map.values().all(|h| h.len() == 1)
-}
-
-async fn wait_for(within: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    done()
+fn holders(agents: &[&Agent]) -> std::collections::BTreeMap<String, Vec<String>> {
+    agents::holders(&Spec::mock(FLEETS).fleet_names(), agents)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_agents_spread_the_fleets_and_take_over_from_a_killed_one() {
     let etcd = Etcd::start();
     let endpoint = etcd.endpoint();
-    let world = World::new(&endpoint);
-    let a = world.agent("a", &endpoint, "/spread");
-    let b = world.agent("b", &endpoint, "/spread");
-    let c = world.agent("c", &endpoint, "/spread");
+    let endpoints = [endpoint];
+    let (world, mocks) = mock_world(Spec::mock(FLEETS));
+    let a = world.agent("a", &endpoints, "/spread");
+    let b = world.agent("b", &endpoints, "/spread");
+    let c = world.agent("c", &endpoints, "/spread");
 
     // Spread: each fleet held once, none holding more than its share of 4.
     let spread = wait_for(Duration::from_secs(15), || {
@@ -378,20 +127,12 @@ async fn three_agents_spread_the_fleets_and_take_over_from_a_killed_one() {
     // Each fleet's launches equal what the holders' grows asked for and were told:
     // nothing launched twice, nothing launched unasked.
     let mut grows = 0;
-    for (fleet, mock) in &world.mocks {
-        let fleet_grows: Vec<&Call> = calls
+    for (fleet, mock) in &mocks {
+        grows += calls
             .iter()
             .filter(|c| &c.fleet == fleet && c.kind == "grow")
-            .collect();
-        grows += fleet_grows.len();
-        // A token repeated (the same holder retrying) asks once and launches once.
-        let mut asked_by_token: HashMap<&str, u32> = HashMap::new();
-        let mut told: HashSet<&str> = HashSet::new();
-        for call in &fleet_grows {
-            asked_by_token.insert(&call.token, call.requested);
-            told.extend(call.launched.iter().map(String::as_str));
-        }
-        let asked: u64 = asked_by_token.values().map(|n| u64::from(*n)).sum();
+            .count();
+        let (told, asked) = agents::launches(&calls, fleet);
         assert_eq!(
             mock.stats().launched,
             told.len() as u64,
@@ -404,21 +145,10 @@ async fn three_agents_spread_the_fleets_and_take_over_from_a_killed_one() {
         "the holders never grew a fleet: the test shows nothing"
     );
     // No grow token was sent by two agents.
-    let mut by_token: HashMap<&str, HashSet<&str>> = HashMap::new();
-    for call in calls.iter().filter(|c| c.kind == "grow") {
-        by_token.entry(&call.token).or_default().insert(&call.agent);
-    }
-    assert!(by_token.values().all(|agents| agents.len() == 1));
+    assert_eq!(agents::tokens_sent_by_two(&calls), Vec::<String>::new());
 
     // Leadership changes were counted; the survivors stop cleanly.
-    let changes: u64 = (0..FLEETS)
-        .map(|i| {
-            b.metrics
-                .leadership_changes
-                .with_label_values(&[&format!("f{i:02}")])
-                .get()
-        })
-        .sum();
+    let changes = b.leadership_changes();
     assert!(changes >= 4, "{changes}");
     b.stop().await;
     c.stop().await;
@@ -428,9 +158,10 @@ async fn three_agents_spread_the_fleets_and_take_over_from_a_killed_one() {
 async fn agents_stop_acting_within_their_lease_when_etcd_stops_and_resume_after() {
     let mut etcd = Etcd::start();
     let endpoint = etcd.endpoint();
-    let world = World::new(&endpoint);
-    let a = world.agent("a", &endpoint, "/outage");
-    let b = world.agent("b", &endpoint, "/outage");
+    let endpoints = [endpoint];
+    let (world, _mocks) = mock_world(Spec::mock(FLEETS));
+    let a = world.agent("a", &endpoints, "/outage");
+    let b = world.agent("b", &endpoints, "/outage");
     let ok = wait_for(Duration::from_secs(15), || {
         each_held_once(&holders(&[&a, &b]))
     })
