@@ -20,7 +20,7 @@ use fleetscale_policies::{Bounds, Decision, Observation, Policy};
 use serde::Serialize;
 
 use crate::account::{BootTimes, FleetAccount, Unseen};
-use crate::coordination::{Alone, Fence, LeaseIdentity};
+use crate::coordination::{Alone, Fence, NotHolder, Permit};
 use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
 use crate::operator::{FleetControls, Pause, Published};
 use crate::scale_in;
@@ -466,20 +466,25 @@ impl FleetController {
 
     /// The fence's answer before a mutating call; on a refusal the report says so and
     /// nothing is to change.
-    async fn fenced(&mut self, report: &mut TickReport) -> Option<LeaseIdentity> {
+    async fn fenced(&mut self, report: &mut TickReport) -> Option<Permit> {
         match self.fence.may_act().await {
-            Ok(identity) => Some(identity),
+            Ok(permit) => Some(permit),
             Err(refusal) => {
-                tracing::warn!(fleet = %self.name, reason = %refusal, "fenced: not acting on the fleet");
-                report
-                    .reason
-                    .push_str(&format!("; fenced ({refusal}): nothing changed"));
-                report.action = Action::Fenced {
-                    reason: refusal.to_string(),
-                };
+                Self::refused(&self.name, report, &refusal);
                 None
             }
         }
+    }
+
+    /// A fence's refusal, or a permit's deadline passed before the call started.
+    fn refused(fleet: &str, report: &mut TickReport, refusal: &NotHolder) {
+        tracing::warn!(fleet = %fleet, reason = %refusal, "fenced: not acting on the fleet");
+        report
+            .reason
+            .push_str(&format!("; fenced ({refusal}): nothing changed"));
+        report.action = Action::Fenced {
+            reason: refusal.to_string(),
+        };
     }
 
     pub fn name(&self) -> &str {
@@ -623,18 +628,18 @@ impl FleetController {
             Intent::Resize(size) => *size != seen.account.active(),
             Intent::ReplaceStuck(_) => true,
         };
-        let lease = if mutating {
+        let permit = if mutating {
             match self.fenced(report).await {
-                Some(identity) => identity,
+                Some(permit) => permit,
                 None => {
                     (self.replace_after, self.replace_wait) = replacing;
                     return Ok(());
                 }
             }
         } else {
-            LeaseIdentity::Alone
+            Permit::ALONE
         };
-        self.act(now, &seen, intent, lease, report).await;
+        self.act(now, &seen, intent, permit, report).await;
         Ok(())
     }
 
@@ -891,19 +896,25 @@ impl FleetController {
         now: SystemTime,
         seen: &Observed,
         intent: Intent,
-        lease: LeaseIdentity,
+        permit: Permit,
         report: &mut TickReport,
     ) {
         let active = seen.account.active();
         match intent {
-            Intent::ReplaceStuck(stuck) => self.replace_stuck(now, &stuck, report).await,
+            Intent::ReplaceStuck(stuck) => self.replace_stuck(now, &stuck, permit, report).await,
             Intent::Resize(target) if target > active => {
-                self.grow(now, &seen.account, target - active, lease, report)
+                self.grow(now, &seen.account, target - active, permit, report)
                     .await
             }
             Intent::Resize(target) if target < active => {
-                self.shrink(now, &seen.account, (active - target) as usize, report)
-                    .await
+                self.shrink(
+                    now,
+                    &seen.account,
+                    (active - target) as usize,
+                    permit,
+                    report,
+                )
+                .await
             }
             Intent::Resize(_) => self.succeed(),
         }
@@ -914,7 +925,7 @@ impl FleetController {
         now: SystemTime,
         account: &FleetAccount,
         count: u32,
-        mut lease: LeaseIdentity,
+        mut permit: Permit,
         report: &mut TickReport,
     ) {
         // The view's token, then salted ones while the provider answers with instances
@@ -924,14 +935,18 @@ impl FleetController {
         for attempt in 0..4 {
             if attempt > 0 {
                 match self.fenced(report).await {
-                    Some(identity) => lease = identity,
+                    Some(next) => permit = next,
                     None => return,
                 }
             }
-            let token = self
-                .unseen
-                .grow_token_under(&self.name, account, window, lease.lease());
-            match self.adapter.grow(count, &token).await {
+            let token =
+                self.unseen
+                    .grow_token_under(&self.name, account, window, permit.identity.lease());
+            let answer = match permit.start(self.adapter.grow(count, &token)).await {
+                Ok(answer) => answer,
+                Err(late) => return Self::refused(&self.name, report, &late),
+            };
+            match answer {
                 Ok(outcome) => {
                     let new: Vec<InstanceId> = outcome
                         .launched
@@ -993,6 +1008,7 @@ impl FleetController {
         now: SystemTime,
         account: &FleetAccount,
         count: usize,
+        permit: Permit,
         report: &mut TickReport,
     ) {
         // Launches in flight go first, newest first: they serve nobody yet.
@@ -1011,7 +1027,11 @@ impl FleetController {
             self.succeed();
             return;
         }
-        match self.adapter.shrink(&victims).await {
+        let answer = match permit.start(self.adapter.shrink(&victims)).await {
+            Ok(answer) => answer,
+            Err(late) => return Self::refused(&self.name, report, &late),
+        };
+        match answer {
             Ok(outcome) => {
                 let removed = outcome.removed.len() as u32;
                 self.unseen
@@ -1044,9 +1064,14 @@ impl FleetController {
         &mut self,
         now: SystemTime,
         stuck: &[InstanceId],
+        permit: Permit,
         report: &mut TickReport,
     ) {
-        match self.adapter.shrink(stuck).await {
+        let answer = match permit.start(self.adapter.shrink(stuck)).await {
+            Ok(answer) => answer,
+            Err(late) => return Self::refused(&self.name, report, &late),
+        };
+        match answer {
             Ok(outcome) => {
                 let removed = outcome.removed.len() as u32;
                 self.unseen

@@ -13,7 +13,7 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
-use super::{CoordinationConfig, Fence, LeaseIdentity, NotHolder, Seat, Standby};
+use super::{CoordinationConfig, Fence, LeaseIdentity, NotHolder, Permit, Seat, Standby};
 use crate::telemetry::Metrics;
 
 /// How old the count of live members may be when a share is computed.
@@ -235,6 +235,12 @@ impl Inner {
             ))),
             _ => Err(NotHolder("no member lease yet".into())),
         }
+    }
+
+    /// The instant a mutating call must start by: the lease's local end less the margin
+    /// (what is left of the lease after it is the call's own time).
+    fn start_by(&self) -> Option<Instant> {
+        self.lock().lease_end.map(|end| end - self.margin)
     }
 
     fn members_key(&self) -> String {
@@ -604,7 +610,7 @@ struct HolderFence {
 
 #[async_trait::async_trait]
 impl Fence for HolderFence {
-    async fn may_act(&self) -> Result<LeaseIdentity, NotHolder> {
+    async fn may_act(&self) -> Result<Permit, NotHolder> {
         // The local deadline first: a paused or partitioned agent never asks etcd with
         // a lease it may have lost.
         let current = self.inner.acting_lease()?;
@@ -637,6 +643,9 @@ impl Fence for HolderFence {
         }
         // Checked again: the calls above may have taken the agent past its deadline.
         self.inner.acting_lease()?;
-        Ok(LeaseIdentity::Lease(self.lease))
+        Ok(Permit {
+            identity: LeaseIdentity::Lease(self.lease),
+            start_by: self.inner.start_by(),
+        })
     }
 }

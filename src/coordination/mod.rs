@@ -54,7 +54,48 @@ pub struct NotHolder(pub String);
 /// Asked before every mutating call: may this agent act on the fleet now?
 #[async_trait::async_trait]
 pub trait Fence: std::fmt::Debug + Send + Sync {
-    async fn may_act(&self) -> Result<LeaseIdentity, NotHolder>;
+    async fn may_act(&self) -> Result<Permit, NotHolder>;
+}
+
+/// A fence's yes: the lease a call is made under, and the instant by which the call
+/// must have started. An agent stalled (SIGSTOP, a long pause) between the fence and
+/// its call wakes past that instant and does not make the call. A call once started is
+/// not cut off: the providers take no fencing token, so cancelling it would leave the
+/// fleet in an unknown state; the margin left after `start_by` is the call's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    pub identity: LeaseIdentity,
+    /// `None`: alone, no deadline.
+    pub start_by: Option<tokio::time::Instant>,
+}
+
+impl Permit {
+    /// The permit of an agent that runs alone.
+    pub const ALONE: Permit = Permit {
+        identity: LeaseIdentity::Alone,
+        start_by: None,
+    };
+
+    /// Runs `call` if it starts (is first polled) before `start_by`; past it, `call` is
+    /// dropped unpolled, so nothing of it reaches the provider.
+    pub async fn start<F: std::future::Future>(&self, call: F) -> Result<F::Output, NotHolder> {
+        let mut call = std::pin::pin!(call);
+        let mut first = true;
+        let start_by = self.start_by;
+        std::future::poll_fn(|cx| {
+            if std::mem::take(&mut first)
+                && start_by.is_some_and(|by| tokio::time::Instant::now() >= by)
+            {
+                return std::task::Poll::Ready(Err(NotHolder(
+                    "the lease's deadline for starting the call passed before it started \
+                     (the agent stalled after the fence)"
+                        .into(),
+                )));
+            }
+            call.as_mut().poll(cx).map(Ok)
+        })
+        .await
+    }
 }
 
 /// The fence of an agent that runs alone: always yes.
@@ -63,8 +104,8 @@ pub struct Alone;
 
 #[async_trait::async_trait]
 impl Fence for Alone {
-    async fn may_act(&self) -> Result<LeaseIdentity, NotHolder> {
-        Ok(LeaseIdentity::Alone)
+    async fn may_act(&self) -> Result<Permit, NotHolder> {
+        Ok(Permit::ALONE)
     }
 }
 
@@ -255,4 +296,37 @@ fn host_name() -> Option<String> {
         .trim()
         .to_string();
     (!name.is_empty()).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test]
+    async fn a_call_past_the_permits_deadline_is_never_started() {
+        let polled = AtomicBool::new(false);
+        let call = async {
+            polled.store(true, Ordering::SeqCst);
+            7
+        };
+        let late = Permit {
+            identity: LeaseIdentity::Lease(1),
+            start_by: Some(tokio::time::Instant::now() - Duration::from_millis(1)),
+        };
+        assert!(late.start(call).await.is_err());
+        assert!(!polled.load(Ordering::SeqCst), "the late call was polled");
+
+        let in_time = Permit {
+            identity: LeaseIdentity::Lease(1),
+            start_by: Some(tokio::time::Instant::now() + Duration::from_secs(60)),
+        };
+        let call = async {
+            polled.store(true, Ordering::SeqCst);
+            7
+        };
+        assert_eq!(in_time.start(call).await, Ok(7));
+        assert!(polled.load(Ordering::SeqCst));
+        assert_eq!(Permit::ALONE.start(async { 8 }).await, Ok(8));
+    }
 }
