@@ -296,14 +296,18 @@ pub async fn run_with(
         None => Metrics::new().context("registering the agent's metrics")?,
     };
     let health = Health::default();
+    let mut coordinator = coordinate(config, &metrics).await?;
     // The management API beside /metrics and /healthz: pauses and overrides read back
-    // from the state file before any fleet ticks.
-    let api = crate::api::Api::start(
+    // from the state file before any fleet ticks (coordinating: from etcd, and no fleet
+    // is acted on before they are).
+    let api = crate::api::Api::start_with(
         &config.agent.api,
         &config.fleets,
         clock.clone(),
         &metrics.registry,
+        shared_commands(coordinator.as_ref()),
     )?;
+    follow_commands(coordinator.as_mut(), config, &api);
     let tls = match &config.agent.api.tls {
         Some(tls) => Some(crate::api::tls_acceptor(tls)?),
         None => None,
@@ -321,7 +325,6 @@ pub async fn run_with(
     )));
     tracing::info!(metrics = %format!("{scheme}://{address}/metrics"), api = %format!("{scheme}://{address}/v1/fleets"), fleets = config.fleets.len(), dry_run = wiring.dry_run, "fleetscale started");
 
-    let coordinator = coordinate(config, &metrics).await?;
     let mut tasks = Vec::new();
     for fleet in &config.fleets {
         let mut controller = match &options.connect {
@@ -395,6 +398,36 @@ async fn coordinate(config: &Config, metrics: &Metrics) -> anyhow::Result<Option
         let _ = (settings, metrics);
         anyhow::bail!("agent.coordination: this binary was built without the `etcd` feature")
     }
+}
+
+/// Coordinating, the store every agent keeps its pauses and overrides in.
+fn shared_commands(
+    coordinator: Option<&Coordinator>,
+) -> Option<Arc<dyn crate::api::state::SharedCommands>> {
+    #[cfg(feature = "etcd")]
+    {
+        coordinator.map(|c| Arc::new(c.commands()) as Arc<dyn crate::api::state::SharedCommands>)
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = coordinator;
+        None
+    }
+}
+
+/// Coordinating, follows the pauses and overrides in etcd onto the API's boards.
+fn follow_commands(coordinator: Option<&mut Coordinator>, config: &Config, api: &crate::api::Api) {
+    #[cfg(feature = "etcd")]
+    if let Some(coordinator) = coordinator {
+        let api = api.clone();
+        let fleets = config.fleets.iter().map(|f| f.name.clone()).collect();
+        coordinator.follow_commands(
+            fleets,
+            Arc::new(move |fleet: &str, commands| api.apply_shared(fleet, commands)),
+        );
+    }
+    #[cfg(not(feature = "etcd"))]
+    let _ = (coordinator, config, api);
 }
 
 fn seat_for(coordinator: Option<&Coordinator>, fleet: &str) -> Option<Arc<dyn Seat>> {

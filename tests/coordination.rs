@@ -16,44 +16,20 @@ mod etcd;
 #[path = "support/agents.rs"]
 mod agents;
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
-use agents::{Agent, Call, Spec, World, each_held_once, wait_for};
+use agents::{Agent, Call, Spec, each_held_once, mock_world, wait_for};
 use etcd::Etcd;
-use fleetscale::config::{AdapterConfig, Config};
+use fleetscale::config::Config;
+use fleetscale_adapters::CloudAdapter;
 use fleetscale_adapters::mock::MockCloud;
-use fleetscale_adapters::{CloudAdapter, SystemClock};
+use serde_json::{Value, json};
 
 const FLEETS: usize = 12;
 const TTL: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_secs(1);
-
-/// Twelve mock fleets, one shared mock each (every agent sees the same cloud).
-fn mock_world(spec: Spec) -> (World, HashMap<String, MockCloud>) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = spec.config_text("x", &["http://127.0.0.1:1".into()], "/x", dir.path());
-    let config = Config::parse(&text, Path::new("x.toml")).unwrap();
-    let mocks: HashMap<String, MockCloud> = config
-        .fleets
-        .iter()
-        .map(|f| {
-            let AdapterConfig::Mock(mock) = &f.adapter else {
-                panic!("mock fleets only")
-            };
-            let cloud = MockCloud::new(mock.clone(), Arc::new(SystemClock));
-            (f.name.clone(), cloud)
-        })
-        .collect();
-    let shared = mocks.clone();
-    let world = World::new(
-        spec,
-        Arc::new(move |_agent, fleet| Arc::new(shared[fleet].clone()) as Arc<dyn CloudAdapter>),
-    );
-    (world, mocks)
-}
 
 fn holders(agents: &[&Agent]) -> std::collections::BTreeMap<String, Vec<String>> {
     agents::holders(&Spec::mock(FLEETS).fleet_names(), agents)
@@ -223,6 +199,167 @@ async fn agents_stop_acting_within_their_lease_when_etcd_stops_and_resume_after(
     assert_eq!(status, 200, "{body}");
     a.stop().await;
     b.stop().await;
+}
+
+const OPERATE_TOKEN: &str = "operate-token-for-the-coordination-tests";
+
+/// An operator's API call on one agent: (status, body).
+async fn operate(agent: &Agent, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    let url = format!("http://127.0.0.1:{}{path}", agent.port);
+    let answer = reqwest::Client::new()
+        .request(method, &url)
+        .bearer_auth(OPERATE_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+async fn billed(mock: &MockCloud) -> u32 {
+    mock.read_fleet().await.unwrap().billed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pauses_and_overrides_live_in_etcd_and_every_agent_follows_them() {
+    let mut etcd = Etcd::start();
+    let endpoints = [etcd.endpoint()];
+    let hash: String = fleetscale::api::auth::hash(OPERATE_TOKEN)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut spec = Spec::mock(2);
+    spec.api_extra = format!(
+        "[[agent.api.tokens]]\nname = \"alice\"\nrole = \"operate\"\nsha256 = \"{hash}\"\n"
+    );
+    let (world, mocks) = mock_world(spec);
+    let fleets = world.spec.fleet_names();
+    let a = world.agent("a", &endpoints, "/commands");
+    let b = world.agent("b", &endpoints, "/commands");
+    let ok = wait_for(Duration::from_secs(15), || {
+        let map = agents::holders(&fleets, &[&a, &b]);
+        each_held_once(&map) && a.held().len() == 1
+    })
+    .await;
+    assert!(ok, "{:?}", agents::holders(&fleets, &[&a, &b]));
+    // Each agent's operator works on the fleet the other agent holds.
+    let (on_a, on_b) = (b.held()[0].clone(), a.held()[0].clone());
+
+    // A pause and an override given to `a` for the fleet `b` holds: `b` obeys both.
+    let (status, body) = operate(
+        &a,
+        reqwest::Method::POST,
+        &format!("/v1/fleets/{on_a}/pause"),
+        json!({"reason": "deploy"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = operate(
+        &a,
+        reqwest::Method::POST,
+        &format!("/v1/fleets/{on_a}/overrides"),
+        json!({"size": 50, "duration": "1h", "reason": "launch"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    // And an override given to `b` for the fleet `a` holds: `a` scales to it.
+    let (status, body) = operate(
+        &b,
+        reqwest::Method::POST,
+        &format!("/v1/fleets/{on_b}/overrides"),
+        json!({"size": 45, "duration": "1h", "reason": "launch"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let key = etcd.ctl(&["get", &format!("/commands/commands/{on_a}")]);
+    assert!(
+        key.contains("deploy") && key.contains("\"size\":50"),
+        "{key}"
+    );
+
+    let grew = wait_for(Duration::from_secs(10), || {
+        block_on(billed(&mocks[&on_b])) == 45
+    })
+    .await;
+    assert!(
+        grew,
+        "a did not follow b's override: {}",
+        billed(&mocks[&on_b]).await
+    );
+    // The paused fleet made no mutating call since the pause reached its holder.
+    let (_, seen) = operate(
+        &b,
+        reqwest::Method::GET,
+        &format!("/v1/fleets/{on_a}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(seen["paused"]["reason"], "deploy", "{seen}");
+    assert!(billed(&mocks[&on_a]).await < 50);
+
+    // Resumed through the holder's own API: the paused fleet goes to its override.
+    let (status, body) = operate(
+        &b,
+        reqwest::Method::POST,
+        &format!("/v1/fleets/{on_a}/resume"),
+        json!({"reason": "deploy done"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let grew = wait_for(Duration::from_secs(10), || {
+        block_on(billed(&mocks[&on_a])) == 50
+    })
+    .await;
+    assert!(grew, "b did not resume: {}", billed(&mocks[&on_a]).await);
+    let (_, seen) = operate(
+        &a,
+        reqwest::Method::GET,
+        &format!("/v1/fleets/{on_a}"),
+        Value::Null,
+    )
+    .await;
+    assert!(seen["paused"].is_null(), "{seen}");
+
+    // A restarted agent reads them back from etcd, not from a state file.
+    a.kill();
+    let a = world.agent("a", &endpoints, "/commands");
+    let read = wait_for(Duration::from_secs(10), || {
+        a.held().len() + b.held().len() == 2
+    })
+    .await;
+    assert!(read);
+    let (_, seen) = operate(
+        &a,
+        reqwest::Method::GET,
+        &format!("/v1/fleets/{on_b}"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(seen["overrides"][0]["size"], 45, "{seen}");
+    assert!(!world.dir.path().join("a.state.json").exists());
+
+    // etcd down: a change is refused (503, naming etcd), nothing half made.
+    etcd.stop();
+    let (status, body) = operate(
+        &a,
+        reqwest::Method::POST,
+        &format!("/v1/fleets/{on_b}/pause"),
+        json!({"reason": "while etcd is down"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.to_string().contains("etcd at http://"), "{body}");
+    etcd.restart();
+    let key = etcd.ctl(&["get", &format!("/commands/commands/{on_b}")]);
+    assert!(!key.contains("while etcd is down"), "{key}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Polls a future to its end from a synchronous closure (the mocks answer at once).
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(future))
 }
 
 #[test]

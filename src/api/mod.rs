@@ -22,7 +22,7 @@ use fleetscale_adapters::Clock;
 use serde::Deserialize;
 
 use crate::config::FleetConfig;
-use crate::operator::FleetControls;
+use crate::operator::{self, FleetControls};
 
 /// Where the CLI finds an agent by default: the agent's default `metrics_address`.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:9910";
@@ -142,11 +142,28 @@ impl Api {
         clock: Arc<dyn Clock>,
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Api> {
+        Api::start_with(config, fleets, clock, registry, None)
+    }
+
+    /// [`Api::start`]; with `shared` (agents coordinating), pauses and overrides are
+    /// kept there, the state file is neither read nor written, and the boards start
+    /// empty until [`Api::apply_shared`] fills them from the store.
+    pub fn start_with(
+        config: &ApiConfig,
+        fleets: &[FleetConfig],
+        clock: Arc<dyn Clock>,
+        registry: &prometheus::Registry,
+        shared: Option<Arc<dyn state::SharedCommands>>,
+    ) -> anyhow::Result<Api> {
         let tokens = auth::Tokens::load(&config.tokens)?;
         let path = config.state_file.clone();
-        let mut saved = match &path {
-            Some(path) => state::load(path, clock.now())?,
-            None => BTreeMap::new(),
+        let mut saved = match (&path, &shared) {
+            (Some(path), None) => state::load(path, clock.now())?,
+            (Some(path), Some(store)) => {
+                tracing::info!(file = %path.display(), store = %store.describe(), "pauses and overrides are kept in the coordination store: the state file is not used");
+                BTreeMap::new()
+            }
+            (None, _) => BTreeMap::new(),
         };
         for (fleet, _) in saved
             .iter()
@@ -173,12 +190,27 @@ impl Api {
         Ok(Api {
             fleets: Arc::new(boards),
             tokens: Arc::new(tokens),
-            store: Arc::new(state::StateStore::new(path)),
+            store: Arc::new(match shared {
+                Some(shared) => state::StateStore::shared(shared),
+                None => state::StateStore::new(path),
+            }),
             clock,
             metrics: auth::ApiMetrics::register(registry)
                 .context("registering the API's metrics")?,
             page: page::PageKeys::new(config.tls.is_some()),
         })
+    }
+
+    /// Puts `commands`, read from the shared store, in force on fleet `name`'s board
+    /// (a fleet not in this agent's config is ignored).
+    pub fn apply_shared(&self, name: &str, mut commands: operator::Commands) {
+        if let Some(entry) = self.fleets.get(name) {
+            commands.prune(self.clock.now());
+            if entry.controls.commands() != commands {
+                tracing::info!(fleet = %name, paused = commands.pause.is_some(), overrides = commands.overrides.len(), "pauses and overrides changed in the coordination store");
+                entry.controls.set_commands(commands);
+            }
+        }
     }
 
     /// The board a fleet's controller is given.

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::auth::{Caller, Role};
+use super::state::{SharedCommands, SharedError};
 use super::{Api, FleetEntry};
 use crate::operator::{Commands, Override, Pause, bounds_in_force, rfc3339};
 
@@ -303,14 +304,29 @@ fn reason(body: ReasonBody) -> Result<String, ApiError> {
     Ok(reason)
 }
 
-/// Makes one change to a fleet's commands: under the store's lock, the new commands are
-/// written to the state file (with every other fleet's) and only then put in force, so
-/// that what the agent does is what a restart would read.
-fn change(
+/// Makes one change to a fleet's commands. Alone: under the store's lock, the new
+/// commands are written to the state file (with every other fleet's) and only then put
+/// in force, so that what the agent does is what a restart would read. Coordinating:
+/// read from the shared store, edited, and written back only if no other agent changed
+/// them meanwhile (else read and edited again), then put in force here; the other
+/// agents see the change through their watch.
+async fn change(
     api: &Api,
     name: &str,
     entry: &FleetEntry,
-    edit: impl FnOnce(&mut Commands) -> Result<(), ApiError>,
+    edit: impl FnMut(&mut Commands) -> Result<(), ApiError>,
+) -> Result<Commands, ApiError> {
+    match api.store.shared_store() {
+        Some(shared) => change_shared(api, shared.as_ref(), name, entry, edit).await,
+        None => change_in_file(api, name, entry, edit),
+    }
+}
+
+fn change_in_file(
+    api: &Api,
+    name: &str,
+    entry: &FleetEntry,
+    mut edit: impl FnMut(&mut Commands) -> Result<(), ApiError>,
 ) -> Result<Commands, ApiError> {
     let _writing = api.store.lock();
     let now = api.clock.now();
@@ -346,6 +362,51 @@ fn change(
     Ok(previous)
 }
 
+/// How many times a shared change is read and edited again when another agent wrote
+/// between the read and the write.
+const SHARED_ATTEMPTS: usize = 5;
+
+async fn change_shared(
+    api: &Api,
+    shared: &dyn SharedCommands,
+    name: &str,
+    entry: &FleetEntry,
+    mut edit: impl FnMut(&mut Commands) -> Result<(), ApiError>,
+) -> Result<Commands, ApiError> {
+    let failed = |e: SharedError| {
+        tracing::error!(fleet = %name, store = %shared.describe(), error = %e, "cannot change the fleet's pauses and overrides in the coordination store: the change is not made");
+        let status = match e {
+            SharedError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SharedError::Damaged(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(
+            status,
+            format!("{} ({e}); nothing was changed", shared.describe()),
+        )
+    };
+    for _ in 0..SHARED_ATTEMPTS {
+        let (previous, revision) = shared.read(name).await.map_err(failed)?;
+        let mut commands = previous.clone();
+        commands.prune(api.clock.now());
+        edit(&mut commands)?;
+        if shared
+            .write(name, &commands, revision)
+            .await
+            .map_err(failed)?
+        {
+            entry.controls.set_commands(commands);
+            return Ok(previous);
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "the fleet's pauses and overrides kept changing under this change ({SHARED_ATTEMPTS} \
+             attempts): nothing was changed; try again"
+        ),
+    ))
+}
+
 /// One audit line per write: who (the token's name), what, when, before and after.
 fn audit(
     caller: &Caller,
@@ -377,13 +438,13 @@ async fn pause(
 ) -> Answer {
     let who = caller(who)?;
     fleet(&api, &name)?;
-    let paused = pause_fleet(&api, &name, &who, body(&bytes)?)?;
+    let paused = pause_fleet(&api, &name, &who, body(&bytes)?).await?;
     Ok(axum::Json(json!({ "fleet": name, "paused": paused })).into_response())
 }
 
 /// Pauses fleet `name` for `who`, audited: what `POST /v1/fleets/{name}/pause` and the
 /// status page's pause button do.
-pub(crate) fn pause_fleet(
+pub(crate) async fn pause_fleet(
     api: &Api,
     name: &str,
     who: &Caller,
@@ -411,7 +472,8 @@ pub(crate) fn pause_fleet(
             c.pause = Some(paused.clone());
             Ok(())
         }
-    })?;
+    })
+    .await?;
     let new = json!(paused);
     audit(who, name, "pause", &json!(previous.pause), &new, now);
     Ok(paused)
@@ -427,13 +489,13 @@ async fn resume(
     fleet(&api, &name)?;
     let request: ReasonBody = body(&bytes)?;
     let reason = request.reason.trim().to_string();
-    let resumed = resume_fleet(&api, &name, &who, request)?;
+    let resumed = resume_fleet(&api, &name, &who, request).await?;
     Ok(axum::Json(json!({ "fleet": name, "resumed": resumed, "reason": reason })).into_response())
 }
 
 /// Resumes fleet `name` for `who`, audited; returns the pause it ended. What
 /// `POST /v1/fleets/{name}/resume` and the status page's resume button do.
-pub(crate) fn resume_fleet(
+pub(crate) async fn resume_fleet(
     api: &Api,
     name: &str,
     who: &Caller,
@@ -447,7 +509,8 @@ pub(crate) fn resume_fleet(
             StatusCode::CONFLICT,
             "the fleet is not paused",
         )),
-    })?;
+    })
+    .await?;
     let now = api.clock.now();
     audit(
         who,
@@ -481,13 +544,13 @@ async fn add_override(
 ) -> Answer {
     let who = caller(who)?;
     fleet(&api, &name)?;
-    let created = add_override_to(&api, &name, &who, body(&bytes)?)?;
+    let created = add_override_to(&api, &name, &who, body(&bytes)?).await?;
     Ok((StatusCode::CREATED, axum::Json(json!(created))).into_response())
 }
 
 /// Sets an override on fleet `name` for `who`, audited: what
 /// `POST /v1/fleets/{name}/overrides` and the status page's override form do.
-pub(crate) fn add_override_to(
+pub(crate) async fn add_override_to(
     api: &Api,
     name: &str,
     who: &Caller,
@@ -550,7 +613,8 @@ pub(crate) fn add_override_to(
                 Ok(())
             }
         }
-    })?;
+    })
+    .await?;
     let previous_bounds = bounds_in_force(configured, &previous, now);
     audit(
         who,
@@ -570,13 +634,13 @@ async fn remove_override(
 ) -> Answer {
     let who = caller(who)?;
     fleet(&api, &name)?;
-    let removed = remove_override_from(&api, &name, &who, &id)?;
+    let removed = remove_override_from(&api, &name, &who, &id).await?;
     Ok(axum::Json(json!({ "fleet": name, "removed": removed })).into_response())
 }
 
 /// Removes override `id` from fleet `name` for `who`, audited: what
 /// `DELETE /v1/fleets/{name}/overrides/{id}` and the status page's remove button do.
-pub(crate) fn remove_override_from(
+pub(crate) async fn remove_override_from(
     api: &Api,
     name: &str,
     who: &Caller,
@@ -593,7 +657,8 @@ pub(crate) fn remove_override_from(
         })?;
         removed = Some(c.overrides.remove(at));
         Ok(())
-    })?;
+    })
+    .await?;
     let now = api.clock.now();
     audit(
         who,

@@ -1,11 +1,12 @@
-//! The state file: each fleet's pause and overrides, so that a restarted agent keeps
-//! them. Written atomically (a temporary file beside it, fsynced, renamed over it, the
-//! directory fsynced), read at start; a damaged file is an error naming it.
+//! Where each fleet's pause and overrides are kept, so that a restarted agent keeps
+//! them. Alone, the state file: written atomically (a temporary file beside it, fsynced,
+//! renamed over it, the directory fsynced), read at start; a damaged file is an error
+//! naming it. Coordinating, a [`SharedCommands`] store (etcd), which every agent reads.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -90,11 +91,40 @@ pub fn save(path: &Path, fleets: &BTreeMap<String, Commands>) -> std::io::Result
     written
 }
 
-/// Serialises writes: one change at a time is applied to the boards and the file.
+/// The pauses and overrides of agents that coordinate: one record per fleet that every
+/// agent reads, written with a compare-and-set on the revision it was read at.
+#[async_trait::async_trait]
+pub trait SharedCommands: std::fmt::Debug + Send + Sync {
+    /// The fleet's commands and the revision they were read at (0: none written).
+    async fn read(&self, fleet: &str) -> Result<(Commands, i64), SharedError>;
+    /// Writes `commands` if the record is still at `revision`; false if it changed
+    /// meanwhile (nothing written then).
+    async fn write(
+        &self,
+        fleet: &str,
+        commands: &Commands,
+        revision: i64,
+    ) -> Result<bool, SharedError>;
+    /// Where the records are, for messages (`etcd at http://...`).
+    fn describe(&self) -> String;
+}
+
+/// Why the shared store could not be read or written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SharedError {
+    #[error("cannot reach the store: {0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Damaged(String),
+}
+
+/// Serialises writes: one change at a time is applied to the boards and the file. With
+/// a shared store, changes go there instead, and the file is not used.
 #[derive(Debug)]
 pub struct StateStore {
     path: Option<PathBuf>,
     writing: Mutex<()>,
+    shared: Option<Arc<dyn SharedCommands>>,
 }
 
 impl StateStore {
@@ -103,7 +133,21 @@ impl StateStore {
         StateStore {
             path,
             writing: Mutex::new(()),
+            shared: None,
         }
+    }
+
+    /// Changes go to `shared`, read by every agent.
+    pub fn shared(shared: Arc<dyn SharedCommands>) -> Self {
+        StateStore {
+            path: None,
+            writing: Mutex::new(()),
+            shared: Some(shared),
+        }
+    }
+
+    pub fn shared_store(&self) -> Option<&Arc<dyn SharedCommands>> {
+        self.shared.as_ref()
     }
 
     pub fn path(&self) -> Option<&Path> {

@@ -16,6 +16,18 @@ use tokio::time::Instant;
 use super::{CoordinationConfig, Fence, LeaseIdentity, NotHolder, Permit, Seat, Standby};
 use crate::telemetry::Metrics;
 
+/// The pause before an etcd call refused as unavailable is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// A member down or unreachable: another attempt may reach another one.
+fn unavailable(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
 /// How old the count of live members may be when a share is computed.
 const MEMBERS_MAX_AGE: Duration = Duration::from_millis(500);
 
@@ -25,14 +37,28 @@ const MEMBERS_MAX_AGE: Duration = Duration::from_millis(500);
 pub struct Coordinator {
     inner: Arc<Inner>,
     keeper: tokio::task::JoinHandle<()>,
+    endpoints: String,
+    /// The task following the pauses and overrides in etcd, once started.
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
-struct Inner {
+/// Whether the pauses and overrides in etcd have been read: a holder does not act on a
+/// fleet before they are, so that a pause set while it was away holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CommandsRead {
+    /// Nobody follows them (an agent without the API's boards, in tests).
+    NotFollowed,
+    /// Not read yet, or the watch broke and they are being read again.
+    Waiting,
+    Read,
+}
+
+pub(super) struct Inner {
     client: Client,
-    prefix: String,
+    pub(super) prefix: String,
     member: String,
-    ttl: Duration,
-    margin: Duration,
+    pub(super) ttl: Duration,
+    pub(super) margin: Duration,
     settle: Duration,
     /// Fleets in this agent's config: the numerator of the share.
     fleets: usize,
@@ -41,7 +67,7 @@ struct Inner {
 }
 
 #[derive(Debug)]
-struct State {
+pub(super) struct State {
     /// The member lease, once granted and registered.
     lease: Option<i64>,
     /// When the lease ends as far as this agent can tell: the send time of the last
@@ -57,6 +83,7 @@ struct State {
     /// Since when etcd has not answered, and its last error.
     unreachable_since: Option<Instant>,
     last_error: Option<String>,
+    pub(super) commands: CommandsRead,
 }
 
 impl Coordinator {
@@ -119,11 +146,17 @@ impl Coordinator {
                 stale: None,
                 unreachable_since: None,
                 last_error: None,
+                commands: CommandsRead::NotFollowed,
             }),
         });
         let keeper = tokio::spawn(keep_alive(inner.clone()));
         tracing::info!(member = %inner.member, endpoints = %config.endpoints.join(","), prefix = %inner.prefix, lease_ttl = %humantime::format_duration(inner.ttl), "coordinating through etcd");
-        Ok(Coordinator { inner, keeper })
+        Ok(Coordinator {
+            inner,
+            keeper,
+            endpoints: config.endpoints.join(","),
+            follower: None,
+        })
     }
 
     /// This agent's member name.
@@ -141,6 +174,28 @@ impl Coordinator {
         }
     }
 
+    /// The pauses and overrides store every agent of this coordination shares.
+    pub fn commands(&self) -> super::commands::EtcdCommands {
+        super::commands::EtcdCommands {
+            inner: self.inner.clone(),
+            endpoints: self.endpoints.clone(),
+        }
+    }
+
+    /// Follows the pauses and overrides of `fleets` in etcd, putting each change in
+    /// force through `apply`; from now on no fleet is acted on before they are read.
+    pub fn follow_commands(&mut self, fleets: Vec<String>, apply: super::commands::ApplyCommands) {
+        self.inner.lock().commands = CommandsRead::Waiting;
+        if let Some(old) = self.follower.take() {
+            old.abort();
+        }
+        self.follower = Some(tokio::spawn(super::commands::follow(
+            self.commands(),
+            fleets,
+            apply,
+        )));
+    }
+
     /// The fleets this agent holds now.
     pub fn held(&self) -> Vec<String> {
         self.inner.lock().held.iter().cloned().collect()
@@ -148,14 +203,18 @@ impl Coordinator {
 
     /// On a clean stop, after every fleet resigned: revokes the member lease, so that
     /// the other agents count one member fewer at once.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
         self.keeper.abort();
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
+        }
         let lease = self.inner.lock().lease.take();
         if let Some(lease) = lease {
-            let mut client = self.inner.client.clone();
             let _ = self
                 .inner
-                .call("lease_revoke", client.lease_revoke(lease))
+                .call("lease_revoke", |mut c| async move {
+                    c.lease_revoke(lease).await
+                })
                 .await;
         }
         tracing::info!(member = %self.inner.member, "left the coordination");
@@ -167,6 +226,9 @@ impl Drop for Coordinator {
         // Dropped without close (the agent killed, or its task aborted): keep-alives stop,
         // and the lease runs out in etcd.
         self.keeper.abort();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
     }
 }
 
@@ -181,18 +243,38 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One etcd call, timed, counted, bounded by the deadline margin.
-    async fn call<T>(
+    /// One etcd call, timed, counted, bounded by the deadline margin. `make` is called
+    /// with a client for each attempt: a call refused as unavailable (a member down;
+    /// the etcd client does not move to another endpoint by itself, etcd-client#12) is
+    /// tried again, within the margin, so that a cluster that lost one member of three
+    /// goes on answering.
+    pub(super) async fn call<T, F>(
         &self,
         operation: &'static str,
-        future: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, String> {
+        make: impl Fn(Client) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.margin, future).await;
+        let deadline = started + self.margin;
+        let outcome = tokio::time::timeout_at(deadline, async {
+            loop {
+                match make(self.client.clone()).await {
+                    Err(error)
+                        if unavailable(&error) && Instant::now() + RETRY_PAUSE < deadline =>
+                    {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    answer => return answer,
+                }
+            }
+        })
+        .await;
         self.metrics
             .etcd_call_seconds
             .with_label_values(&[operation])
@@ -221,6 +303,10 @@ impl Inner {
             }
         }
         result
+    }
+
+    pub(super) fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// The lease while this agent may still act under it: its end, as this agent can
@@ -259,15 +345,15 @@ impl Inner {
         if fresh {
             return count;
         }
-        let mut client = self.client.clone();
+        let key = self.members_key();
         let read = self
-            .call(
-                "members",
-                client.get(
-                    self.members_key(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                ),
-            )
+            .call("members", |mut c| {
+                let key = key.clone();
+                async move {
+                    let options = GetOptions::new().with_prefix().with_count_only();
+                    c.get(key, Some(options)).await
+                }
+            })
             .await;
         let mut state = self.lock();
         if let Ok(response) = read {
@@ -294,9 +380,10 @@ async fn keep_alive(inner: Arc<Inner>) {
             None => register(&inner).await,
             Some(lease) => {
                 let sent = Instant::now();
-                let mut client = inner.client.clone();
                 let answer = inner
-                    .call("lease_keep_alive", client.lease_keep_alive(lease))
+                    .call("lease_keep_alive", |mut c| async move {
+                        c.lease_keep_alive(lease).await
+                    })
                     .await;
                 match answer {
                     Ok(_) => {
@@ -332,9 +419,10 @@ async fn keep_alive(inner: Arc<Inner>) {
 async fn register(inner: &Inner) -> bool {
     let ttl = i64::try_from(inner.ttl.as_secs()).unwrap_or(15);
     let sent = Instant::now();
-    let mut client = inner.client.clone();
     let Ok(granted) = inner
-        .call("lease_grant", client.lease_grant(ttl, None))
+        .call("lease_grant", |mut c| async move {
+            c.lease_grant(ttl, None).await
+        })
         .await
     else {
         return false;
@@ -342,17 +430,20 @@ async fn register(inner: &Inner) -> bool {
     let lease = granted.id();
     let key = format!("{}{}", inner.members_key(), inner.member);
     let put = inner
-        .call(
-            "register",
-            client.put(
-                key,
-                inner.member.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
+        .call("register", |mut c| {
+            let (key, member) = (key.clone(), inner.member.clone());
+            async move {
+                c.put(key, member, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
         .await;
     if put.is_err() {
-        let _ = inner.call("lease_revoke", client.lease_revoke(lease)).await;
+        let _ = inner
+            .call("lease_revoke", |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
         return false;
     }
     let stale = {
@@ -365,7 +456,11 @@ async fn register(inner: &Inner) -> bool {
     if let Some(stale) = stale {
         // An etcd that restarted renews every lease it kept: the old one's holder keys
         // would block the campaigns until it ran out again.
-        let _ = inner.call("lease_revoke", client.lease_revoke(stale)).await;
+        let _ = inner
+            .call("lease_revoke", |mut c| async move {
+                c.lease_revoke(stale).await
+            })
+            .await;
     }
     tracing::info!(member = %inner.member, lease = format!("{lease:x}"), "registered as a member under a new etcd lease");
     true
@@ -432,10 +527,9 @@ impl Holding {
     async fn campaign(&self, lease: i64) -> Result<Arc<dyn Fence>, Standby> {
         // A fleet someone holds is not campaigned for: its campaign would reserve a
         // place in this agent's share (below) that its free fleets then could not use.
-        let mut client = self.inner.client.clone();
         let read = self
             .inner
-            .call("check_holder", client.get(self.key.clone(), None))
+            .call("check_holder", |c| self.get_holder(c))
             .await
             .map_err(|error| Standby {
                 healthy: false,
@@ -477,7 +571,13 @@ impl Holding {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(self.key.clone(), None)]);
-        let answer = self.inner.call("campaign", client.txn(txn)).await;
+        let answer = self
+            .inner
+            .call("campaign", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
         self.inner.lock().held.remove(&self.fleet);
         let response = answer.map_err(|error| Standby {
             healthy: false,
@@ -511,12 +611,21 @@ impl Holding {
         }
     }
 
+    /// Reads the holder key.
+    fn get_holder(
+        &self,
+        mut client: Client,
+    ) -> impl std::future::Future<Output = Result<etcd_client::GetResponse, etcd_client::Error>> + use<>
+    {
+        let key = self.key.clone();
+        async move { client.get(key, None).await }
+    }
+
     /// Whether the holder key is still under `lease`.
     async fn still_held(&self, lease: i64) -> Result<bool, String> {
-        let mut client = self.inner.client.clone();
         let read = self
             .inner
-            .call("check_holder", client.get(self.key.clone(), None))
+            .call("check_holder", |c| self.get_holder(c))
             .await?;
         Ok(read.kvs().first().is_some_and(|kv| kv.lease() == lease))
     }
@@ -525,6 +634,15 @@ impl Holding {
 #[async_trait::async_trait]
 impl Seat for Holding {
     async fn hold(&self) -> Result<Arc<dyn Fence>, Standby> {
+        if self.inner.lock().commands == CommandsRead::Waiting {
+            if self.held().is_some() {
+                self.set_held(None, "the pauses and overrides cannot be read from etcd");
+            }
+            return Err(Standby {
+                healthy: false,
+                detail: "not acting: the pauses and overrides are not read from etcd yet".into(),
+            });
+        }
         let lease = match self.inner.acting_lease() {
             Ok(lease) => lease,
             Err(why) => {
@@ -594,8 +712,13 @@ impl Holding {
         let txn = Txn::new()
             .when([Compare::lease(self.key.clone(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let mut client = self.inner.client.clone();
-        let _ = self.inner.call("resign", client.txn(txn)).await;
+        let _ = self
+            .inner
+            .call("resign", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
         self.set_held(None, why);
     }
 }
@@ -619,10 +742,12 @@ impl Fence for HolderFence {
                 "the lease the fleet was held under ran out".into(),
             ));
         }
-        let mut client = self.inner.client.clone();
+        let lease = self.lease;
         let left = self
             .inner
-            .call("fence_lease", client.lease_time_to_live(self.lease, None))
+            .call("fence_lease", |mut c| async move {
+                c.lease_time_to_live(lease, None).await
+            })
             .await
             .map_err(|e| NotHolder(format!("cannot check the lease: {e}")))?;
         let margin = i64::try_from(self.inner.margin.as_secs().max(1)).unwrap_or(i64::MAX);
@@ -634,7 +759,10 @@ impl Fence for HolderFence {
         }
         let holder = self
             .inner
-            .call("fence_holder", client.get(self.key.clone(), None))
+            .call("fence_holder", |mut c| {
+                let key = self.key.clone();
+                async move { c.get(key, None).await }
+            })
             .await
             .map_err(|e| NotHolder(format!("cannot check the holder: {e}")))?;
         let ours = holder.kvs().first().map(|kv| kv.lease()) == Some(self.lease);

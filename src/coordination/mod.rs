@@ -22,7 +22,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 #[cfg(feature = "etcd")]
+mod commands;
+#[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "etcd")]
+pub use commands::{ApplyCommands, EtcdCommands};
 #[cfg(feature = "etcd")]
 pub use etcd::{Coordinator, Holding};
 

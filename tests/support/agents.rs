@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fleetscale::agent::{self, RunOptions, Wiring};
-use fleetscale::config::Config;
+use fleetscale::config::{AdapterConfig, Config};
 use fleetscale::telemetry::Metrics;
+use fleetscale_adapters::mock::MockCloud;
 use fleetscale_adapters::{
     AccessReport, CloudAdapter, Fleet, GrowOutcome, IdempotencyToken, InstanceId, Result,
     ShrinkOutcome, SystemClock,
@@ -28,6 +29,8 @@ pub struct Call {
     pub agent: String,
     pub fleet: String,
     pub at: Instant,
+    /// When the call returned.
+    pub ended: Instant,
     pub kind: &'static str,
     pub requested: u32,
     pub launched: Vec<String>,
@@ -64,6 +67,7 @@ impl Recording {
             agent: self.agent.clone(),
             fleet: self.fleet.clone(),
             at,
+            ended: Instant::now(),
             kind,
             requested,
             launched,
@@ -113,8 +117,12 @@ pub struct Spec {
     pub tick: &'static str,
     /// The synthetic signal's mean demand (instances' worth of work per fleet).
     pub mean: f64,
+    /// How fast the synthetic load plays (signal seconds per second).
+    pub speedup: f64,
     /// Extra TOML for `[agent]` (after its own keys, before `[agent.api]`).
     pub agent_extra: String,
+    /// Extra TOML after `[agent.api]`'s own keys (tokens).
+    pub api_extra: String,
 }
 
 impl Spec {
@@ -130,7 +138,9 @@ impl Spec {
             lease_ttl: "3s",
             tick: "1s",
             mean: 12.0,
+            speedup: 7200.0,
             agent_extra: String::new(),
+            api_extra: String::new(),
         }
     }
 
@@ -163,6 +173,7 @@ metrics_address = "127.0.0.1:{port}"
 {extra}
 [agent.api]
 state_file = "{state}"
+{api_extra}
 
 [agent.coordination]
 kind = "etcd"
@@ -175,6 +186,7 @@ member = "{agent}"
             tick = self.tick,
             port = free_port(),
             extra = self.agent_extra,
+            api_extra = self.api_extra,
             state = dir.join(format!("{agent}.state.json")).display(),
             endpoints = endpoints.join(", "),
             ttl = self.lease_ttl,
@@ -195,7 +207,7 @@ mean = {mean:?}
 daily_amplitude = 0.8
 noise = 0.1
 flash_crowds_per_day = 0.0
-speedup = 7200.0
+speedup = {speedup:?}
 seed = {i}
 
 [fleets.policy]
@@ -208,6 +220,7 @@ max = 60
 "#,
                 adapter = (self.adapter)(i),
                 mean = self.mean,
+                speedup = self.speedup,
             ));
         }
         text
@@ -400,38 +413,64 @@ pub fn tokens_sent_by_two(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
-/// Two holders acting on one fleet: after agent B's first call of a tenure on a fleet,
-/// the previous agent A makes no call on it within `quiet` (A stopped or handed over
-/// before B began). With ticks shorter than `quiet`, two agents ticking the same fleet
-/// alternately cannot pass. Returns each overlap found, described.
-pub fn overlapping_holders(calls: &[Call], quiet: Duration) -> Vec<String> {
-    let mut by_fleet: BTreeMap<&str, Vec<&Call>> = BTreeMap::new();
-    for call in calls {
-        by_fleet.entry(&call.fleet).or_default().push(call);
+/// Two holders acting on one fleet at once: an agent's tick on a fleet runs from its
+/// read to the end of its last call before its next read; two agents' ticks on the same
+/// fleet must not overlap. Returns each overlap found, described.
+pub fn overlapping_ticks(calls: &[Call]) -> Vec<String> {
+    let mut ticks: BTreeMap<(&str, &str), Vec<(Instant, Instant)>> = BTreeMap::new();
+    let mut sorted: Vec<&Call> = calls.iter().collect();
+    sorted.sort_by_key(|c| c.at);
+    for call in sorted {
+        let agent_ticks = ticks.entry((&call.fleet, &call.agent)).or_default();
+        match agent_ticks.last_mut() {
+            Some(tick) if call.kind != "read" => tick.1 = tick.1.max(call.ended),
+            _ => agent_ticks.push((call.at, call.ended)),
+        }
+    }
+    let mut by_fleet: BTreeMap<&str, Vec<(Instant, Instant, &str)>> = BTreeMap::new();
+    for ((fleet, agent), spans) in &ticks {
+        by_fleet
+            .entry(fleet)
+            .or_default()
+            .extend(spans.iter().map(|(from, to)| (*from, *to, *agent)));
     }
     let mut found = Vec::new();
-    for (fleet, mut calls) in by_fleet {
-        calls.sort_by_key(|c| c.at);
-        for (i, pair) in calls.windows(2).enumerate() {
-            let (before, after) = (pair[0], pair[1]);
-            if before.agent == after.agent {
-                continue;
-            }
-            let handover = after.at;
-            if let Some(late) = calls[i + 2..]
-                .iter()
-                .take_while(|c| c.at < handover + quiet)
-                .find(|c| c.agent == before.agent)
-            {
+    for (fleet, mut spans) in by_fleet {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, end, first), (start, _, second)) = (pair[0], pair[1]);
+            if first != second && start < end {
                 found.push(format!(
-                    "fleet {fleet}: {} acted {:?} after {} took over ({})",
-                    late.agent,
-                    late.at - handover,
-                    after.agent,
-                    late.kind
+                    "fleet {fleet}: {second} began a tick {:?} before {first}'s ended",
+                    end - start
                 ));
             }
         }
     }
     found
+}
+
+/// `fleets` mock fleets of `spec`, one shared mock each (every agent sees the same
+/// cloud), and the world over them.
+pub fn mock_world(spec: Spec) -> (World, HashMap<String, MockCloud>) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = spec.config_text("x", &["http://127.0.0.1:1".into()], "/x", dir.path());
+    let config = Config::parse(&text, Path::new("x.toml")).unwrap();
+    let mocks: HashMap<String, MockCloud> = config
+        .fleets
+        .iter()
+        .map(|f| {
+            let AdapterConfig::Mock(mock) = &f.adapter else {
+                panic!("mock fleets only")
+            };
+            let cloud = MockCloud::new(mock.clone(), Arc::new(SystemClock));
+            (f.name.clone(), cloud)
+        })
+        .collect();
+    let shared = mocks.clone();
+    let world = World::new(
+        spec,
+        Arc::new(move |_agent, fleet| Arc::new(shared[fleet].clone()) as Arc<dyn CloudAdapter>),
+    );
+    (world, mocks)
 }

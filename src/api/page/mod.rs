@@ -283,7 +283,7 @@ async fn pause(
     headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    control(&api, &headers, &name, form, Control::Pause)
+    control(&api, &headers, &name, form, Control::Pause).await
 }
 
 async fn resume(
@@ -292,7 +292,7 @@ async fn resume(
     headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    control(&api, &headers, &name, form, Control::Resume)
+    control(&api, &headers, &name, form, Control::Resume).await
 }
 
 async fn add_override(
@@ -301,7 +301,7 @@ async fn add_override(
     headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    control(&api, &headers, &name, form, Control::Override)
+    control(&api, &headers, &name, form, Control::Override).await
 }
 
 async fn remove_override(
@@ -310,13 +310,13 @@ async fn remove_override(
     headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    control(&api, &headers, &name, form, Control::RemoveOverride(id))
+    control(&api, &headers, &name, form, Control::RemoveOverride(id)).await
 }
 
 /// A control form: checked (origin, token, role, CSRF token), then done by the same
 /// function as the `/v1` call; back to the fleet's card on success, the page with the
 /// error on top otherwise.
-fn control(
+async fn control(
     api: &Api,
     headers: &HeaderMap,
     name: &str,
@@ -379,6 +379,7 @@ fn control(
                 reason: form.reason,
             },
         )
+        .await
         .map(|_| ()),
         Control::Resume => routes::resume_fleet(
             api,
@@ -388,13 +389,17 @@ fn control(
                 reason: form.reason,
             },
         )
+        .await
         .map(|_| ()),
-        Control::Override => override_body(&form)
-            .and_then(|body| routes::add_override_to(api, name, who, body))
+        Control::Override => match override_body(&form) {
+            Ok(body) => routes::add_override_to(api, name, who, body)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        },
+        Control::RemoveOverride(id) => routes::remove_override_from(api, name, who, &id)
+            .await
             .map(|_| ()),
-        Control::RemoveOverride(id) => {
-            routes::remove_override_from(api, name, who, &id).map(|_| ())
-        }
     };
     match done {
         Ok(()) => {
