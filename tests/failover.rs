@@ -104,7 +104,7 @@ async fn losing_one_etcd_member_of_three_changes_nothing() {
             recent.iter().any(|c| c.kind == "read"),
             "{fleet} not ticked after the member died"
         );
-        assert!(recent.iter().all(|c| &c.agent == &holder[0]), "{fleet}");
+        assert!(recent.iter().all(|c| c.agent == holder[0]), "{fleet}");
     }
     for agent in [&a, &b, &c] {
         let (status, body) = agent.healthz().await;

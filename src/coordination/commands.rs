@@ -83,10 +83,7 @@ impl SharedCommands for EtcdCommands {
         let txn = Txn::new().when([unchanged]).and_then([write]);
         let answer = self
             .inner
-            .call("commands_write", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn("commands_write", txn)
             .await
             .map_err(SharedError::Unreachable)?;
         Ok(answer.succeeded())

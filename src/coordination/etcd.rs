@@ -309,6 +309,19 @@ impl Inner {
         self.client.clone()
     }
 
+    /// One transaction, as [`Inner::call`].
+    pub(super) async fn txn(
+        &self,
+        operation: &'static str,
+        txn: Txn,
+    ) -> Result<etcd_client::TxnResponse, String> {
+        self.call(operation, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// The lease while this agent may still act under it: its end, as this agent can
     /// tell, is more than the margin away.
     fn acting_lease(&self) -> Result<i64, NotHolder> {
@@ -571,13 +584,7 @@ impl Holding {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(self.key.clone(), None)]);
-        let answer = self
-            .inner
-            .call("campaign", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let answer = self.inner.txn("campaign", txn).await;
         self.inner.lock().held.remove(&self.fleet);
         let response = answer.map_err(|error| Standby {
             healthy: false,
@@ -634,20 +641,18 @@ impl Holding {
 #[async_trait::async_trait]
 impl Seat for Holding {
     async fn hold(&self) -> Result<Arc<dyn Fence>, Standby> {
-        if self.inner.lock().commands == CommandsRead::Waiting {
-            if self.held().is_some() {
-                self.set_held(None, "the pauses and overrides cannot be read from etcd");
-            }
-            return Err(Standby {
-                healthy: false,
-                detail: "not acting: the pauses and overrides are not read from etcd yet".into(),
-            });
-        }
-        let lease = match self.inner.acting_lease() {
+        let acting = if self.inner.lock().commands == CommandsRead::Waiting {
+            Err(NotHolder(
+                "the pauses and overrides are not read from etcd yet".into(),
+            ))
+        } else {
+            self.inner.acting_lease()
+        };
+        let lease = match acting {
             Ok(lease) => lease,
             Err(why) => {
                 if self.held().is_some() {
-                    self.set_held(None, "the lease's local deadline is near or past");
+                    self.set_held(None, &why.0);
                 }
                 return Err(Standby {
                     healthy: false,
@@ -712,13 +717,7 @@ impl Holding {
         let txn = Txn::new()
             .when([Compare::lease(self.key.clone(), CompareOp::Equal, lease)])
             .and_then([TxnOp::delete(self.key.clone(), None)]);
-        let _ = self
-            .inner
-            .call("resign", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let _ = self.inner.txn("resign", txn).await;
         self.set_held(None, why);
     }
 }
