@@ -597,6 +597,7 @@ pub async fn run_fleet_with(
     // A zero period would panic; config checks refuse ticks under a second.
     let mut interval = tokio::time::interval(tick.max(crate::config::MIN_TICK));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut holding = false;
     loop {
         tokio::select! {
             biased;
@@ -605,8 +606,14 @@ pub async fn run_fleet_with(
         }
         if let Some(seat) = &seat {
             match seat.hold().await {
-                Ok(fence) => controller.fence_with(fence),
+                Ok(fence) => {
+                    if !std::mem::replace(&mut holding, true) {
+                        controller.holding_began();
+                    }
+                    controller.fence_with(fence);
+                }
                 Err(standby) => {
+                    holding = false;
                     health.set(controller.name(), standby.healthy, standby.detail);
                     continue;
                 }

@@ -464,6 +464,12 @@ impl FleetController {
         self.fence = fence;
     }
 
+    /// This agent holds the fleet again after another may have: what that holder did
+    /// may not show in reads yet, so the start-up guard runs afresh from the next tick.
+    pub fn holding_began(&mut self) {
+        self.started = None;
+    }
+
     /// The fence's answer before a mutating call; on a refusal the report says so and
     /// nothing is to change.
     async fn fenced(&mut self, report: &mut TickReport) -> Option<Permit> {

@@ -201,6 +201,82 @@ async fn agents_stop_acting_within_their_lease_when_etcd_stops_and_resume_after(
     b.stop().await;
 }
 
+/// A fleet that comes back to an agent which held it before: what the holder in between
+/// launched may not show in reads yet, so the agent makes no change for `read_lag` after
+/// taking it back (the `start_up` guard), as it does at its own start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_that_takes_a_fleet_back_waits_out_the_read_lag_before_acting() {
+    const READ_LAG: Duration = Duration::from_secs(6);
+    let etcd = Etcd::start();
+    let endpoints = [etcd.endpoint()];
+    let mut spec = Spec::mock(2);
+    spec.adapter = std::sync::Arc::new(|_| {
+        "kind = \"mock\"\nboot_delay = \"1s\"\ninitial_size = 2\n\
+         launch_read_lag = \"6s\"\nremoval_read_lag = \"0s\"\n"
+            .to_string()
+    });
+    let (world, _mocks) = mock_world(spec);
+    let b = world.agent("b", &endpoints, "/back");
+    assert!(wait_for(Duration::from_secs(15), || b.held().len() == 2).await);
+    // b ticks both fleets past its own start-up, then a joins and takes one.
+    tokio::time::sleep(READ_LAG + TICK).await;
+    let a = world.agent("a", &endpoints, "/back");
+    let shared = wait_for(Duration::from_secs(15), || {
+        a.held().len() == 1 && b.held().len() == 1
+    })
+    .await;
+    assert!(shared, "a: {:?}, b: {:?}", a.held(), b.held());
+    let moved = a.held()[0].clone();
+    // a acts on it past its start-up, then dies.
+    let acted = wait_for(Duration::from_secs(30), || {
+        world
+            .calls()
+            .iter()
+            .any(|c| c.agent == "a" && c.fleet == moved && c.mutating())
+    })
+    .await;
+    assert!(acted, "a never changed {moved}: the test shows nothing");
+    let killed_at = Instant::now();
+    a.kill();
+    assert!(wait_for(TTL + TICK + Duration::from_secs(3), || b.held().len() == 2).await);
+    tokio::time::sleep(READ_LAG + 4 * TICK).await;
+
+    let calls = world.calls();
+    let of_moved = |agent: &str| -> Vec<&Call> {
+        calls
+            .iter()
+            .filter(|c| c.agent == agent && c.fleet == moved)
+            .collect()
+    };
+    assert!(
+        of_moved("a")
+            .iter()
+            .any(|c| c.mutating() && c.at < killed_at),
+        "a never changed {moved}: the test shows nothing"
+    );
+    let back_at = of_moved("b")
+        .iter()
+        .filter(|c| c.at > killed_at)
+        .map(|c| c.at)
+        .min()
+        .expect("b never ticked the fleet it took back");
+    let early: Vec<&Call> = of_moved("b")
+        .into_iter()
+        .filter(|c| c.mutating() && c.at > back_at && c.at < back_at + READ_LAG)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "b changed {moved} within the read lag of taking it back: {early:?}"
+    );
+    assert!(
+        of_moved("b")
+            .iter()
+            .any(|c| c.mutating() && c.at >= back_at + READ_LAG),
+        "b never acted on {moved} after the read lag"
+    );
+    b.stop().await;
+}
+
 const OPERATE_TOKEN: &str = "operate-token-for-the-coordination-tests";
 
 /// An operator's API call on one agent: (status, body).

@@ -123,6 +123,8 @@ pub struct Spec {
     pub agent_extra: String,
     /// Extra TOML after `[agent.api]`'s own keys (tokens).
     pub api_extra: String,
+    /// Extra TOML for each fleet's `[fleets.guards]`.
+    pub guards_extra: String,
 }
 
 impl Spec {
@@ -141,6 +143,7 @@ impl Spec {
             speedup: 7200.0,
             agent_extra: String::new(),
             api_extra: String::new(),
+            guards_extra: String::new(),
         }
     }
 
@@ -217,8 +220,10 @@ target_utilisation = 0.7
 [fleets.guards]
 min = 1
 max = 60
+{guards_extra}
 "#,
                 adapter = (self.adapter)(i),
+                guards_extra = self.guards_extra,
                 mean = self.mean,
                 speedup = self.speedup,
             ));
