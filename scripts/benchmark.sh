@@ -91,5 +91,11 @@ if [ -z "${SKIP_MANY_FLEETS:-}" ]; then
   FLEETSCALE_BIN="$bin" python3 scripts/many-fleets.py --bin "$bin" --fleets 100 --tick 10 --seconds 120 > /dev/null
 fi
 
+# Failover and the cost of coordination on a real etcd (./scripts/failover.py), unless
+# SKIP_FAILOVER is set.
+if [ -z "${SKIP_FAILOVER:-}" ]; then
+  python3 scripts/failover.py --bin "$bin" --agents 2 --fleets 4 --ttl 15 --tick 1 --rounds 3 > /dev/null
+fi
+
 python3 scripts/write-benchmarks.py > BENCHMARKS.md
 echo "wrote BENCHMARKS.md" >&2

@@ -150,3 +150,34 @@ if many.exists():
     for label, value in rows:
         print(f"| {label} | {value} |")
     print()
+
+failover = bench / "failover.json"
+if failover.exists():
+    f = json.loads(failover.read_text())
+    c = f["coordination_per_tick"] or {}
+    print("\n## Failover and the cost of coordination\n")
+    print(f"`./scripts/failover.py --agents {f['agents']} --fleets {f['fleets']} --ttl {f['lease_ttl_s']} "
+          f"--tick {f['tick_s']} --rounds {len(f['rounds'])}` starts a single-member etcd and")
+    print(f"{f['agents']} agents (release build) over the same {f['fleets']} mock fleets, with a "
+          f"{f['lease_ttl_s']} s lease and a {f['tick_s']} s tick; each round it")
+    print("kills the agent holding most fleets with SIGKILL (its lease must run out), times the takeover from")
+    print("the survivors' logs, and starts it again. Goal: every fleet decided on again within the TTL and a tick.\n")
+    print("| figure | value |")
+    print("| --- | ---: |")
+    rows = [
+        ("takeovers timed (fleets of killed agents)", f["takeovers"]),
+        ("takeovers that did not happen", f["missed_takeovers"]),
+        ("kill to the new holder's first decision, worst (s)", f["worst_first_decision_s"]),
+        ("kill to the new holder's first decision, mean (s)", f["mean_first_decision_s"]),
+        ("worst beyond the lease TTL (s)", f["worst_beyond_ttl_s"]),
+        ("etcd calls per tick (every agent's calls, per decision made)", c.get("etcd_calls_per_tick")),
+        ("etcd call latency, mean (ms)", c.get("etcd_call_mean_ms")),
+        ("etcd time per tick (ms)", c.get("etcd_ms_per_tick")),
+    ]
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+    print()
+    print("A new holder makes no change beyond `min` for the fleet's `read_lag` after it takes a fleet")
+    print("(the `start_up` guard; 0 s on this mock, 30 s by default on AWS and Azure), so that a launch its")
+    print("predecessor made, which reads may not show yet, is not made again.")
+    print()
