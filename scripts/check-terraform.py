@@ -43,7 +43,9 @@ SAMPLES = {
         "aws_vpc.demo.id": "vpc-0a1b2c3d4e5f60718",
         "aws_lb.fleet.dns_name": "internal-fleetscale-demo-fleet-1234567890.eu-west-1.elb.amazonaws.com",
         "local.monitor_ip": "10.42.10.10",
-        "local.agent_ip": "10.42.10.11",
+        "local.agent_ips": ["10.42.10.11"],
+        "local.agent_targets": ["10.42.10.11:9910"],
+        "local.etcd_ip": "10.42.10.20",
     },
     "azure": {
         "data.azurerm_subscription.current.subscription_id": "00000000-0000-4000-8000-000000000000",
@@ -52,7 +54,21 @@ SAMPLES = {
         "azurerm_user_assigned_identity.agent.client_id": "11111111-2222-4333-8444-555555555555",
         "azurerm_lb.fleet.frontend_ip_configuration[0].private_ip_address": "10.43.1.250",
         "local.monitor_ip": "10.43.2.10",
-        "local.agent_ip": "10.43.2.11",
+        "local.agent_ips": ["10.43.2.11"],
+        "local.agent_targets": ["10.43.2.11:9910"],
+        "local.etcd_ip": "10.43.2.20",
+    },
+}
+
+# The same with `high_availability = true`: two agents and an etcd.
+HIGH_AVAILABILITY = {
+    "aws": {
+        "local.agent_ips": ["10.42.10.11", "10.42.10.12"],
+        "local.agent_targets": ["10.42.10.11:9910", "10.42.10.12:9910"],
+    },
+    "azure": {
+        "local.agent_ips": ["10.43.2.11", "10.43.2.12"],
+        "local.agent_targets": ["10.43.2.11:9910", "10.43.2.12:9910"],
     },
 }
 
@@ -62,6 +78,7 @@ PROMETHEUS_TEMPLATE = "templates/prometheus.yml.tftpl"
 AGENT_CLOUD_INIT = "../shared/cloud-init/agent.yaml.tftpl"
 MONITOR_CLOUD_INIT = "../shared/cloud-init/monitor.yaml.tftpl"
 FLEET_CLOUD_INIT = "../shared/cloud-init/fleet.yaml.tftpl"
+ETCD_CLOUD_INIT = "../shared/cloud-init/etcd.yaml.tftpl"
 
 UNIT_DIRECTIVES = [
     ("NoNewPrivileges", "yes"),
@@ -148,8 +165,11 @@ class Module:
     """An environment's parsed .tf files, and an evaluator for the expressions its
     templatefile() calls depend on."""
 
-    def __init__(self, name, directory, docs, samples):
+    def __init__(self, name, directory, docs, samples, variables=None):
         self.name = name
+        # Variables set (as with -var) on top of their defaults; named in every report.
+        self.variables = variables or {}
+        self.variant = "".join(f" ({k} = {json.dumps(v)})" for k, v in self.variables.items())
         self.dir = directory
         self.docs = docs
         self.samples = samples
@@ -164,6 +184,7 @@ class Module:
                 spec = unwrap(spec) if isinstance(spec, list) else spec
                 if isinstance(spec, dict) and "default" in spec:
                     self.defaults[unquote(name)] = unwrap(spec["default"])
+        self.defaults.update(self.variables)
 
     def path(self, literal):
         match = re.fullmatch(r'"\$\{path\.module\}/([^"]+)"', literal.strip())
@@ -177,6 +198,14 @@ class Module:
         compact = re.sub(r"\s+", "", expression)
         if compact in self.samples:
             return self.samples[compact]
+        # `var.flag ? a : b`, with a and b references or plain strings.
+        choice = re.fullmatch(r'(var\.[A-Za-z0-9_]+)\s*\?\s*((?:local|var)\.[A-Za-z0-9_]+|"[^"$:]*")'
+                              r'\s*:\s*((?:local|var)\.[A-Za-z0-9_]+|"[^"$:]*")', expression)
+        if choice:
+            flag = self.evaluate(choice.group(1))
+            if not isinstance(flag, bool):
+                raise ValueError(f"{choice.group(1)} is not a bool")
+            return self.evaluate(choice.group(2) if flag else choice.group(3))
         call = re.fullmatch(r"([a-z0-9_]+)\((.*)\)", expression, re.S)
         if call:
             function, args = call.group(1), split_args(call.group(2))
@@ -383,6 +412,48 @@ def check_templates(module, fleetscale, problems):
     check_agent_config(module, rendered[AGENT_CONFIG_TEMPLATE], fleetscale, problems)
     check_prometheus(module, rendered[PROMETHEUS_TEMPLATE], problems)
     check_cloud_init(module, rendered, problems)
+    check_etcd(module, rendered, problems)
+
+
+def check_etcd(module, rendered, problems):
+    """The etcd VM's cloud-init: YAML, installing etcd-server, listening where the agents'
+    config points; and the agents' config names that address (high availability)."""
+    where = f"terraform/{module.name} -> {ETCD_CLOUD_INIT.replace('../', 'terraform/')}"
+    if ETCD_CLOUD_INIT not in rendered:
+        problems.add(where, "no templatefile() renders it")
+        return
+    parsed = cloud_init_files(need("yaml"), rendered[ETCD_CLOUD_INIT], where, problems)
+    if parsed is None:
+        return
+    files, doc = parsed
+    if "etcd-server" not in doc.get("packages", []):
+        problems.add(where, "does not install etcd-server")
+    settings = dict(re.findall(r'^(ETCD_[A-Z_]+)="([^"]*)"', files.get("/etc/default/etcd", ""), re.M))
+    advertised = settings.get("ETCD_ADVERTISE_CLIENT_URLS", "")
+    if not advertised or advertised not in settings.get("ETCD_LISTEN_CLIENT_URLS", ""):
+        problems.add(where, f"/etc/default/etcd does not listen where it advertises: {settings}")
+        return
+    config = rendered[AGENT_CONFIG_TEMPLATE]
+    if module.variables.get("high_availability") and f'endpoints = ["{advertised}"]' not in config:
+        problems.add(where, f"the agents' config does not point at {advertised}:\n{config}")
+        return
+    targets = yaml_targets(rendered[PROMETHEUS_TEMPLATE])
+    agents = len(module.samples["local.agent_ips"])
+    if len(targets) != agents:
+        problems.add(f"terraform/{module.name}/{PROMETHEUS_TEMPLATE}",
+                     f"scrapes {targets} for {agents} agent(s)")
+        return
+    problems.ok(f"{where}{module.variant}: YAML, etcd-server listening on {advertised}; "
+                f"Prometheus scrapes {agents} agent(s)")
+
+
+def yaml_targets(prometheus_config):
+    """The targets of the `fleetscale` scrape job."""
+    doc = need("yaml").safe_load(prometheus_config)
+    for job in doc.get("scrape_configs", []):
+        if job.get("job_name") == "fleetscale":
+            return [t for static in job.get("static_configs", []) for t in static.get("targets", [])]
+    return []
 
 
 def check_agent_config(module, config, fleetscale, problems):
@@ -397,7 +468,12 @@ def check_agent_config(module, config, fleetscale, problems):
         problems.add(where, f"the rendered config fails `fleetscale check --offline` "
                             f"(exit {result.returncode}):\n{output}\n--- rendered config ---\n{config}")
         return
-    problems.ok(f"{where}: rendered with sample values, passes `fleetscale check --offline`")
+    coordinated = "[agent.coordination]" in config
+    if coordinated != bool(module.variables.get("high_availability")):
+        problems.add(where, f"the rendered config {'has' if coordinated else 'lacks'} [agent.coordination]"
+                            f"{module.variant or ' with the defaults'}")
+        return
+    problems.ok(f"{where}{module.variant}: rendered with sample values, passes `fleetscale check --offline`")
 
 
 def check_prometheus(module, config, problems):
@@ -704,6 +780,14 @@ def main(argv):
         check_module_shape(module, problems)
         check_templates(module, fleetscale, problems)
         check_readme(module, problems)
+        # The same environment with its second agent and its etcd.
+        if "high_availability" not in module.defaults:
+            problems.add(f"terraform/{module.name}", "has no high_availability variable")
+            continue
+        two = Module(module.name, module.dir, module.docs,
+                     {**SAMPLES[module.name], **HIGH_AVAILABILITY[module.name]},
+                     {"high_availability": True})
+        check_templates(two, fleetscale, problems)
     check_aws_policy(modules["aws"], problems)
     check_unit(repo, problems)
     check_dashboard(repo, problems)

@@ -91,6 +91,9 @@ fn demo_environments_parse_pass_checkov_and_render_configs_the_agent_accepts() {
         "checkov:",
         "terraform/aws/templates/fleetscale.toml.tftpl: rendered with sample values, passes `fleetscale check --offline`",
         "terraform/azure/templates/fleetscale.toml.tftpl: rendered with sample values, passes `fleetscale check --offline`",
+        "terraform/aws/templates/fleetscale.toml.tftpl (high_availability = true): rendered with sample values, passes `fleetscale check --offline`",
+        "terraform/azure/templates/fleetscale.toml.tftpl (high_availability = true): rendered with sample values, passes `fleetscale check --offline`",
+        "(high_availability = true): YAML, etcd-server listening on",
         "promtool check config",
         "holds exactly fleetscale-agent-policy.json",
     ] {

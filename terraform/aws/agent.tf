@@ -1,5 +1,7 @@
 # The fleetscale agent on its own VM: a hardened systemd service (examples/fleetscale.service)
-# whose config is rendered here, authenticated by the VM's instance profile.
+# whose config is rendered here, authenticated by the VM's instance profile. With
+# `high_availability`, two such VMs with the same config coordinate through etcd (etcd.tf):
+# each names itself by its host name.
 
 locals {
   agent_config_vars = {
@@ -18,7 +20,13 @@ locals {
     min_instances       = var.min_instances
     max_instances       = var.max_instances
     max_step_up         = var.max_step_up
+    coordination        = var.high_availability ? local.coordination_section : ""
   }
+
+  coordination_vars = {
+    etcd_endpoint = "http://${local.etcd_ip}:${local.etcd_port}"
+  }
+  coordination_section = templatefile("${path.module}/../shared/coordination.toml.tftpl", local.coordination_vars)
 
   agent_config = templatefile("${path.module}/templates/fleetscale.toml.tftpl", local.agent_config_vars)
 
@@ -30,17 +38,18 @@ locals {
     binary_sha256  = var.agent_binary_sha256
     git_url        = var.agent_git_url
     git_branch     = var.agent_git_branch
-    cargo_features = "aws"
+    cargo_features = var.high_availability ? "aws,etcd" : "aws"
     platform_setup = local.install_ssm_agent
   }
 }
 
 resource "aws_instance" "agent" {
+  count = local.agent_count
   #checkov:skip=CKV_AWS_126: detailed monitoring costs extra; the agent's own metrics are scraped by Prometheus.
   ami                         = data.aws_ami.vm.id
   instance_type               = var.agent_instance_type
   subnet_id                   = aws_subnet.private[0].id
-  private_ip                  = local.agent_ip
+  private_ip                  = local.agent_ips[count.index]
   vpc_security_group_ids      = [aws_security_group.agent.id]
   iam_instance_profile        = aws_iam_instance_profile.agent.name
   associate_public_ip_address = false
@@ -63,7 +72,7 @@ resource "aws_instance" "agent" {
     delete_on_termination = true
   }
 
-  tags = { Name = "${var.name}-agent" }
+  tags = { Name = var.high_availability ? "${var.name}-agent-${count.index}" : "${var.name}-agent" }
 
   # Destroyed before the fleet's clean-up runs, so that nothing launches more instances.
   depends_on = [
@@ -72,4 +81,10 @@ resource "aws_instance" "agent" {
     aws_route_table_association.private,
     aws_nat_gateway.demo,
   ]
+}
+
+# The single agent of earlier versions is the first of the count.
+moved {
+  from = aws_instance.agent
+  to   = aws_instance.agent[0]
 }

@@ -14,10 +14,12 @@ locals {
   # The tag that makes an instance part of the fleet, as the agent's policy expects it.
   fleet_tag_key = "fleetscale:fleet"
 
-  # Fixed addresses in the first private subnet: Prometheus and the agent each need the
-  # other's address in their config.
-  monitor_ip = cidrhost(aws_subnet.private[0].cidr_block, 10)
-  agent_ip   = cidrhost(aws_subnet.private[0].cidr_block, 11)
+  # Fixed addresses in the first private subnet: Prometheus and the agents each need the
+  # other's address in their config, the agents etcd's (with `high_availability`).
+  monitor_ip  = cidrhost(aws_subnet.private[0].cidr_block, 10)
+  agent_count = var.high_availability ? 2 : 1
+  agent_ips   = [for i in range(local.agent_count) : cidrhost(aws_subnet.private[0].cidr_block, 11 + i)]
+  etcd_ip     = cidrhost(aws_subnet.private[0].cidr_block, 20)
 
   # Session Manager needs its agent on the VM; Debian's images do not ship it, so it is
   # installed at first boot from AWS's regional download bucket.
@@ -27,4 +29,5 @@ locals {
   grafana_port    = 3000
   agent_port      = 9910
   exporter_port   = 9113
+  etcd_port       = 2379
 }

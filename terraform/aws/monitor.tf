@@ -2,13 +2,15 @@
 # Grafana with the fleetscale dashboard, and the load generator.
 
 locals {
+  agent_targets = [for ip in local.agent_ips : "${ip}:${local.agent_port}"]
+
   prometheus_config_vars = {
     region        = var.region
     exporter_port = local.exporter_port
     fleet_tag_key = local.fleet_tag_key
     fleet_name    = var.fleet_name
     vpc_id        = aws_vpc.demo.id
-    agent_address = "${local.agent_ip}:${local.agent_port}"
+    agent_targets = jsonencode(local.agent_targets)
   }
 
   load_args = "--url http://${aws_lb.fleet.dns_name}/ --trace /opt/fleetscale/demo-trace.csv --column requests_per_minute --peak-rps ${var.load_peak_rps} --speedup ${var.load_speedup}"

@@ -1,7 +1,7 @@
 locals {
   ssm_forward = "aws ssm start-session --region ${var.region} --target ${aws_instance.monitor.id} --document-name AWS-StartPortForwardingSession"
   ssm_run     = "aws ssm send-command --region ${var.region} --instance-ids ${aws_instance.monitor.id} --document-name AWS-RunShellScript --query Command.CommandId --output text"
-  ssm_agent   = "aws ssm start-session --region ${var.region} --target ${aws_instance.agent.id} --document-name AWS-StartInteractiveCommand"
+  ssm_agent   = "aws ssm start-session --region ${var.region} --target ${aws_instance.agent[0].id} --document-name AWS-StartInteractiveCommand"
 }
 
 output "prometheus_url" {
@@ -25,8 +25,23 @@ output "grafana_tunnel_command" {
 }
 
 output "agent_status_url" {
-  description = "The agent's health (each fleet's state as JSON) inside the VPC; only Prometheus's VM may reach it. `agent_status_command` prints it from your machine."
-  value       = "http://${local.agent_ip}:${local.agent_port}/healthz"
+  description = "The (first) agent's health (each fleet's state as JSON) inside the VPC; only Prometheus's VM may reach it. `agent_status_command` prints it from your machine."
+  value       = "http://${local.agent_ips[0]}:${local.agent_port}/healthz"
+}
+
+output "agent_addresses" {
+  description = "Each agent's metrics, health and API address inside the VPC (two with `high_availability`)."
+  value       = local.agent_targets
+}
+
+output "agent_instance_ids" {
+  description = "Each agent VM's instance id, for `aws ssm start-session --target`."
+  value       = aws_instance.agent[*].id
+}
+
+output "etcd_address" {
+  description = "The etcd the agents coordinate through, inside the VPC (null without `high_availability`)."
+  value       = var.high_availability ? "http://${local.etcd_ip}:${local.etcd_port}" : null
 }
 
 output "agent_status_command" {

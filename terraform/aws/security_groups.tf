@@ -137,13 +137,14 @@ resource "aws_vpc_security_group_egress_rule" "load_to_alb" {
 # Grafana's repository and, when the agent is built from git, rustup, crates.io and git.
 locals {
   outbound_web = {
-    for pair in setproduct(["fleet", "monitor", "agent"], [80, 443]) :
+    for pair in setproduct(concat(["fleet", "monitor", "agent"], var.high_availability ? ["etcd"] : []), [80, 443]) :
     "${pair[0]}-${pair[1]}" => { group = pair[0], port = pair[1] }
   }
   security_group_ids = {
     fleet   = aws_security_group.fleet.id
     monitor = aws_security_group.monitor.id
     agent   = aws_security_group.agent.id
+    etcd    = one(aws_security_group.etcd[*].id)
   }
 }
 

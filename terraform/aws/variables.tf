@@ -72,6 +72,12 @@ variable "agent_instance_type" {
   default     = "t3.small"
 }
 
+variable "etcd_instance_type" {
+  description = "Instance type of the etcd VM (with `high_availability`)."
+  type        = string
+  default     = "t3.micro"
+}
+
 variable "monitor_instance_type" {
   description = "Instance type of the VM that runs Prometheus, Grafana and the load generator."
   type        = string
@@ -176,4 +182,10 @@ variable "load_speedup" {
   description = "How many times faster than real time the load generator replays the demo trace (6: a day in 4 hours)."
   type        = number
   default     = 6
+}
+
+variable "high_availability" {
+  description = "Run two agents that coordinate through an etcd of their own (one more VM, Debian's etcd-server): each fleet is held by one agent, and the other takes over within the lease TTL when it dies."
+  type        = bool
+  default     = false
 }

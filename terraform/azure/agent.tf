@@ -1,5 +1,7 @@
 # The fleetscale agent on its own VM: a hardened systemd service (examples/fleetscale.service)
 # whose config is rendered here, authenticated as the VM's user-assigned managed identity.
+# With `high_availability`, two such VMs with the same config coordinate through etcd
+# (etcd.tf): each names itself by its host name.
 
 locals {
   agent_config_vars = {
@@ -17,7 +19,13 @@ locals {
     min_instances      = var.min_instances
     max_instances      = var.max_instances
     max_step_up        = var.max_step_up
+    coordination       = var.high_availability ? local.coordination_section : ""
   }
+
+  coordination_vars = {
+    etcd_endpoint = "http://${local.etcd_ip}:${local.etcd_port}"
+  }
+  coordination_section = templatefile("${path.module}/../shared/coordination.toml.tftpl", local.coordination_vars)
 
   agent_config = templatefile("${path.module}/templates/fleetscale.toml.tftpl", local.agent_config_vars)
 
@@ -29,13 +37,14 @@ locals {
     binary_sha256  = var.agent_binary_sha256
     git_url        = var.agent_git_url
     git_branch     = var.agent_git_branch
-    cargo_features = "azure"
+    cargo_features = var.high_availability ? "azure,etcd" : "azure"
     platform_setup = "true"
   }
 }
 
 resource "azurerm_network_interface" "agent" {
-  name                = "${var.name}-agent"
+  count               = local.agent_count
+  name                = var.high_availability ? "${var.name}-agent-${count.index}" : "${var.name}-agent"
   location            = azurerm_resource_group.demo.location
   resource_group_name = azurerm_resource_group.demo.name
   tags                = local.tags
@@ -44,28 +53,31 @@ resource "azurerm_network_interface" "agent" {
     name                          = "agent"
     subnet_id                     = azurerm_subnet.services.id
     private_ip_address_allocation = "Static"
-    private_ip_address            = local.agent_ip
+    private_ip_address            = local.agent_ips[count.index]
   }
 }
 
 resource "azurerm_network_interface_application_security_group_association" "agent" {
-  network_interface_id          = azurerm_network_interface.agent.id
+  count                         = local.agent_count
+  network_interface_id          = azurerm_network_interface.agent[count.index].id
   application_security_group_id = azurerm_application_security_group.agent.id
 }
 
 resource "azurerm_linux_virtual_machine" "agent" {
   #checkov:skip=CKV_AZURE_50: the VM agent's run-command is how the README reads the agent's journal and status without SSH.
-  name                            = "${var.name}-agent"
-  computer_name                   = "agent"
+  count = local.agent_count
+  name  = var.high_availability ? "${var.name}-agent-${count.index}" : "${var.name}-agent"
+  # The host name is the agent's member name when coordinating.
+  computer_name                   = var.high_availability ? "agent-${count.index}" : "agent"
   location                        = azurerm_resource_group.demo.location
   resource_group_name             = azurerm_resource_group.demo.name
   size                            = var.agent_vm_size
-  zone                            = var.zones[0]
+  zone                            = var.zones[count.index % length(var.zones)]
   admin_username                  = local.admin_username
   disable_password_authentication = true
   encryption_at_host_enabled      = var.encryption_at_host
   allow_extension_operations      = true
-  network_interface_ids           = [azurerm_network_interface.agent.id]
+  network_interface_ids           = [azurerm_network_interface.agent[count.index].id]
   custom_data                     = base64gzip(templatefile("${path.module}/../shared/cloud-init/agent.yaml.tftpl", local.agent_cloud_init_vars))
   tags                            = local.tags
 
@@ -100,4 +112,20 @@ resource "azurerm_linux_virtual_machine" "agent" {
     azurerm_subnet_nat_gateway_association.services,
     azurerm_subnet_network_security_group_association.services,
   ]
+}
+
+# The single agent of earlier versions is the first of the count.
+moved {
+  from = azurerm_network_interface.agent
+  to   = azurerm_network_interface.agent[0]
+}
+
+moved {
+  from = azurerm_network_interface_application_security_group_association.agent
+  to   = azurerm_network_interface_application_security_group_association.agent[0]
+}
+
+moved {
+  from = azurerm_linux_virtual_machine.agent
+  to   = azurerm_linux_virtual_machine.agent[0]
 }

@@ -13,9 +13,13 @@ locals {
   services_subnet = cidrsubnet(var.vnet_cidr, 8, 2)
   bastion_subnet  = cidrsubnet(var.vnet_cidr, 10, 1020)
 
-  # Fixed addresses: Prometheus and the agent each need the other's in their config.
+  # Fixed addresses: Prometheus and the agents each need the other's in their config, the
+  # agents etcd's (with `high_availability`).
   monitor_ip        = cidrhost(local.services_subnet, 10)
-  agent_ip          = cidrhost(local.services_subnet, 11)
+  agent_count       = var.high_availability ? 2 : 1
+  agent_ips         = [for i in range(local.agent_count) : cidrhost(local.services_subnet, 11 + i)]
+  etcd_ip           = cidrhost(local.services_subnet, 20)
+  etcd_port         = 2379
   load_balancer_ip  = cidrhost(local.fleet_subnet, 250)
   admin_username    = "fleetscale"
   admin_ssh_key     = coalesce(var.admin_ssh_public_key, tls_private_key.admin.public_key_openssh)

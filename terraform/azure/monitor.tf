@@ -2,12 +2,14 @@
 # Grafana with the fleetscale dashboard, and the load generator.
 
 locals {
+  agent_targets = [for ip in local.agent_ips : "${ip}:${local.agent_port}"]
+
   prometheus_config_vars = {
     subscription_id = data.azurerm_subscription.current.subscription_id
     resource_group  = azurerm_resource_group.demo.name
     scale_set       = azurerm_linux_virtual_machine_scale_set.fleet.name
     exporter_port   = local.exporter_port
-    agent_address   = "${local.agent_ip}:${local.agent_port}"
+    agent_targets   = jsonencode(local.agent_targets)
   }
 
   # A new connection per request: the load balancer spreads connections, not requests.

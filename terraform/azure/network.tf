@@ -85,6 +85,14 @@ resource "azurerm_application_security_group" "monitor" {
   tags                = local.tags
 }
 
+resource "azurerm_application_security_group" "etcd" {
+  count               = var.high_availability ? 1 : 0
+  name                = "${var.name}-etcd"
+  location            = azurerm_resource_group.demo.location
+  resource_group_name = azurerm_resource_group.demo.name
+  tags                = local.tags
+}
+
 resource "azurerm_application_security_group" "agent" {
   name                = "${var.name}-agent"
   location            = azurerm_resource_group.demo.location
@@ -203,6 +211,24 @@ resource "azurerm_network_security_group" "services" {
     destination_port_range                     = tostring(local.prometheus_port)
     source_application_security_group_ids      = [azurerm_application_security_group.agent.id]
     destination_application_security_group_ids = [azurerm_application_security_group.monitor.id]
+  }
+
+  # etcd's clients, with `high_availability`: the agents only.
+  dynamic "security_rule" {
+    for_each = var.high_availability ? [1] : []
+
+    content {
+      name                                       = "etcd-from-agents"
+      description                                = "Leases, elections and commands in etcd, from the agents only"
+      priority                                   = 120
+      direction                                  = "Inbound"
+      access                                     = "Allow"
+      protocol                                   = "Tcp"
+      source_port_range                          = "*"
+      destination_port_range                     = tostring(local.etcd_port)
+      source_application_security_group_ids      = [azurerm_application_security_group.agent.id]
+      destination_application_security_group_ids = [azurerm_application_security_group.etcd[0].id]
+    }
   }
 
   # Prometheus and Grafana from the operator's one address, when operator_cidr gives one.

@@ -1,7 +1,7 @@
 locals {
   rg           = azurerm_resource_group.demo.name
   run_monitor  = "az vm run-command invoke --resource-group ${azurerm_resource_group.demo.name} --name ${azurerm_linux_virtual_machine.monitor.name} --command-id RunShellScript --query 'value[0].message' --output tsv --scripts"
-  run_agent    = "az vm run-command invoke --resource-group ${azurerm_resource_group.demo.name} --name ${azurerm_linux_virtual_machine.agent.name} --command-id RunShellScript --query 'value[0].message' --output tsv --scripts"
+  run_agent    = "az vm run-command invoke --resource-group ${azurerm_resource_group.demo.name} --name ${azurerm_linux_virtual_machine.agent[0].name} --command-id RunShellScript --query 'value[0].message' --output tsv --scripts"
   bastion_to   = var.enable_bastion ? "az network bastion tunnel --resource-group ${azurerm_resource_group.demo.name} --name ${azurerm_bastion_host.demo[0].name} --target-resource-id ${azurerm_linux_virtual_machine.monitor.id}" : null
   monitor_host = local.monitor_public_ip ? azurerm_public_ip.monitor[0].ip_address : (var.enable_bastion ? "localhost" : null)
 }
@@ -32,8 +32,23 @@ output "prometheus_query_command" {
 }
 
 output "agent_status_url" {
-  description = "The agent's health (each fleet's state as JSON) inside the network; only Prometheus's VM may reach it. `agent_status_command` prints it from your machine."
-  value       = "http://${local.agent_ip}:${local.agent_port}/healthz"
+  description = "The (first) agent's health (each fleet's state as JSON) inside the network; only Prometheus's VM may reach it. `agent_status_command` prints it from your machine."
+  value       = "http://${local.agent_ips[0]}:${local.agent_port}/healthz"
+}
+
+output "agent_addresses" {
+  description = "Each agent's metrics, health and API address inside the network (two with `high_availability`)."
+  value       = local.agent_targets
+}
+
+output "agent_vm_names" {
+  description = "Each agent VM's name, for `az vm run-command invoke --name`."
+  value       = azurerm_linux_virtual_machine.agent[*].name
+}
+
+output "etcd_address" {
+  description = "The etcd the agents coordinate through, inside the network (null without `high_availability`)."
+  value       = var.high_availability ? "http://${local.etcd_ip}:${local.etcd_port}" : null
 }
 
 output "agent_status_command" {

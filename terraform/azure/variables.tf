@@ -60,6 +60,12 @@ variable "fleet_vm_size" {
   default     = "Standard_B1s"
 }
 
+variable "etcd_vm_size" {
+  description = "VM size of the etcd VM (with `high_availability`)."
+  type        = string
+  default     = "Standard_B1s"
+}
+
 variable "agent_vm_size" {
   description = "VM size of the agent's VM. Building the agent from git needs the 4 GiB of a Standard_B2s."
   type        = string
@@ -199,4 +205,10 @@ variable "load_speedup" {
   description = "How many times faster than real time the load generator replays the demo trace (6: a day in 4 hours)."
   type        = number
   default     = 6
+}
+
+variable "high_availability" {
+  description = "Run two agents that coordinate through an etcd of their own (one more VM, Debian's etcd-server): each fleet is held by one agent, and the other takes over within the lease TTL when it dies."
+  type        = bool
+  default     = false
 }
