@@ -91,6 +91,30 @@ impl AdapterKind for fleetscale_adapters::aws::AwsConfig {
     }
 }
 
+/// `aws-asg`: an EC2 Auto Scaling group.
+#[cfg(feature = "aws")]
+#[async_trait::async_trait]
+impl AdapterKind for fleetscale_adapters::aws::AsgConfig {
+    fn problems(&self) -> Vec<(String, String)> {
+        self.validate()
+            .into_iter()
+            .map(|p| (p.field, p.message))
+            .collect()
+    }
+
+    async fn connect(
+        &self,
+        fleet: &str,
+        _clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Box<dyn CloudAdapter>> {
+        Ok(Box::new(
+            fleetscale_adapters::aws::asg::AsgFleet::connect(fleet, self)
+                .await
+                .with_context(|| format!("fleet {fleet}: connecting to EC2 Auto Scaling"))?,
+        ))
+    }
+}
+
 /// `azure`: a VM Scale Set.
 #[cfg(feature = "azure")]
 #[async_trait::async_trait]

@@ -179,6 +179,9 @@ kinds! {
         /// An EC2 fleet: instances carrying the fleet's tag.
         #[cfg(feature = "aws")]
         Aws(fleetscale_adapters::aws::AwsConfig) = "aws",
+        /// An EC2 Auto Scaling group.
+        #[cfg(feature = "aws")]
+        AwsAsg(fleetscale_adapters::aws::AsgConfig) = "aws-asg",
         /// An Azure VM Scale Set.
         #[cfg(feature = "azure")]
         Azure(fleetscale_adapters::azure::AzureConfig) = "azure",

@@ -450,3 +450,63 @@ mod tests {
         serde_json::from_str(json).expect("config parses")
     }
 }
+
+/// How fleetscale finds one Auto Scaling group (`kind = "aws-asg"`). The group's own
+/// launch template, subnets, min and max stay the group's: fleetscale sets only its
+/// desired capacity and terminates the instances it chose. Region, profile, endpoint
+/// and credentials as for [`AwsConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsgConfig {
+    /// The Auto Scaling group's name.
+    pub group: String,
+    /// AWS region of the group. Default: the AWS default chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Named profile of the shared AWS config files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Endpoint for the Auto Scaling and STS calls (an emulator, a proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+}
+
+impl AsgConfig {
+    /// Every problem in the config, each naming its field; empty when valid.
+    pub fn validate(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let group = self.group.trim();
+        // API_CreateAutoScalingGroup: a name of 1 to 255 characters.
+        if group.is_empty() || self.group.chars().count() > 255 {
+            problems.push(ConfigProblem {
+                field: "group".into(),
+                message: "must name the Auto Scaling group (1 to 255 characters)".into(),
+            });
+        }
+        if let Some(region) = &self.region
+            && !is_region_name(region)
+        {
+            problems.push(ConfigProblem {
+                field: "region".into(),
+                message: format!("{region:?} is not an AWS region name (like \"eu-west-1\")"),
+            });
+        }
+        if let Some(profile) = &self.profile
+            && profile.trim().is_empty()
+        {
+            problems.push(ConfigProblem {
+                field: "profile".into(),
+                message: "must not be empty".into(),
+            });
+        }
+        if let Some(url) = &self.endpoint_url
+            && let Err(why) = check_endpoint_url(url)
+        {
+            problems.push(ConfigProblem {
+                field: "endpoint_url".into(),
+                message: why,
+            });
+        }
+        problems
+    }
+}

@@ -58,6 +58,7 @@
 //! permission for this fleet's launch template, subnets and tags.
 
 mod access;
+pub mod asg;
 mod config;
 mod errors;
 mod placement;
@@ -77,7 +78,7 @@ use tokio::sync::OnceCell;
 pub use aws_credential_types::Credentials;
 pub use aws_credential_types::provider::ProvideCredentials;
 pub use config::{
-    AwsConfig, ConfigProblem, DEFAULT_FLEET_TAG_KEY, DEFAULT_LAUNCH_TEMPLATE_VERSION,
+    AsgConfig, AwsConfig, ConfigProblem, DEFAULT_FLEET_TAG_KEY, DEFAULT_LAUNCH_TEMPLATE_VERSION,
     DEFAULT_PROTECTION_TAG_KEY, LaunchTemplateRef,
 };
 
@@ -147,6 +148,48 @@ struct Ec2Instance {
     tags: HashMap<String, String>,
 }
 
+/// The SDK's settings for one fleet's clients, and the region they resolve to: the
+/// region, profile and endpoint given (else the AWS default chain's), the given
+/// credentials (else the default chain), SDK retries off (retrying is the [`crate::Retry`]
+/// decorator's job: SDK retries underneath it would multiply attempts and hide throttling
+/// from the controller), bounded timeouts.
+pub(crate) async fn load_sdk(
+    fleet_name: &str,
+    region: Option<&str>,
+    profile: Option<&str>,
+    endpoint_url: Option<&str>,
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+) -> Result<(aws_config::SdkConfig, String)> {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .operation_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    if let Some(profile) = profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some(provider) = credentials {
+        loader = loader.credentials_provider(provider);
+    }
+    let sdk = loader.load().await;
+    let region = sdk.region().map(ToString::to_string).ok_or_else(|| {
+        AdapterError::invalid(format!(
+            "no AWS region for fleet {fleet_name}: set `region` in its config, AWS_REGION, or the profile's region"
+        ))
+    })?;
+    Ok((sdk, region))
+}
+
 impl Ec2Fleet {
     /// Connect to the fleet `fleet_name` with credentials from the AWS default chain.
     /// Nothing is called yet: a wrong key shows at the first call ([`Self::verify_access`]).
@@ -201,35 +244,14 @@ impl Ec2Fleet {
             ));
         }
 
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            // Retries belong to the Retry decorator; SDK retries underneath it would
-            // multiply attempts and hide throttling from the controller.
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(30))
-                    .operation_timeout(Duration::from_secs(60))
-                    .build(),
-            );
-        if let Some(region) = &config.region {
-            loader = loader.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(profile) = &config.profile {
-            loader = loader.profile_name(profile);
-        }
-        if let Some(url) = &config.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        if let Some(provider) = credentials {
-            loader = loader.credentials_provider(provider);
-        }
-        let sdk = loader.load().await;
-        let region = sdk.region().map(ToString::to_string).ok_or_else(|| {
-            AdapterError::invalid(format!(
-                "no AWS region for fleet {fleet_name}: set `region` in its config, AWS_REGION, or the profile's region"
-            ))
-        })?;
+        let (sdk, region) = load_sdk(
+            fleet_name,
+            config.region.as_deref(),
+            config.profile.as_deref(),
+            config.endpoint_url.as_deref(),
+            credentials,
+        )
+        .await?;
 
         let template = {
             let lt = &config.launch_template;

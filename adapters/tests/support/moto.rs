@@ -14,6 +14,9 @@
 //! IAM conditions or resource ARNs; see the static policy test). The server is killed
 //! when the [`Moto`] is dropped.
 //!
+//! moto does not implement Auto Scaling's DescribeInstanceRefreshes; the same module
+//! answers it with no refresh (API_DescribeInstanceRefreshes of the API Reference).
+//!
 //! moto launches `MinCount` instances where EC2 launches as many as it can up to
 //! `MaxCount`; a `sitecustomize` module given to the server teaches it EC2's rule, and
 //! optionally a capacity ([`MotoBuilder::capacity`]) beyond which launches fall short
@@ -303,7 +306,7 @@ impl Moto {
         self.fleet(FLEET, &self.config(), &self.agent).await
     }
 
-    /// Run boto3 code as `keys`, with `ec2`, `iam` and `sts` clients bound to the
+    /// Run boto3 code as `keys`, with `ec2`, `iam`, `sts` and `autoscaling` clients bound to the
     /// emulator; the JSON of the variable `result` is returned.
     pub fn python_as(&self, keys: &Keys, code: &str) -> Value {
         let script =
@@ -519,6 +522,7 @@ _kw = dict(endpoint_url=os.environ["MOTO_ENDPOINT"], region_name=os.environ["AWS
 ec2 = boto3.client("ec2", **_kw)
 iam = boto3.client("iam", **_kw)
 sts = boto3.client("sts", **_kw)
+autoscaling = boto3.client("autoscaling", **_kw)
 "#;
 
 const SETUP: &str = r#"
@@ -596,6 +600,44 @@ def _teach_moto_ec2_launch_counts():
     InstanceResponse.run_instances = run_instances
 
 _teach_moto_ec2_launch_counts()
+
+def _teach_moto_instance_refreshes():
+    # moto does not implement DescribeInstanceRefreshes (it answers 500). Modelled on the
+    # Amazon EC2 Auto Scaling API Reference, API_DescribeInstanceRefreshes: a group on
+    # which no refresh was ever started has an empty InstanceRefreshes list. IAM is still
+    # checked before this runs.
+    from moto.autoscaling.responses import AutoScalingResponse
+
+    def describe_instance_refreshes(self):
+        return (
+            '<DescribeInstanceRefreshesResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
+            "<DescribeInstanceRefreshesResult><InstanceRefreshes/></DescribeInstanceRefreshesResult>"
+            "<ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata>"
+            "</DescribeInstanceRefreshesResponse>"
+        )
+
+    AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
+
+    # moto authorises every Auto Scaling action against the resource "*", so a policy
+    # statement scoped to groups' ARNs never applies. As the Service Authorization
+    # Reference (Amazon EC2 Auto Scaling, resource type autoScalingGroup) has it, the
+    # group's ARN is the resource of the actions on one group.
+    def _determine_resource(self):
+        tags = self._get_param("Tags") or [{}]
+        name = self._get_param("AutoScalingGroupName") or tags[0].get("ResourceId")
+        instance = self._get_param("InstanceId")
+        if not name and instance:
+            for group in self.autoscaling_backend.autoscaling_groups.values():
+                if any(i.instance.id == instance for i in group.instance_states):
+                    name = group.name
+        if not name:
+            return "*"
+        return "arn:aws:autoscaling:%s:%s:autoScalingGroup:*:autoScalingGroupName/%s" % (
+            self.region, self.current_account, name)
+
+    AutoScalingResponse._determine_resource = _determine_resource
+
+_teach_moto_instance_refreshes()
 "#;
 
 /// One request seen by a [`Proxy`].
