@@ -64,6 +64,10 @@ pub struct AsgFleet {
     group: String,
     /// When each instance was first seen: the group does not say when it launched.
     first_seen: Mutex<HashMap<String, SystemTime>>,
+    /// The instances each grow token launched, in this process: a repeat returns them.
+    /// After a restart the group's grow tag still stops a second raise; the repeat then
+    /// names no instances, and the group's desired capacity counts them.
+    grown: Mutex<HashMap<String, Vec<InstanceId>>>,
 }
 
 impl std::fmt::Debug for AsgFleet {
@@ -132,6 +136,7 @@ impl AsgFleet {
             fleet_name: fleet_name.to_owned(),
             group: config.group.clone(),
             first_seen: Mutex::default(),
+            grown: Mutex::default(),
         })
     }
 
@@ -257,9 +262,16 @@ impl CloudAdapter for AsgFleet {
             && seen == token.as_str()
         {
             tracing::info!(group = %self.group, %token, target, "grow already applied; not growing again");
+            let launched = self
+                .grown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(token.as_str())
+                .cloned()
+                .unwrap_or_default();
             return Ok(GrowOutcome {
                 requested: count,
-                launched: Vec::new(),
+                launched,
             });
         }
         self.may_change(&group, "Launch").await?;
@@ -305,13 +317,17 @@ impl CloudAdapter for AsgFleet {
         // The instances the group has launched by now (it may add the rest later; its
         // desired capacity, read as the fleet's target size, counts them meanwhile).
         let after = self.describe().await?;
-        let launched = after
+        let launched: Vec<InstanceId> = after
             .instances()
             .iter()
             .filter_map(|i| i.instance_id())
             .filter(|id| !before.iter().any(|b| b == id))
             .map(str::to_owned)
             .collect();
+        self.grown
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(token.as_str().to_owned(), launched.clone());
         Ok(GrowOutcome {
             requested: count,
             launched,
