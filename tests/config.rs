@@ -99,7 +99,7 @@ fn every_problem_is_reported_with_its_path() {
     }
     assert!(
         text.contains(
-            "fleets[1].adapter.kind: unknown kind \"gcp\" (expected one of: mock, aws, azure)"
+            "fleets[1].adapter.kind: unknown kind \"gcp\" (expected one of: mock, aws, aws-asg, azure)"
         ),
         "{text}"
     );
