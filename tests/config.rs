@@ -285,3 +285,53 @@ fn a_trace_started_by_both_row_and_offset_is_refused_naming_the_field() {
         "{found:?}"
     );
 }
+
+#[cfg(feature = "aws")]
+#[test]
+fn an_auto_scaling_group_fleet_names_its_bad_fields() {
+    let found = problems(
+        r#"
+        [[fleets]]
+        name = "web"
+        [fleets.adapter]
+        kind = "aws-asg"
+        group = " "
+        region = "Ireland"
+        endpoint_url = "ftp://example.com"
+        [fleets.signal]
+        kind = "synthetic"
+        [fleets.guards]
+        min = 1
+        max = 3
+        "#,
+    );
+    let text = found.join("\n");
+    for expected in [
+        "fleets[0].adapter.group: must name the Auto Scaling group",
+        "fleets[0].adapter.region: \"Ireland\" is not an AWS region name",
+        "fleets[0].adapter.endpoint_url:",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let unknown = problems(
+        r#"
+        [[fleets]]
+        name = "web"
+        [fleets.adapter]
+        kind = "aws-asg"
+        group = "web-asg"
+        subnets = ["subnet-1"]
+        [fleets.signal]
+        kind = "synthetic"
+        [fleets.guards]
+        min = 1
+        max = 3
+        "#,
+    );
+    assert!(
+        unknown
+            .iter()
+            .any(|p| p.contains("fleets[0].adapter.subnets: unknown field `subnets`")),
+        "{unknown:?}"
+    );
+}
