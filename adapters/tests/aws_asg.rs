@@ -1,8 +1,9 @@
 //! The Auto Scaling group backend on the local emulator (moto, IAM enforced), as the
 //! agent's user holding terraform/aws/fleetscale-asg-policy.json: grow by the desired
 //! capacity within the group's max, shrink the chosen instances (decrementing it),
-//! protected instances never removed, a suspended Terminate process holding scale-in, a
-//! repeated grow token growing once, and a missing permission named.
+//! protected instances never removed, a suspended Terminate process holding scale-in, an
+//! instance refresh holding every change, a repeated grow token growing once, and a
+//! missing permission named.
 //!
 //! Needs `moto_server` on PATH (`pip install 'moto[server]'`).
 #![cfg(feature = "aws")]
@@ -186,4 +187,30 @@ async fn a_policy_without_terminate_gives_a_permission_error_naming_it() {
         "{error}"
     );
     assert_eq!(desired(&moto), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_refresh_in_progress_holds_every_change_and_says_so() {
+    let moto = emulator(asg_policy());
+    let asg = adapter(&moto).await;
+    let fleet = asg.read_fleet().await.unwrap();
+    let refresh = moto.admin(&format!(
+        "result = autoscaling.start_instance_refresh(AutoScalingGroupName={GROUP:?})['InstanceRefreshId']"
+    ));
+    let refresh = refresh.as_str().unwrap();
+    let grow = asg
+        .grow(1, &IdempotencyToken::new("grow-during-refresh"))
+        .await
+        .unwrap_err();
+    assert_eq!(grow.kind(), ErrorKind::Conflict, "{grow}");
+    assert!(grow.to_string().contains(refresh), "{grow}");
+    assert!(grow.to_string().contains("InProgress"), "{grow}");
+    let shrink = asg
+        .shrink(std::slice::from_ref(&fleet.instances[0].id))
+        .await
+        .unwrap_err();
+    assert_eq!(shrink.kind(), ErrorKind::Conflict, "{shrink}");
+    assert_eq!(desired(&moto), 2, "the group changed during its refresh");
+    // Reads go on: the fleet is still seen.
+    assert_eq!(asg.read_fleet().await.unwrap().instances.len(), 2);
 }

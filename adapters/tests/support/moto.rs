@@ -14,8 +14,10 @@
 //! IAM conditions or resource ARNs; see the static policy test). The server is killed
 //! when the [`Moto`] is dropped.
 //!
-//! moto does not implement Auto Scaling's DescribeInstanceRefreshes; the same module
-//! answers it with no refresh (API_DescribeInstanceRefreshes of the API Reference).
+//! moto does not implement Auto Scaling's instance refreshes; the same module answers
+//! DescribeInstanceRefreshes with the refreshes StartInstanceRefresh started, each
+//! InProgress (API_DescribeInstanceRefreshes, API_StartInstanceRefresh of the API
+//! Reference), and authorises group actions against the group's ARN.
 //!
 //! moto launches `MinCount` instances where EC2 launches as many as it can up to
 //! `MaxCount`; a `sitecustomize` module given to the server teaches it EC2's rule, and
@@ -606,17 +608,34 @@ def _teach_moto_instance_refreshes():
     # Amazon EC2 Auto Scaling API Reference, API_DescribeInstanceRefreshes: a group on
     # which no refresh was ever started has an empty InstanceRefreshes list. IAM is still
     # checked before this runs.
+    # StartInstanceRefresh (API_StartInstanceRefresh) is modelled only as far as the
+    # adapter reads it: the refresh is listed as InProgress until the group is deleted.
+    import uuid
     from moto.autoscaling.responses import AutoScalingResponse
 
+    refreshes = {}  # group name -> [(id, status)]
+    xmlns = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+    metadata = "<ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata>"
+
     def describe_instance_refreshes(self):
-        return (
-            '<DescribeInstanceRefreshesResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
-            "<DescribeInstanceRefreshesResult><InstanceRefreshes/></DescribeInstanceRefreshesResult>"
-            "<ResponseMetadata><RequestId>7c6e177f-f082-11e1-ac58-3714bEXAMPLE</RequestId></ResponseMetadata>"
-            "</DescribeInstanceRefreshesResponse>"
-        )
+        group = self._get_param("AutoScalingGroupName")
+        members = "".join(
+            "<member><InstanceRefreshId>%s</InstanceRefreshId><AutoScalingGroupName>%s</AutoScalingGroupName>"
+            "<Status>%s</Status></member>" % (rid, group, status)
+            for rid, status in refreshes.get(group, []))
+        return ('<DescribeInstanceRefreshesResponse xmlns="%s"><DescribeInstanceRefreshesResult>'
+                "<InstanceRefreshes>%s</InstanceRefreshes></DescribeInstanceRefreshesResult>%s"
+                "</DescribeInstanceRefreshesResponse>" % (xmlns, members, metadata))
+
+    def start_instance_refresh(self):
+        rid = str(uuid.uuid4())
+        refreshes.setdefault(self._get_param("AutoScalingGroupName"), []).append((rid, "InProgress"))
+        return ('<StartInstanceRefreshResponse xmlns="%s"><StartInstanceRefreshResult>'
+                "<InstanceRefreshId>%s</InstanceRefreshId></StartInstanceRefreshResult>%s"
+                "</StartInstanceRefreshResponse>" % (xmlns, rid, metadata))
 
     AutoScalingResponse.describe_instance_refreshes = describe_instance_refreshes
+    AutoScalingResponse.start_instance_refresh = start_instance_refresh
 
     # moto authorises every Auto Scaling action against the resource "*", so a policy
     # statement scoped to groups' ARNs never applies. As the Service Authorization
