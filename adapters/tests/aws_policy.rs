@@ -152,6 +152,7 @@ impl Request<'_> {
         } else if let Some(name) = key
             .strip_prefix("ec2:ResourceTag/")
             .or_else(|| key.strip_prefix("aws:ResourceTag/"))
+            .or_else(|| key.strip_prefix("autoscaling:ResourceTag/"))
         {
             lookup(self.resource_tags, name)
         } else if let Some(name) = key.strip_prefix("aws:PrincipalTag/") {
@@ -452,4 +453,125 @@ fn the_evaluator_matches_globs_like_iam() {
     assert!(glob("fleetscale:protected", "fleetscale:protected"));
     assert!(glob("?*", "x"));
     assert!(!glob("?*", ""));
+}
+
+fn asg_policy() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../terraform/aws/fleetscale-asg-policy.json"
+    );
+    let text = std::fs::read_to_string(path).expect("the ASG policy file exists");
+    serde_json::from_str(&text).expect("the ASG policy is JSON")
+}
+
+const GROUP_ARN: &str = "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:\
+     0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0:autoScalingGroupName/web-asg";
+
+/// One Auto Scaling request on a group carrying `group_tags`.
+fn asg_allowed(
+    policy: &Value,
+    action: &str,
+    principal: &[(&str, &str)],
+    group_tags: &[(&str, &str)],
+    request_tags: &[(&str, &str)],
+) -> bool {
+    allows(
+        policy,
+        &Request {
+            action,
+            resource: GROUP_ARN.to_owned(),
+            principal_tags: principal,
+            request_tags,
+            resource_tags: group_tags,
+            create_action: None,
+        },
+    )
+}
+
+#[test]
+fn the_asg_policy_scopes_every_change_to_groups_of_the_agents_fleet() {
+    use fleetscale_adapters::aws::asg::{GROW_TAG, REQUIRED_ASG_PERMISSIONS};
+    let policy = asg_policy();
+    let mut granted: Vec<String> = statements(&policy)
+        .iter()
+        .inspect(|s| assert_eq!(s["Effect"], "Allow", "{s}"))
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    granted.sort();
+    let mut needed: Vec<String> = REQUIRED_ASG_PERMISSIONS
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    needed.sort();
+    assert_eq!(
+        granted, needed,
+        "the ASG policy grants exactly what the adapter calls"
+    );
+
+    let own: &[(&str, &str)] = &[("fleetscale:fleet", "web")];
+    let other: &[(&str, &str)] = &[("fleetscale:fleet", "batch")];
+    let grow_mark: &[(&str, &str)] = &[(GROW_TAG, "token@3")];
+    for action in [
+        "autoscaling:SetDesiredCapacity",
+        "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ] {
+        assert!(
+            asg_allowed(&policy, action, AGENT, own, &[]),
+            "{action} on its own group"
+        );
+        assert!(
+            !asg_allowed(&policy, action, AGENT, other, &[]),
+            "{action} on another fleet's group"
+        );
+        assert!(
+            !asg_allowed(&policy, action, AGENT, &[], &[]),
+            "{action} on an untagged group"
+        );
+        assert!(
+            !asg_allowed(&policy, action, &[], own, &[]),
+            "{action} by an untagged principal"
+        );
+    }
+    let tags = "autoscaling:CreateOrUpdateTags";
+    assert!(
+        asg_allowed(&policy, tags, AGENT, own, grow_mark),
+        "the grow mark on its own group"
+    );
+    assert!(
+        !asg_allowed(&policy, tags, AGENT, other, grow_mark),
+        "the grow mark on another group"
+    );
+    assert!(
+        !asg_allowed(&policy, tags, AGENT, own, &[("fleetscale:fleet", "batch")]),
+        "retagging its group to another fleet"
+    );
+    assert!(
+        !asg_allowed(
+            &policy,
+            tags,
+            AGENT,
+            own,
+            &[(GROW_TAG, "t@1"), ("team", "x")]
+        ),
+        "any tag but the grow mark"
+    );
+    for read in [
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeInstanceRefreshes",
+    ] {
+        assert!(
+            allows(
+                &policy,
+                &Request {
+                    action: read,
+                    resource: "*".into(),
+                    principal_tags: AGENT,
+                    request_tags: &[],
+                    resource_tags: &[],
+                    create_action: None,
+                },
+            ),
+            "{read}"
+        );
+    }
 }
