@@ -249,26 +249,10 @@ async fn dry_run_changes_nothing_in_the_emulator() {
 /// `fleetscale check` as an operator runs it: keys in its environment, nothing else.
 fn check(config: &Path, keys: &Keys, home: &Path) -> (i32, String) {
     // Empty shared files: the developer's own profiles stay out of the test.
-    for file in ["empty-config", "empty-credentials"] {
-        std::fs::write(home.join(file), "").unwrap();
-    }
-    let output = Command::new(env!("CARGO_BIN_EXE_fleetscale"))
-        .args(["check", "--config"])
-        .arg(config)
-        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", home.join("empty-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            home.join("empty-credentials"),
-        )
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_EC2")
-        .output()
-        .expect("run fleetscale check");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetscale"));
+    command.args(["check", "--config"]).arg(config);
+    keys.operator_env(&mut command, home);
+    let output = command.output().expect("run fleetscale check");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

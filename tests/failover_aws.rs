@@ -174,24 +174,10 @@ impl Drop for Process {
 /// `fleetscale run` as an operator starts it: the agent user's keys in its environment,
 /// the developer's own AWS files and profiles left out.
 fn agent_command(config: &Path, keys: &Keys, dir: &Path) -> Command {
-    for file in ["empty-config", "empty-credentials"] {
-        std::fs::write(dir.join(file), "").unwrap();
-    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_fleetscale"));
-    command
-        .args(["run", "--config"])
-        .arg(config)
-        .env("AWS_ACCESS_KEY_ID", &keys.access_key_id)
-        .env("AWS_SECRET_ACCESS_KEY", &keys.secret_access_key)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.join("empty-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("empty-credentials"))
-        .env("RUST_LOG", "info")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_EC2")
-        .stdin(Stdio::null());
+    command.args(["run", "--config"]).arg(config);
+    keys.operator_env(&mut command, dir);
+    command.env("RUST_LOG", "info").stdin(Stdio::null());
     command
 }
 

@@ -114,14 +114,7 @@ impl AsgFleet {
         config: &AsgConfig,
         credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     ) -> Result<Self> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(AdapterError::invalid(format!(
-                "Auto Scaling config of fleet {fleet_name}: {}",
-                list.join("; ")
-            )));
-        }
+        super::config::refuse("Auto Scaling", fleet_name, &config.validate())?;
         let (sdk, _region) = load_sdk(
             fleet_name,
             config.region.as_deref(),
@@ -220,7 +213,9 @@ impl AsgFleet {
                 })
             })
             .collect();
-        seen.retain(|id, _| instances.iter().any(|i| i.id.as_str() == id));
+        let listed: std::collections::HashSet<&str> =
+            instances.iter().map(|i| i.id.as_str()).collect();
+        seen.retain(|id, _| listed.contains(id.as_str()));
         Fleet {
             instances,
             target_size: group.desired_capacity().and_then(|d| u32::try_from(d).ok()),

@@ -137,24 +137,12 @@ impl AwsConfig {
             problems.push(ConfigProblem { field, message });
         };
 
-        if let Some(region) = &self.region
-            && !is_region_name(region)
-        {
-            problem(
-                "region".into(),
-                format!("{region:?} is not an AWS region name (like \"eu-west-1\")"),
-            );
-        }
-        if let Some(profile) = &self.profile
-            && profile.trim().is_empty()
-        {
-            problem("profile".into(), "must not be empty".into());
-        }
-        if let Some(url) = &self.endpoint_url
-            && let Err(why) = check_endpoint_url(url)
-        {
-            problem("endpoint_url".into(), why);
-        }
+        connection_problems(
+            self.region.as_deref(),
+            self.profile.as_deref(),
+            self.endpoint_url.as_deref(),
+            &mut problem,
+        );
         if let Err(why) = check_tag_key(&self.fleet_tag_key) {
             problem("fleet_tag_key".into(), why);
         }
@@ -483,30 +471,55 @@ impl AsgConfig {
                 message: "must name the Auto Scaling group (1 to 255 characters)".into(),
             });
         }
-        if let Some(region) = &self.region
-            && !is_region_name(region)
-        {
-            problems.push(ConfigProblem {
-                field: "region".into(),
-                message: format!("{region:?} is not an AWS region name (like \"eu-west-1\")"),
-            });
-        }
-        if let Some(profile) = &self.profile
-            && profile.trim().is_empty()
-        {
-            problems.push(ConfigProblem {
-                field: "profile".into(),
-                message: "must not be empty".into(),
-            });
-        }
-        if let Some(url) = &self.endpoint_url
-            && let Err(why) = check_endpoint_url(url)
-        {
-            problems.push(ConfigProblem {
-                field: "endpoint_url".into(),
-                message: why,
-            });
-        }
+        connection_problems(
+            self.region.as_deref(),
+            self.profile.as_deref(),
+            self.endpoint_url.as_deref(),
+            &mut |field, message| problems.push(ConfigProblem { field, message }),
+        );
         problems
     }
+}
+
+/// Problems with the settings every AWS backend shares: region, profile, endpoint.
+fn connection_problems(
+    region: Option<&str>,
+    profile: Option<&str>,
+    endpoint_url: Option<&str>,
+    problem: &mut impl FnMut(String, String),
+) {
+    if let Some(region) = region
+        && !is_region_name(region)
+    {
+        problem(
+            "region".into(),
+            format!("{region:?} is not an AWS region name (like \"eu-west-1\")"),
+        );
+    }
+    if let Some(profile) = profile
+        && profile.trim().is_empty()
+    {
+        problem("profile".into(), "must not be empty".into());
+    }
+    if let Some(url) = endpoint_url
+        && let Err(why) = check_endpoint_url(url)
+    {
+        problem("endpoint_url".into(), why);
+    }
+}
+
+/// The error for a config with `problems`, or none.
+pub(crate) fn refuse(
+    what: &str,
+    fleet_name: &str,
+    problems: &[ConfigProblem],
+) -> Result<(), crate::AdapterError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    Err(crate::AdapterError::invalid(format!(
+        "{what} config of fleet {fleet_name}: {}",
+        list.join("; ")
+    )))
 }

@@ -229,14 +229,7 @@ impl Ec2Fleet {
         config: &AwsConfig,
         credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     ) -> Result<Self> {
-        let problems = config.validate();
-        if !problems.is_empty() {
-            let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            return Err(AdapterError::invalid(format!(
-                "AWS config of fleet {fleet_name}: {}",
-                list.join("; ")
-            )));
-        }
+        config::refuse("AWS", fleet_name, &config.validate())?;
         let fleet_tag_value = config.fleet_tag_value_for(fleet_name).to_owned();
         if fleet_tag_value.is_empty() {
             return Err(AdapterError::invalid(

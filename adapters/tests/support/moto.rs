@@ -71,6 +71,24 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// Give `command` these keys as an operator's environment does, and nothing else of
+    /// AWS's: empty shared files under `dir`, no profile, no session, no endpoint override.
+    pub fn operator_env(&self, command: &mut Command, dir: &Path) {
+        for file in ["empty-config", "empty-credentials"] {
+            std::fs::write(dir.join(file), "").expect("write empty AWS files");
+        }
+        command
+            .env("AWS_ACCESS_KEY_ID", &self.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_access_key)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", dir.join("empty-config"))
+            .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("empty-credentials"))
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_EC2");
+    }
+
     pub fn credentials(&self) -> Credentials {
         Credentials::new(
             &self.access_key_id,
