@@ -383,10 +383,15 @@ impl Inner {
 }
 
 /// The member lease's task: grants it and registers the member under it, keeps it
-/// alive every third of the TTL, and grants a new one once the old one's local deadline
+/// alive every sixth of the TTL, and grants a new one once the old one's local deadline
 /// has passed (every holding under the old one is then lost).
+///
+/// The agent stops acting a third of the TTL before its local deadline (the margin), so
+/// keep-alives every sixth leave half the TTL for an etcd leader election or a slow answer
+/// (a third, the usual cadence, would leave one round: a single late keep-alive would stop
+/// the agent acting while its lease is sound).
 async fn keep_alive(inner: Arc<Inner>) {
-    let round = inner.ttl / 3;
+    let round = inner.ttl / 6;
     loop {
         let lease = inner.lock().lease;
         let ok = match lease {
