@@ -42,6 +42,12 @@ pub struct FleetAccount {
     pub in_flight: u32,
     /// On the way out: listed as stopping, or removed and still listed as before.
     pub leaving: u32,
+    /// Being drained before their removal (marked as draining, by a read or by this
+    /// agent's memory of its marks): billed, not serving capacity, never chosen again.
+    pub draining: u32,
+    /// The draining instances, with the time each drain began.
+    #[serde(skip)]
+    pub draining_instances: Vec<Instance>,
     /// Listed instances that are neither leaving nor in flight: what scale-in and the
     /// stuck-boot guard may name.
     #[serde(skip)]
@@ -62,9 +68,9 @@ impl FleetAccount {
         self.serving + self.booting
     }
 
-    /// Everything the provider may still bill: active plus leaving.
+    /// Everything the provider may still bill: active plus leaving and draining.
     pub fn billed(&self) -> u32 {
-        self.active() + self.leaving
+        self.active() + self.leaving + self.draining
     }
 
     /// Whether `id` is listed and counted (serving or booting).
@@ -122,6 +128,9 @@ const GONE_MEMORY: usize = 4096;
 pub struct Unseen {
     launches: Vec<(InstanceId, SystemTime)>,
     removals: Vec<(InstanceId, SystemTime)>,
+    /// Instances this agent marked as draining, (id, since, until): draining while
+    /// reads do not show the mark yet, for up to a read lag.
+    marks: Vec<(InstanceId, SystemTime, SystemTime)>,
     /// Ids once listed (or removed) and no longer listed, newest last.
     gone: VecDeque<InstanceId>,
     gone_set: HashSet<InstanceId>,
@@ -149,6 +158,14 @@ impl Unseen {
         let until = now + read_lag;
         self.removals
             .extend(ids.iter().map(|id| (id.clone(), until)));
+    }
+
+    /// Notes drains begun at `since` (now): the instances are draining from then on,
+    /// even while reads do not show the mark.
+    pub fn marked(&mut self, ids: &[InstanceId], since: SystemTime, read_lag: Duration) {
+        let until = since + read_lag;
+        self.marks
+            .extend(ids.iter().map(|id| (id.clone(), since, until)));
     }
 
     /// Whether `id` was listed once and is no more (or was removed by this agent).
@@ -226,6 +243,13 @@ impl Unseen {
             shown_as_before && now <= *until
         });
         let removed: HashSet<&str> = self.removals.iter().map(|(id, _)| id.as_str()).collect();
+        self.marks.retain(|(id, _, until)| {
+            let unshown = fleet
+                .instances
+                .iter()
+                .any(|i| &i.id == id && i.draining_since.is_none());
+            unshown && now <= *until
+        });
 
         let mut account = FleetAccount::default();
         for instance in &fleet.instances {
@@ -236,6 +260,19 @@ impl Unseen {
                 || self.gone_set.contains(&instance.id)
             {
                 account.leaving += 1;
+                continue;
+            }
+            let marked = self
+                .marks
+                .iter()
+                .find(|(id, _, _)| id == &instance.id)
+                .map(|(_, since, _)| *since);
+            if let Some(since) = instance.draining_since.or(marked) {
+                account.draining += 1;
+                account.draining_instances.push(Instance {
+                    draining_since: Some(since),
+                    ..instance.clone()
+                });
                 continue;
             }
             match instance.state {
@@ -333,7 +370,7 @@ impl BootTimes {
 
 /// FNV-1a, 64 bits, over the parts with a separator: stable across builds and releases
 /// (unlike `DefaultHasher`), so a restarted agent computes the same token.
-fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+pub(crate) fn fingerprint<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0100_0000_01b3;
     let mut hash = OFFSET;
@@ -361,6 +398,8 @@ mod tests {
             launched_at: at(0),
             zone: "a".into(),
             protected: false,
+            address: None,
+            draining_since: None,
         }
     }
 

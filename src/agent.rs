@@ -249,6 +249,14 @@ pub fn controller_on(
         history_steps,
     });
     controller.schedule_with(fleet.schedules.clone());
+    if let Some(drain) = &fleet.drain {
+        if wiring.dry_run {
+            // A drain calls hooks and load balancers: a dry run removes at once.
+            tracing::info!(fleet = %fleet.name, "dry run: scale-in is not drained (no hook or load balancer is called)");
+        } else {
+            controller.drain_with(crate::drain::build(drain, &fleet.name));
+        }
+    }
     Ok(controller)
 }
 

@@ -76,6 +76,8 @@ pub struct FleetConfig {
     pub guards: GuardConfig,
     /// `[[fleets.schedules]]`: windows that change the bounds for a while.
     pub schedules: Vec<crate::schedule::Schedule>,
+    /// `[fleets.drain]`: drain instances before removing them.
+    pub drain: Option<crate::drain::DrainConfig>,
 }
 
 /// The fields of a `[[fleets]]` entry other than its sub-tables.
@@ -429,6 +431,7 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     let policy = table.remove("policy");
     let guards = table.remove("guards");
     let schedules = table.remove("schedules");
+    let drain = table.remove("drain");
     let header = section::<FleetHeader>(Some(toml::Value::Table(table)), path, problems);
     let adapter = present(adapter, &format!("{path}.adapter"), problems)
         .and_then(|v| adapter_section(v, &format!("{path}.adapter"), problems));
@@ -439,6 +442,25 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     };
     let guards = required::<GuardConfig>(guards, &format!("{path}.guards"), problems);
     let schedules = schedules_section(schedules, guards.as_ref(), path, problems);
+    let drain = match drain {
+        None => Some(None),
+        Some(value) => {
+            let at = format!("{path}.drain");
+            let drain = deserialize::<crate::drain::DrainConfig>(value, &at, problems);
+            if let Some(drain) = &drain {
+                let kind = adapter.as_ref().map(AdapterConfig::kind);
+                let found = drain
+                    .problems()
+                    .into_iter()
+                    .chain(drain.unsupported_by(kind));
+                problems.extend(found.map(|(field, message)| Problem {
+                    path: format!("{at}.{field}"),
+                    message,
+                }));
+            }
+            drain.map(Some)
+        }
+    };
 
     let mut check = |sub: &str, found: Vec<(&'static str, String)>| {
         for (field, message) in found {
@@ -451,6 +473,7 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
     if let Some(guards) = &guards {
         check("guards", guards.problems());
     }
+
     if let Some(signals) = &signals {
         for (sub, signal) in signals {
             check(sub, signal.source.settings().problems());
@@ -485,6 +508,7 @@ fn parse_fleet(entry: toml::Value, path: &str, problems: &mut Vec<Problem>) -> O
         policy: policy?,
         guards: guards?,
         schedules: schedules?,
+        drain: drain?,
     })
 }
 

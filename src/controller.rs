@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::account::{BootTimes, FleetAccount, Unseen};
 use crate::coordination::{Alone, Fence, NotHolder, Permit};
+use crate::drain::{Drains, DrainsDue};
 use crate::guards::{self, Guard, GuardConfig, GuardState, Intervention};
 use crate::operator::{FleetControls, Pause, Published};
 use crate::scale_in;
@@ -46,9 +47,13 @@ pub enum Action {
         requested: u32,
         launched: u32,
     },
+    /// A scale-in: `removed` at once, `draining` marked and drained before their
+    /// removal (a fleet with `[fleets.drain]`).
     Shrink {
         requested: u32,
         removed: u32,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        draining: u32,
     },
     /// Removed instances stuck booting past `max_boot_time`.
     ReplaceStuck {
@@ -68,6 +73,10 @@ pub enum Action {
     Fenced {
         reason: String,
     },
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Everything one tick saw and did: the decision log line, as a value.
@@ -94,6 +103,11 @@ pub struct TickReport {
     pub in_flight: u32,
     /// Removed and still listed.
     pub leaving: u32,
+    /// Being drained before their removal (billed, not serving capacity).
+    pub draining: u32,
+    /// Drained instances removed this tick, and of them those whose drain timed out.
+    pub drained: u32,
+    pub drain_timeouts: u32,
     /// The policy's wish, when it was asked.
     pub desired: Option<u32>,
     /// The size after the guards.
@@ -127,7 +141,7 @@ pub struct SignalReading {
 impl TickReport {
     /// Serving plus booting: what the applied size is compared with.
     pub fn active(&self) -> u32 {
-        self.billed - self.leaving
+        self.billed - self.leaving - self.draining
     }
 }
 
@@ -264,6 +278,8 @@ pub struct FleetController {
     bounds_ahead: Vec<Bounds>,
     /// Asked before every mutating call ([`Alone`] unless coordinating).
     fence: Arc<dyn Fence>,
+    /// `[fleets.drain]`: scale-in drains instances before removing them.
+    drains: Option<Drains>,
 }
 
 /// Parts a controller is made of.
@@ -288,6 +304,8 @@ pub struct ControllerParts {
 #[derive(Debug)]
 pub struct Observed {
     pub account: FleetAccount,
+    /// Draining instances due for removal (drained, or past the drain's timeout).
+    pub drains_due: DrainsDue,
     pub signal: Result<f64, SignalError>,
     /// Each signal's reading; the fleet holds scale-in while any has failed.
     pub readings: Vec<SignalReading>,
@@ -455,7 +473,13 @@ impl FleetController {
             schedules: Vec::new(),
             bounds_ahead: Vec::new(),
             fence: Arc::new(Alone),
+            drains: None,
         }
+    }
+
+    /// Drains instances through `drains` before removing them, from the next tick on.
+    pub fn drain_with(&mut self, drains: Drains) {
+        self.drains = Some(drains);
     }
 
     /// Asks `fence` before every mutating call from the next tick on (coordinating:
@@ -584,6 +608,9 @@ impl FleetController {
             booting: 0,
             in_flight: 0,
             leaving: 0,
+            draining: 0,
+            drained: 0,
+            drain_timeouts: 0,
             desired: None,
             applied: None,
             reason: String::new(),
@@ -630,10 +657,11 @@ impl FleetController {
             };
             return Ok(());
         }
-        let mutating = match &intent {
-            Intent::Resize(size) => *size != seen.account.active(),
-            Intent::ReplaceStuck(_) => true,
-        };
+        let mutating = !seen.drains_due.is_empty()
+            || match &intent {
+                Intent::Resize(size) => *size != seen.account.active(),
+                Intent::ReplaceStuck(_) => true,
+            };
         let permit = if mutating {
             match self.fenced(report).await {
                 Some(permit) => permit,
@@ -668,6 +696,19 @@ impl FleetController {
         report.booting = account.booting;
         report.in_flight = account.in_flight;
         report.leaving = account.leaving;
+        report.draining = account.draining;
+        let drains_due = match &self.drains {
+            Some(drains) => drains.due(&account.draining_instances, now).await,
+            // Marked by an agent whose config drained: nothing drains them now.
+            None => DrainsDue {
+                drained: account
+                    .draining_instances
+                    .iter()
+                    .map(|i| i.id.clone())
+                    .collect(),
+                timed_out: Vec::new(),
+            },
+        };
 
         let (signal, readings) = self.observe_signals(now, account.serving).await;
         self.serving_after_act = f64::from(account.serving);
@@ -685,6 +726,7 @@ impl FleetController {
         report.signals = readings.clone();
         Ok(Observed {
             account,
+            drains_due,
             signal,
             readings,
         })
@@ -905,6 +947,13 @@ impl FleetController {
         permit: Permit,
         report: &mut TickReport,
     ) {
+        if !seen.drains_due.is_empty()
+            && !self
+                .finish_drains(now, &seen.drains_due, &permit, report)
+                .await
+        {
+            return;
+        }
         let active = seen.account.active();
         match intent {
             Intent::ReplaceStuck(stuck) => self.replace_stuck(now, &stuck, permit, report).await,
@@ -1033,36 +1082,167 @@ impl FleetController {
             self.succeed();
             return;
         }
-        let answer = match permit.start(self.adapter.shrink(&victims)).await {
+        // With a drain, serving instances are drained first; launches in flight and
+        // instances still booting serve nobody and go at once.
+        let (to_drain, at_once): (Vec<InstanceId>, Vec<InstanceId>) = match &self.drains {
+            Some(_) => victims.iter().cloned().partition(|id| {
+                account
+                    .instances
+                    .iter()
+                    .any(|i| &i.id == id && i.state == InstanceState::Running)
+            }),
+            None => (Vec::new(), victims.clone()),
+        };
+        let mut removed = Vec::new();
+        if !at_once.is_empty() {
+            let answer = match permit.start(self.adapter.shrink(&at_once)).await {
+                Ok(answer) => answer,
+                Err(late) => return Self::refused(&self.name, report, &late),
+            };
+            match answer {
+                Ok(outcome) => {
+                    self.unseen
+                        .removed(&outcome.removed, now, self.guards.read_lag());
+                    removed = outcome.removed;
+                }
+                Err(error) => return self.fail(report, now, error),
+            }
+        }
+        let mut draining = Vec::new();
+        if !to_drain.is_empty() {
+            match self
+                .begin_drains(now, account, &to_drain, &permit, report)
+                .await
+            {
+                Ok(begun) => draining = begun,
+                Err(()) if removed.is_empty() => return,
+                // What was removed stands; the drains are decided again next tick.
+                Err(()) => {}
+            }
+        }
+        let was_serving = account
+            .instances
+            .iter()
+            .filter(|i| {
+                i.state == InstanceState::Running
+                    && (removed.contains(&i.id) || draining.contains(&i.id))
+            })
+            .count();
+        self.serving_after_act -= was_serving as f64;
+        let gone = (removed.len() + draining.len()) as u32;
+        report.action = Action::Shrink {
+            requested: victims.len() as u32,
+            removed: removed.len() as u32,
+            draining: draining.len() as u32,
+        };
+        guards::record_change(
+            &mut self.guard_state,
+            now,
+            account.active(),
+            account.active().saturating_sub(gone),
+        );
+        if report.error.is_none() {
+            self.succeed();
+        }
+    }
+
+    /// Marks `ids` as draining and begins their drains. The mark comes first: once it
+    /// is written, the instances are draining for every agent that reads the fleet,
+    /// whatever becomes of the drain calls (a drain that could not begin ends at the
+    /// timeout).
+    async fn begin_drains(
+        &mut self,
+        now: SystemTime,
+        account: &FleetAccount,
+        ids: &[InstanceId],
+        permit: &Permit,
+        report: &mut TickReport,
+    ) -> Result<Vec<InstanceId>, ()> {
+        let Some(drains) = &self.drains else {
+            return Ok(Vec::new());
+        };
+        let marked = match permit.start(self.adapter.mark_draining(ids, now)).await {
+            Ok(marked) => marked,
+            Err(late) => {
+                Self::refused(&self.name, report, &late);
+                return Err(());
+            }
+        };
+        if let Err(error) = marked {
+            report
+                .reason
+                .push_str("; could not mark instances as draining");
+            self.fail(report, now, error);
+            return Err(());
+        }
+        self.unseen.marked(ids, now, self.guards.read_lag());
+        let instances: Vec<fleetscale_adapters::Instance> = account
+            .instances
+            .iter()
+            .filter(|i| ids.contains(&i.id))
+            .map(|i| fleetscale_adapters::Instance {
+                draining_since: Some(now),
+                ..i.clone()
+            })
+            .collect();
+        match permit.start(drains.begin(&instances)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => report.reason.push_str(&format!(
+                "; a drain could not begin ({e}): it ends at the timeout"
+            )),
+            // Marked: the next holder finds the drain and times it out.
+            Err(late) => Self::refused(&self.name, report, &late),
+        }
+        tracing::info!(fleet = %self.name, instances = ?ids, drain = %drains.describe(), "draining before removal");
+        Ok(ids.to_vec())
+    }
+
+    /// Removes the drained instances (and those whose drain timed out). Returns whether
+    /// the tick may go on to its own action.
+    async fn finish_drains(
+        &mut self,
+        now: SystemTime,
+        due: &DrainsDue,
+        permit: &Permit,
+        report: &mut TickReport,
+    ) -> bool {
+        let ids = due.all();
+        let answer = match permit.start(self.adapter.shrink(&ids)).await {
             Ok(answer) => answer,
-            Err(late) => return Self::refused(&self.name, report, &late),
+            Err(late) => {
+                Self::refused(&self.name, report, &late);
+                return false;
+            }
         };
         match answer {
             Ok(outcome) => {
-                let removed = outcome.removed.len() as u32;
                 self.unseen
                     .removed(&outcome.removed, now, self.guards.read_lag());
-                let was_serving = account
-                    .instances
+                let timed_out: Vec<&InstanceId> = due
+                    .timed_out
                     .iter()
-                    .filter(|i| {
-                        i.state == InstanceState::Running && outcome.removed.contains(&i.id)
-                    })
-                    .count();
-                self.serving_after_act -= was_serving as f64;
-                report.action = Action::Shrink {
-                    requested: victims.len() as u32,
-                    removed,
-                };
-                guards::record_change(
-                    &mut self.guard_state,
-                    now,
-                    account.active(),
-                    account.active().saturating_sub(removed),
-                );
-                self.succeed();
+                    .filter(|id| outcome.removed.contains(id))
+                    .collect();
+                if !timed_out.is_empty() {
+                    tracing::warn!(fleet = %self.name, instances = ?timed_out, timeout = ?self.drains.as_ref().map(|d| d.timeout), "drain timed out: removing the instances anyway");
+                }
+                report.drained = outcome.removed.len() as u32;
+                report.drain_timeouts = timed_out.len() as u32;
+                if let Some(m) = &self.metrics {
+                    m.drains_finished
+                        .with_label_values(&[&self.name, "drained"])
+                        .inc_by(u64::from(report.drained - report.drain_timeouts));
+                    m.drains_finished
+                        .with_label_values(&[&self.name, "timed_out"])
+                        .inc_by(u64::from(report.drain_timeouts));
+                }
+                true
             }
-            Err(error) => self.fail(report, now, error),
+            Err(error) => {
+                report.reason = "could not remove drained instances".into();
+                self.fail(report, now, error);
+                false
+            }
         }
     }
 
@@ -1322,18 +1502,34 @@ impl FleetController {
         // Numbers stay numbers (in JSON logs too); a value there is none of is left out.
         let observed = report.observed.map(|v| (v * 100.0).round() / 100.0);
         let (desired, applied) = (report.desired, report.applied);
-        let action = match &report.action {
+        let mut action = match &report.action {
             Action::None => "none".to_string(),
             Action::Grow {
                 requested,
                 launched,
             } => format!("grow +{launched}/{requested}"),
-            Action::Shrink { requested, removed } => format!("shrink -{removed}/{requested}"),
+            Action::Shrink {
+                requested,
+                removed,
+                draining: 0,
+            } => format!("shrink -{removed}/{requested}"),
+            Action::Shrink {
+                requested,
+                removed,
+                draining,
+            } => format!("shrink -{removed}/{requested}, draining {draining}"),
             Action::ReplaceStuck { removed } => format!("replace-stuck -{removed}"),
             Action::Paused { until } => format!("paused until {until}"),
             Action::Held { by, .. } => format!("held (paused by {by})"),
             Action::Fenced { .. } => "fenced (not acting)".to_string(),
         };
+        if report.drained > 0 {
+            action.push_str(&format!("; drained -{}", report.drained));
+            if report.drain_timeouts > 0 {
+                action.push_str(&format!(" ({} timed out)", report.drain_timeouts));
+            }
+        }
+        let draining = report.draining;
         match (&report.error, &report.signal_error) {
             (Some(error), _) => tracing::warn!(
                 fleet = %report.fleet, observed, serving = report.serving, billed = report.billed,
@@ -1347,7 +1543,7 @@ impl FleetController {
             ),
             (None, None) => tracing::info!(
                 fleet = %report.fleet, observed, serving = report.serving, billed = report.billed,
-                booting = report.booting, leaving = report.leaving,
+                booting = report.booting, leaving = report.leaving, draining,
                 desired, applied, guards = %interventions.join(", "), action = %action,
                 "{}", report.reason
             ),
@@ -1363,6 +1559,9 @@ impl FleetController {
         m.serving
             .with_label_values(&[fleet])
             .set(i64::from(report.serving));
+        m.draining
+            .with_label_values(&[fleet])
+            .set(i64::from(report.draining));
         if let Some(desired) = report.desired {
             m.desired
                 .with_label_values(&[fleet])

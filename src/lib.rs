@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod coordination;
+pub mod drain;
 pub mod guards;
 pub mod operator;
 pub mod plot;

@@ -71,6 +71,8 @@ mod tests {
             launched_at: SystemTime::UNIX_EPOCH + Duration::from_secs(10_000 - age_s),
             zone: zone.into(),
             protected,
+            address: None,
+            draining_since: None,
         }
     }
 

@@ -24,6 +24,10 @@ pub struct Metrics {
     pub tick_failures: IntCounterVec,
     pub suspended: IntGaugeVec,
     pub stuck_replaced: IntCounterVec,
+    /// Drains finished by removal, by `outcome` (`drained`, `timed_out`).
+    pub drains_finished: IntCounterVec,
+    /// Instances being drained before their removal.
+    pub draining: IntGaugeVec,
     pub launch_shortfall: IntCounterVec,
     pub fleet_panics: IntCounterVec,
     pub decide_seconds: HistogramVec,
@@ -109,6 +113,15 @@ impl Metrics {
             "Instances removed for booting past max_boot_time.",
             &["fleet"],
         )?;
+        let drains_finished = counter(
+            "fleetscale_drains_finished_total",
+            "Drained instances removed, by outcome (drained, or timed_out: removed at the drain's timeout).",
+            &["fleet", "outcome"],
+        )?;
+        let draining = gauge(
+            "fleetscale_draining_instances",
+            "Instances being drained before their removal.",
+        )?;
         let launch_shortfall = counter(
             "fleetscale_launch_shortfall_total",
             "Instances asked for but not launched by the provider.",
@@ -170,6 +183,8 @@ impl Metrics {
             tick_failures,
             suspended,
             stuck_replaced,
+            drains_finished,
+            draining,
             launch_shortfall,
             fleet_panics,
             decide_seconds,

@@ -83,6 +83,30 @@ fn a_hundred_thousand_hostile_steps_with_dp_are_safe() {
     }
 }
 
+/// The hostile cloud with every scale-in drained first (30 s to 10 min, cut at 5 min):
+/// draining instances are billed and serve nobody, and no drain is removed twice.
+#[test]
+fn a_hundred_thousand_hostile_steps_drained_on_scale_in_are_safe() {
+    let step = Duration::from_secs(300);
+    let secs = |s| Span::Time(Duration::from_secs(s));
+    let hostile = CloudScenario {
+        drain: Some([secs(30), secs(600)]),
+        drain_timeout: secs(300),
+        ..CloudScenario::hostile()
+    };
+    let s = scenario(100_000, step, 6);
+    let drained = replay_in(&s, &hostile, 6, "dp");
+    assert_safe(&drained, "dp, drained");
+    let at_once = replay_in(&s, &CloudScenario::hostile(), 6, "dp");
+    // A drain bills its instance for longer: the same decisions cost more.
+    assert!(
+        drained.instance_minutes > at_once.instance_minutes,
+        "drained {} vs at once {} instance-minutes",
+        drained.instance_minutes,
+        at_once.instance_minutes
+    );
+}
+
 #[test]
 fn a_hundred_thousand_hostile_steps_with_target_tracking_are_safe() {
     let step = Duration::from_secs(300);
@@ -115,6 +139,7 @@ fn arbitrary_cloud() -> impl Strategy<Value = CloudScenario> {
         (0.0..0.3f64, 0.0..0.3f64, 0.0..0.2f64, 0.0..0.1f64),
         (0.0..0.05f64, 0.0..3.0f64, 0.0..0.03f64, 0u64..600),
         (0.2..1.0f64, 0u64..40),
+        (proptest::option::of((0u64..600, 0u64..600)), 60u64..900),
     )
         .prop_map(
             |(
@@ -122,6 +147,7 @@ fn arbitrary_cloud() -> impl Strategy<Value = CloudScenario> {
                 (grow_fail, partial, transient, throttle),
                 (never_boot, deaths, missing, restart),
                 (start, throttle_wait),
+                (drain, drain_timeout),
             )| CloudScenario {
                 name: "arbitrary".into(),
                 boot_p95_ratio: boot,
@@ -146,6 +172,13 @@ fn arbitrary_cloud() -> impl Strategy<Value = CloudScenario> {
                 signal_outage_every: Span::Time(Duration::from_secs(86_400)),
                 restart_every: restart,
                 start_fraction: start,
+                drain: drain.map(|(low, extra)| {
+                    [
+                        Span::Time(Duration::from_secs(low)),
+                        Span::Time(Duration::from_secs(low + extra)),
+                    ]
+                }),
+                drain_timeout: Span::Time(Duration::from_secs(drain_timeout)),
             },
         )
 }

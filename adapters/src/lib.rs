@@ -30,6 +30,7 @@ pub use types::{
 };
 
 use async_trait::async_trait;
+use std::time::SystemTime;
 
 /// Result of every adapter call.
 pub type Result<T, E = AdapterError> = std::result::Result<T, E>;
@@ -60,6 +61,14 @@ pub trait CloudAdapter: Send + Sync + std::fmt::Debug + 'static {
 
     /// Prove the credentials work and carry the needed permissions, changing nothing.
     async fn verify_access(&self) -> Result<AccessReport>;
+
+    /// Mark the named instances as draining since `since`, where the provider keeps it
+    /// (a tag on the instance), so that reads list them with
+    /// [`Instance::draining_since`] and an agent that restarts mid-drain finds the drain.
+    /// Idempotent: an instance already marked keeps its first time; instances gone are
+    /// not an error. A backend that cannot keep the mark refuses with
+    /// [`ErrorKind::Invalid`] (and the config check refuses a drain on it).
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()>;
 }
 
 #[async_trait]
@@ -79,6 +88,9 @@ impl<A: CloudAdapter + ?Sized> CloudAdapter for std::sync::Arc<A> {
     async fn verify_access(&self) -> Result<AccessReport> {
         (**self).verify_access().await
     }
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        (**self).mark_draining(ids, since).await
+    }
 }
 
 #[async_trait]
@@ -97,5 +109,8 @@ impl CloudAdapter for Box<dyn CloudAdapter> {
     }
     async fn verify_access(&self) -> Result<AccessReport> {
         (**self).verify_access().await
+    }
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        (**self).mark_draining(ids, since).await
     }
 }

@@ -11,15 +11,18 @@ pub enum Operation {
     Grow,
     Shrink,
     VerifyAccess,
+    /// Marking instances as draining before their removal.
+    MarkDraining,
 }
 
 impl Operation {
     /// Every operation, in the trait's order.
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 5] = [
         Operation::ReadFleet,
         Operation::Grow,
         Operation::Shrink,
         Operation::VerifyAccess,
+        Operation::MarkDraining,
     ];
 
     /// Label used in metrics and logs.
@@ -29,12 +32,16 @@ impl Operation {
             Operation::Grow => "grow",
             Operation::Shrink => "shrink",
             Operation::VerifyAccess => "verify_access",
+            Operation::MarkDraining => "mark_draining",
         }
     }
 
     /// Whether the operation changes the fleet (a dry run never performs one).
     pub fn is_mutating(self) -> bool {
-        matches!(self, Operation::Grow | Operation::Shrink)
+        matches!(
+            self,
+            Operation::Grow | Operation::Shrink | Operation::MarkDraining
+        )
     }
 }
 

@@ -24,6 +24,15 @@ pub struct Instance {
     pub zone: String,
     /// Protected from scale-in: the controller never names it in a shrink.
     pub protected: bool,
+    /// Its private address, where the provider gives one (EC2's private IP): what a
+    /// drain hook is told.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Being drained before its removal, since this time, as marked by
+    /// [`CloudAdapter::mark_draining`](crate::CloudAdapter::mark_draining) and read back
+    /// from the provider (a tag), so that a restarted agent finds the drain again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<SystemTime>,
 }
 
 /// A fleet as the provider reports it.

@@ -24,6 +24,8 @@
 //! signal_outage_every = "7d"      # ... in every period this long
 //! restart_every = 2000            # steps between agent restarts (0: never)
 //! start_fraction = 1.0            # the fleet starts at ceil(d_0 * this)
+//! drain = ["30s", "300s"]         # scale-in drains first, this long (uniform; absent: no drain)
+//! drain_timeout = "240s"          # a drain still going after this is cut short
 //! ```
 //!
 //! Durations are written like `"90s"` or in steps of the trace (`"2 steps"`).
@@ -134,6 +136,11 @@ pub struct CloudScenario {
     /// The fleet starts at `ceil(d_0 * start_fraction)` serving instances.
     #[serde(deserialize_with = "fraction")]
     pub start_fraction: f64,
+    /// Scale-in drains instances before removing them, each for a time drawn uniformly
+    /// in this range (a load balancer's deregistration); `None`: removed at once.
+    pub drain: Option<[Span; 2]>,
+    /// A drain still going after this is cut short and the instance removed.
+    pub drain_timeout: Span,
 }
 
 impl Default for CloudScenario {
@@ -166,6 +173,8 @@ impl CloudScenario {
             signal_outage_every: Span::ZERO,
             restart_every: 0,
             start_fraction: 1.0,
+            drain: None,
+            drain_timeout: Span::Time(Duration::from_secs(300)),
         }
     }
 
@@ -212,6 +221,7 @@ impl CloudScenario {
             signal_outage_every: secs(7 * 86_400),
             restart_every: 500,
             start_fraction: 0.5,
+            ..CloudScenario::ideal()
         }
     }
 

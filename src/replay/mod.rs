@@ -268,7 +268,22 @@ async fn run_async(
                 .min((14 * 86_400 / scenario.step.as_secs().max(1)) as usize),
         })
     };
-    let mut controller = build(0);
+    let with_drains = |mut controller: FleetController| {
+        if let Some([low, high]) = cloud.drain {
+            let times = [low.at(scenario.step), high.at(scenario.step)];
+            let drain = crate::drain::simulated::SimulatedDrain::new(
+                Arc::new(clock.clone()),
+                times,
+                setup.seed,
+            );
+            controller.drain_with(crate::drain::Drains {
+                drains: vec![Box::new(drain)],
+                timeout: cloud.drain_timeout.at(scenario.step),
+            });
+        }
+        controller
+    };
+    let mut controller = with_drains(build(0));
 
     let steps = scenario.steps();
     let mut billed = Vec::with_capacity(steps);
@@ -286,7 +301,7 @@ async fn run_async(
         clock.set(start + scenario.step * t as u32);
         if cloud.restart_every > 0 && (t as u64).is_multiple_of(cloud.restart_every) {
             restarts += 1;
-            controller = build(restarts);
+            controller = with_drains(build(restarts));
         }
         let before = mock.truth();
         let launched_before = mock.stats().launched;
@@ -297,9 +312,11 @@ async fn run_async(
             safety.double_launches += launched.saturating_sub(wanted);
         }
         if report.signal_error.is_some()
-            && let Action::Shrink { removed, .. } = report.action
+            && let Action::Shrink {
+                removed, draining, ..
+            } = report.action
         {
-            safety.blind_scale_ins += u64::from(removed);
+            safety.blind_scale_ins += u64::from(removed + draining);
         }
         if report.error.is_some() {
             safety.failed_ticks += 1;
@@ -318,12 +335,13 @@ async fn run_async(
             safety.bound_violations += 1;
         }
         if after.serving == 0 && before.serving > 0 {
-            zero_by_agent = matches!(report.action, Action::Shrink { removed, .. } if removed > 0);
+            zero_by_agent = report.drained > 0
+                || matches!(report.action, Action::Shrink { removed, draining, .. } if removed + draining > 0);
         }
         if after.serving == 0 && demand_now > 0.0 && zero_by_agent {
             safety.agent_zero_serving_steps += 1;
         }
-        billed.push(after.active());
+        billed.push(after.active() + after.draining);
         serving.push(after.serving);
         if t % 4096 == 0 {
             progress(4096);

@@ -104,6 +104,12 @@ impl CloudAdapter for Recording {
     async fn verify_access(&self) -> Result<AccessReport> {
         self.inner.verify_access().await
     }
+    async fn mark_draining(&self, ids: &[InstanceId], since: std::time::SystemTime) -> Result<()> {
+        let at = Instant::now();
+        let outcome = self.inner.mark_draining(ids, since).await;
+        self.note("mark_draining", at, ids.len() as u32, Vec::new(), "");
+        outcome
+    }
 }
 
 /// How the agents are configured: the fleets, each fleet's `[fleets.adapter]` section

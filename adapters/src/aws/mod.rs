@@ -401,6 +401,8 @@ impl Ec2Fleet {
                 launched_at,
                 zone,
                 protected: tags.contains_key(&self.protection_tag_key),
+                address: raw.private_ip_address().map(str::to_owned),
+                draining_since: tags.get(DRAINING_TAG).and_then(|v| parse_draining(v)),
             },
             state_name: state_name.as_str().to_owned(),
             subnet_id: raw.subnet_id().map(str::to_owned),
@@ -666,4 +668,52 @@ impl CloudAdapter for Ec2Fleet {
     async fn verify_access(&self) -> Result<AccessReport> {
         access::verify(self).await
     }
+
+    /// Tags each instance of this fleet with [`DRAINING_TAG`] (the time, in Unix
+    /// seconds) unless it has the tag already; instances gone, or not this fleet's, are
+    /// left alone.
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        let ids: Vec<InstanceId> = ids
+            .iter()
+            .filter(|id| is_instance_id(id))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let untagged: Vec<String> = self
+            .describe_ids(&ids)
+            .await?
+            .into_iter()
+            .filter(|i| i.tags.get(&self.fleet_tag_key) == Some(&self.fleet_tag_value))
+            .filter(|i| i.state_name != "terminated" && !i.tags.contains_key(DRAINING_TAG))
+            .map(|i| i.instance.id)
+            .collect();
+        let value = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
+        for chunk in untagged.chunks(IDS_PER_CALL) {
+            self.ec2
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .tags(Tag::builder().key(DRAINING_TAG).value(&value).build())
+                .send()
+                .await
+                .map_err(|e| errors::from_sdk("ec2:CreateTags", e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tag that marks an instance as draining before its removal; its value is the time
+/// the drain began, in Unix seconds.
+pub const DRAINING_TAG: &str = "fleetscale:draining";
+
+/// A [`DRAINING_TAG`] value; anything else (a tag set by hand) counts as a drain begun
+/// at the epoch, which has timed out.
+fn parse_draining(value: &str) -> Option<SystemTime> {
+    let seconds = value.trim().parse::<u64>().unwrap_or(0);
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
 }

@@ -442,6 +442,8 @@ fn instance_of(vm: &VirtualMachineScaleSetVm, location: &str) -> Option<Instance
             .cloned()
             .unwrap_or_else(|| location.to_owned()),
         protected: is_protected(vm),
+        address: None,
+        draining_since: None,
     })
 }
 
@@ -675,6 +677,13 @@ impl CloudAdapter for ScaleSetFleet {
         removed.extend(already_leaving);
         sort_ids(&mut removed);
         Ok(ShrinkOutcome { removed })
+    }
+
+    /// Not kept for a scale set yet: the config check refuses a `[fleets.drain]` on one.
+    async fn mark_draining(&self, _ids: &[InstanceId], _since: SystemTime) -> Result<()> {
+        Err(AdapterError::invalid(
+            "draining is not available for Azure scale set fleets yet (kind = \"azure\")",
+        ))
     }
 
     async fn verify_access(&self) -> Result<AccessReport> {

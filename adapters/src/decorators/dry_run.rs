@@ -33,6 +33,11 @@ pub enum Intent {
         at: SystemTime,
         ids: Vec<InstanceId>,
     },
+    /// Mark the named instances as draining.
+    MarkDraining {
+        at: SystemTime,
+        ids: Vec<InstanceId>,
+    },
 }
 
 /// Never calls grow or shrink on the inner adapter. Each would-be action is logged (a
@@ -63,6 +68,8 @@ struct Overlay {
     /// Live backend instances per zone at the last read, for balancing virtual launches.
     backend_zones: BTreeMap<String, usize>,
     intents: Vec<Intent>,
+    /// Instances marked as draining in the dry run, and since when.
+    draining: HashMap<InstanceId, SystemTime>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,7 +226,17 @@ impl<A: CloudAdapter> CloudAdapter for DryRun<A> {
                 launched_at: v.launched_at,
                 zone: v.zone.clone(),
                 protected: v.protected,
+                address: None,
+                draining_since: None,
             }));
+        overlay
+            .draining
+            .retain(|id, _| fleet.instances.iter().any(|i| &i.id == id));
+        for instance in &mut fleet.instances {
+            if let Some(since) = overlay.draining.get(&instance.id) {
+                instance.draining_since.get_or_insert(*since);
+            }
+        }
         fleet.target_size = fleet
             .target_size
             .map(|target| (target + launched).saturating_sub(hidden_serving_or_booting));
@@ -352,5 +369,24 @@ impl<A: CloudAdapter> CloudAdapter for DryRun<A> {
 
     async fn verify_access(&self) -> Result<AccessReport> {
         self.inner.verify_access().await
+    }
+
+    /// Kept in the overlay, so that the dry run's reads show the drain; the inner adapter
+    /// is not called.
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        let ids = dedupe(ids);
+        let mut overlay = lock(&self.overlay);
+        for id in &ids {
+            overlay.draining.entry(id.clone()).or_insert(since);
+        }
+        tracing::info!(
+            adapter = self.inner.name(),
+            ids = ?ids,
+            "dry run: would mark {} instance(s) as draining",
+            ids.len()
+        );
+        let at = self.clock.now();
+        overlay.intents.push(Intent::MarkDraining { at, ids });
+        Ok(())
     }
 }

@@ -151,4 +151,12 @@ impl<A: CloudAdapter> CloudAdapter for Metered<A> {
         self.call(Operation::VerifyAccess, self.inner.verify_access())
             .await
     }
+
+    async fn mark_draining(&self, ids: &[InstanceId], since: std::time::SystemTime) -> Result<()> {
+        self.call(
+            Operation::MarkDraining,
+            self.inner.mark_draining(ids, since),
+        )
+        .await
+    }
 }

@@ -225,4 +225,12 @@ impl<A: CloudAdapter> CloudAdapter for Retry<A> {
         self.call(Operation::VerifyAccess, || self.inner.verify_access())
             .await
     }
+
+    /// Marking is idempotent (a mark keeps its first time), so it is retried as reads are.
+    async fn mark_draining(&self, ids: &[InstanceId], since: std::time::SystemTime) -> Result<()> {
+        self.call(Operation::MarkDraining, || {
+            self.inner.mark_draining(ids, since)
+        })
+        .await
+    }
 }

@@ -62,6 +62,7 @@ pub struct CallCounts {
     pub grow: u64,
     pub shrink: u64,
     pub verify_access: u64,
+    pub mark_draining: u64,
 }
 
 impl CallCounts {
@@ -71,12 +72,13 @@ impl CallCounts {
             Operation::Grow => self.grow,
             Operation::Shrink => self.shrink,
             Operation::VerifyAccess => self.verify_access,
+            Operation::MarkDraining => self.mark_draining,
         }
     }
 
-    /// Grow and shrink calls: what a dry run must never make.
+    /// Grow, shrink and drain-marking calls: what a dry run must never make.
     pub fn mutating(&self) -> u64 {
-        self.grow + self.shrink
+        self.grow + self.shrink + self.mark_draining
     }
 
     pub fn total(&self) -> u64 {
@@ -89,6 +91,7 @@ impl CallCounts {
             Operation::Grow => self.grow += 1,
             Operation::Shrink => self.shrink += 1,
             Operation::VerifyAccess => self.verify_access += 1,
+            Operation::MarkDraining => self.mark_draining += 1,
         }
     }
 }
@@ -102,6 +105,8 @@ pub struct FleetTruth {
     pub booting: u32,
     /// Removed and still listed as Stopping (neither serving nor, in replay, billed).
     pub leaving: u32,
+    /// Running, marked as draining and not removed: billed, serving nobody new.
+    pub draining: u32,
 }
 
 impl FleetTruth {
@@ -134,6 +139,8 @@ struct Record {
     visible_at: SystemTime,
     removal: Option<Removal>,
     protected: bool,
+    /// Marked as draining (the tag a real provider keeps).
+    draining_since: Option<SystemTime>,
 }
 
 /// A shrink accepted the instance.
@@ -292,6 +299,7 @@ impl State {
                 visible_at,
                 removal: None,
                 protected: false,
+                draining_since: None,
             },
         );
         id
@@ -301,6 +309,7 @@ impl State {
         let mut truth = FleetTruth::default();
         for r in self.instances.values() {
             match r.state(now) {
+                InstanceState::Running if r.draining_since.is_some() => truth.draining += 1,
                 InstanceState::Running => truth.serving += 1,
                 InstanceState::Pending => truth.booting += 1,
                 InstanceState::Stopping => truth.leaving += 1,
@@ -323,6 +332,8 @@ impl State {
                     launched_at: r.launched_at,
                     zone: r.zone.clone(),
                     protected: r.protected,
+                    address: None,
+                    draining_since: r.draining_since,
                 })
                 .collect(),
             target_size: None,
@@ -673,24 +684,44 @@ impl CloudAdapter for MockCloud {
         self.terminate(&seqs, self.now())
     }
 
+    /// Unknown and malformed ids are ignored (an instance gone is not an error).
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        self.enter(Operation::MarkDraining)?;
+        let now = self.now();
+        self.with_state(|s| {
+            s.prune(now);
+            for seq in ids.iter().filter_map(|id| parse_id(id)) {
+                if let Some(record) = s.instances.get_mut(&seq) {
+                    record.draining_since.get_or_insert(since);
+                }
+            }
+        });
+        Ok(())
+    }
+
     async fn verify_access(&self) -> Result<AccessReport> {
         self.enter(Operation::VerifyAccess)?;
         let checks = self.with_state(|s| {
-            [Operation::ReadFleet, Operation::Grow, Operation::Shrink]
-                .into_iter()
-                .map(|op| {
-                    let allowed = !s.faults.denied.contains(&op);
-                    PermissionCheck {
-                        permission: permission_name(op),
-                        allowed,
-                        detail: if allowed {
-                            "no mock fault denies it".into()
-                        } else {
-                            "denied by a mock fault".into()
-                        },
-                    }
-                })
-                .collect()
+            [
+                Operation::ReadFleet,
+                Operation::Grow,
+                Operation::Shrink,
+                Operation::MarkDraining,
+            ]
+            .into_iter()
+            .map(|op| {
+                let allowed = !s.faults.denied.contains(&op);
+                PermissionCheck {
+                    permission: permission_name(op),
+                    allowed,
+                    detail: if allowed {
+                        "no mock fault denies it".into()
+                    } else {
+                        "denied by a mock fault".into()
+                    },
+                }
+            })
+            .collect()
         });
         Ok(AccessReport {
             identity: "mock".into(),

@@ -1021,10 +1021,14 @@ fn decision_item(d: &DecisionRecord, clamp: bool) -> String {
             requested,
             launched,
         } => format!("grow +{launched} of {requested}"),
-        Action::Shrink { requested, removed } if requested == removed => {
+        Action::Shrink {
+            requested, removed, ..
+        } if requested == removed => {
             format!("shrink −{removed}")
         }
-        Action::Shrink { requested, removed } => format!("shrink −{removed} of {requested}"),
+        Action::Shrink {
+            requested, removed, ..
+        } => format!("shrink −{removed} of {requested}"),
         Action::ReplaceStuck { removed } => format!("replace {removed} stuck"),
         Action::Paused { .. } => "backing off".to_string(),
         Action::Held { .. } => "held (paused)".to_string(),
