@@ -24,7 +24,10 @@
 //! - a shrink of a well-formed id that names no instance succeeds and removes nothing;
 //! - a shrink of a malformed id removes nothing and either fails with
 //!   [`ErrorKind::Invalid`] (a backend that can tell, such as the mock) or is ignored like
-//!   an unknown id (a decorator or backend that cannot); no other outcome is allowed.
+//!   an unknown id (a decorator or backend that cannot); no other outcome is allowed;
+//! - a drain's mark is read back with the time it began, a second mark keeps the first
+//!   time, and a marked instance can be removed; a backend that cannot keep marks refuses
+//!   with [`ErrorKind::Invalid`] and marks nothing.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -62,6 +65,12 @@ pub trait Harness: Send + Sync {
     fn honours_idempotency_tokens(&self) -> bool {
         true
     }
+
+    /// Whether the backend keeps drain marks ([`CloudAdapter::mark_draining`]). One that
+    /// does not must refuse them with [`ErrorKind::Invalid`].
+    fn keeps_drain_marks(&self) -> bool {
+        true
+    }
 }
 
 /// How soon a backend's reads reflect its writes.
@@ -83,6 +92,7 @@ pub async fn run_all(adapter: &dyn CloudAdapter, harness: &dyn Harness) {
     shrink_removes_named_instances_idempotently(adapter, harness).await;
     shrink_naming_a_protected_instance_removes_nothing(adapter, harness).await;
     shrink_of_unknown_or_malformed_ids_removes_nothing(adapter, harness).await;
+    drain_marks_are_read_back(adapter, harness).await;
 }
 
 /// A read lists live instances with unique, non-blank ids, and can be repeated.
@@ -532,6 +542,65 @@ fn assert_nothing_launched_or_removed(
             instance.id
         );
     }
+}
+
+/// A drain's mark is read back with the time it began (whole seconds: a tag's
+/// precision); marking again keeps the first time; marking an unknown id is no error; the
+/// marked instance can still be removed. A backend that cannot keep marks refuses with
+/// Invalid, and reads show no mark.
+pub async fn drain_marks_are_read_back(adapter: &dyn CloudAdapter, harness: &dyn Harness) {
+    let launched = grow(adapter, 1, &token("drain")).await.launched;
+    let [id] = launched.as_slice() else {
+        panic!("{}: grow(1) launched {launched:?}", adapter.name());
+    };
+    read_until(
+        adapter,
+        harness,
+        "the launched instance to be listed",
+        |fleet| find(fleet, id).is_some(),
+    )
+    .await;
+    let since = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let marked = adapter.mark_draining(std::slice::from_ref(id), since).await;
+    match (marked, harness.keeps_drain_marks()) {
+        (Ok(()), true) => {
+            read_until(
+                adapter,
+                harness,
+                "the drain's mark to be read back",
+                |fleet| find(fleet, id).is_some_and(|i| i.draining_since == Some(since)),
+            )
+            .await;
+            let later = since + Duration::from_secs(60);
+            let again = [id.clone(), harness.unknown_instance_id()];
+            if let Err(e) = adapter.mark_draining(&again, later).await {
+                panic!("{}: marking again failed: {e}", adapter.name());
+            }
+            settle(harness).await;
+            let fleet = read(adapter).await;
+            assert_eq!(
+                find(&fleet, id).and_then(|i| i.draining_since),
+                Some(since),
+                "{}: a second mark moved the first one's time: {fleet:?}",
+                adapter.name()
+            );
+        }
+        (Ok(()), false) => panic!(
+            "{}: accepted a drain mark its harness says it cannot keep",
+            adapter.name()
+        ),
+        (Err(e), false) => {
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{}: {e}", adapter.name());
+            let fleet = read(adapter).await;
+            assert!(
+                find(&fleet, id).is_some_and(|i| i.draining_since.is_none()),
+                "{}: a refused mark shows: {fleet:?}",
+                adapter.name()
+            );
+        }
+        (Err(e), true) => panic!("{}: marking a drain failed: {e}", adapter.name()),
+    }
+    remove(adapter, harness, std::slice::from_ref(id)).await;
 }
 
 async fn settle(harness: &dyn Harness) {

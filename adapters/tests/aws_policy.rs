@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use fleetscale_adapters::aws::{
-    DEFAULT_FLEET_TAG_KEY, DEFAULT_PROTECTION_TAG_KEY, REQUIRED_PERMISSIONS,
+    DEFAULT_FLEET_TAG_KEY, DEFAULT_PROTECTION_TAG_KEY, DRAINING_TAG, REQUIRED_PERMISSIONS,
 };
 use serde_json::Value;
 
@@ -111,8 +111,18 @@ fn every_mutating_statement_is_scoped_by_the_fleet_tag() {
             }
         }
         if actions.contains(&"ec2:CreateTags".to_string()) {
-            assert_eq!(equals["ec2:CreateAction"], "RunInstances", "{statement}");
-            assert_eq!(equals[&fleet_request], principal.as_str(), "{statement}");
+            if equals.get("ec2:CreateAction").is_some() {
+                assert_eq!(equals["ec2:CreateAction"], "RunInstances", "{statement}");
+                assert_eq!(equals[&fleet_request], principal.as_str(), "{statement}");
+            } else {
+                // Tagging an existing instance: only the drain's mark, only on the
+                // agent's own fleet.
+                assert_eq!(equals[&fleet_resource], principal.as_str(), "{statement}");
+                assert_eq!(
+                    condition["ForAllValues:StringEquals"]["aws:TagKeys"], DRAINING_TAG,
+                    "{statement}"
+                );
+            }
         }
         if actions.contains(&"ec2:TerminateInstances".to_string()) {
             assert_eq!(equals[&fleet_resource], principal.as_str(), "{statement}");
@@ -383,6 +393,44 @@ fn tags_only_at_launch() {
         "retagging an existing instance (joining it to the fleet)"
     );
     assert!(!tag(Some("CreateVolume")));
+}
+
+#[test]
+fn marks_only_its_own_fleets_instances_and_only_as_draining() {
+    let policy = policy();
+    let mark = |principal, request_tags, resource_tags| {
+        allows(
+            &policy,
+            &Request {
+                action: "ec2:CreateTags",
+                resource: format!("{ARN}:instance/i-0abc"),
+                principal_tags: principal,
+                request_tags,
+                resource_tags,
+                create_action: None,
+            },
+        )
+    };
+    let draining: &[(&str, &str)] = &[(DRAINING_TAG, "1700000000")];
+    assert!(mark(AGENT, draining, FLEET_TAGS));
+    assert!(
+        !mark(AGENT, draining, &[("fleetscale:fleet", "batch")]),
+        "another fleet's instance"
+    );
+    assert!(!mark(AGENT, draining, &[]), "an instance of no fleet");
+    assert!(!mark(&[], draining, FLEET_TAGS), "a principal of no fleet");
+    assert!(
+        !mark(AGENT, &[("fleetscale:protected", "true")], FLEET_TAGS),
+        "any other tag: protection"
+    );
+    assert!(
+        !mark(
+            AGENT,
+            &[(DRAINING_TAG, "1700000000"), ("fleetscale:fleet", "batch")],
+            FLEET_TAGS
+        ),
+        "the mark with another tag: moving the instance to another fleet"
+    );
 }
 
 #[test]

@@ -139,10 +139,12 @@ impl DrainConfig {
                 ),
             )),
         }
-        if self.target_group_arn.is_some() && !matches!(kind, Some("aws") | None) {
+        if self.target_group_arn.is_some() {
             found.push((
                 "target_group_arn",
-                "an ELBv2 target group drains an AWS fleet (kind = \"aws\")".to_string(),
+                "draining through an ELBv2 target group is not available yet: use hook_url or \
+                 hook_command (a hook may deregister the instance itself)"
+                    .to_string(),
             ));
         }
         found
