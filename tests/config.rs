@@ -335,3 +335,77 @@ fn an_auto_scaling_group_fleet_names_its_bad_fields() {
         "{unknown:?}"
     );
 }
+
+#[test]
+fn a_drain_names_its_bad_fields() {
+    let fleet = |adapter: &str, drain: &str| {
+        format!(
+            "[[fleets]]\nname = \"web\"\n[fleets.adapter]\n{adapter}\n[fleets.signal]\nkind = \"synthetic\"\n\
+             [fleets.guards]\nmin = 1\nmax = 3\n[fleets.drain]\n{drain}\n"
+        )
+    };
+    let found = problems(&fleet(
+        "kind = \"mock\"",
+        "timeout = \"0s\"\nhook_url = \"ftp://drain\"\nhook_command = []\nhook_timeout = \"2h\"",
+    ))
+    .join("\n");
+    for expected in [
+        "fleets[0].drain.timeout: must be more than 0s",
+        "fleets[0].drain.hook_url: \"ftp://drain\": the scheme must be http or https",
+        "fleets[0].drain.hook_command: must name a program",
+        "fleets[0].drain.hook_timeout: must be more than 0s and at most the drain's timeout",
+    ] {
+        assert!(
+            found.contains(expected),
+            "missing {expected:?} in:\n{found}"
+        );
+    }
+    let nothing = problems(&fleet("kind = \"mock\"", "timeout = \"60s\"")).join("\n");
+    assert!(
+        nothing.contains("fleets[0].drain.target_group_arn: a drain needs a target_group_arn, a hook_url or a hook_command"),
+        "{nothing}"
+    );
+    let unknown = problems(&fleet("kind = \"mock\"", "hook = \"x\"")).join("\n");
+    assert!(unknown.contains("fleets[0].drain"), "{unknown}");
+    assert!(unknown.contains("hook"), "{unknown}");
+    let good = fleet(
+        "kind = \"mock\"",
+        "hook_url = \"http://127.0.0.1:9/drain\"\ntimeout = \"2m\"",
+    );
+    let config = Config::parse(&good, Path::new("test.toml")).expect("a good drain");
+    let drain = config.fleets[0].drain.as_ref().expect("the drain");
+    assert_eq!(drain.timeout, std::time::Duration::from_secs(120));
+    assert_eq!(drain.hook_timeout, None);
+}
+
+#[cfg(feature = "aws")]
+#[test]
+fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
+    let found = problems(
+        r#"
+        [[fleets]]
+        name = "web"
+        [fleets.adapter]
+        kind = "aws-asg"
+        group = "web-asg"
+        [fleets.signal]
+        kind = "synthetic"
+        [fleets.guards]
+        min = 1
+        max = 3
+        [fleets.drain]
+        hook_url = "http://127.0.0.1:9/drain"
+        target_group_arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+        "#,
+    )
+    .join("\n");
+    for expected in [
+        "fleets[0].drain.timeout: draining is not available for kind = \"aws-asg\" fleets yet",
+        "fleets[0].drain.target_group_arn: draining through an ELBv2 target group is not available yet",
+    ] {
+        assert!(
+            found.contains(expected),
+            "missing {expected:?} in:\n{found}"
+        );
+    }
+}

@@ -78,9 +78,22 @@ pub struct ObservationReport {
     pub serving: u32,
     pub billed: u32,
     pub booting: u32,
+    /// Drains in progress: each instance being drained before its removal, and when its
+    /// drain began.
+    pub draining: Vec<DrainReport>,
     /// The bounds in force now: the guards' as the open windows change them.
     pub min: u32,
     pub max: u32,
+}
+
+/// One drain in progress.
+#[derive(Debug, Serialize)]
+pub struct DrainReport {
+    pub id: String,
+    /// RFC 3339.
+    pub since: String,
+    /// Seconds it has been draining.
+    pub for_seconds: u64,
 }
 
 /// One of the fleet's signals as `plan` read it.
@@ -172,6 +185,18 @@ pub async fn build_report(
     let account = crate::account::Unseen::default().account(&state, now);
     let (serving, active, booting) = (account.serving, account.active(), account.booting);
     let billed = account.billed();
+    let draining = account
+        .draining_instances
+        .iter()
+        .map(|i| {
+            let since = i.draining_since.unwrap_or(now);
+            DrainReport {
+                id: i.id.clone(),
+                since: humantime::format_rfc3339_seconds(since).to_string(),
+                for_seconds: now.duration_since(since).unwrap_or_default().as_secs(),
+            }
+        })
+        .collect();
 
     let steps =
         ((fleet.history.as_secs_f64() / step.as_secs_f64()).ceil() as usize).clamp(1, MAX_HISTORY);
@@ -284,6 +309,7 @@ pub async fn build_report(
             serving,
             billed,
             booting,
+            draining,
             min: bounds.min,
             max: bounds.max,
         },
@@ -394,6 +420,19 @@ pub fn table(report: &PlanReport) -> String {
         "  fleet           {} serving, {} booting, {} billed (bounds {}..={})",
         o.serving, o.booting, o.billed, o.min, o.max
     );
+    if !o.draining.is_empty() {
+        let drains: Vec<String> = o
+            .draining
+            .iter()
+            .map(|d| format!("{} (since {}, {} s)", d.id, d.since, d.for_seconds))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  draining        {}: {}",
+            o.draining.len(),
+            drains.join(", ")
+        );
+    }
     let show = |w: &OpenWindow| {
         let bound = |name: &str, v: Option<u32>| v.map(|v| format!(" {name} {v}"));
         format!(
