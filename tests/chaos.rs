@@ -201,3 +201,23 @@ proptest! {
         prop_assert_eq!(f.agent_zero_serving_steps, 0, "{:?} {:?}", cloud, f);
     }
 }
+
+/// The example scenarios with draining are the named ones plus their drains.
+#[test]
+fn the_drained_example_scenarios_are_the_named_ones_with_drains() {
+    let secs = |s| Span::Time(Duration::from_secs(s));
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (file, named, drain) in [
+        ("aws-drained", CloudScenario::aws(), [secs(30), secs(300)]),
+        ("hostile-drained", CloudScenario::hostile(), [secs(30), secs(600)]),
+    ] {
+        let read = CloudScenario::resolve(&format!("{root}/examples/clouds/{file}.toml")).unwrap();
+        let expected = CloudScenario {
+            name: file.into(),
+            drain: Some(drain),
+            drain_timeout: secs(300),
+            ..named
+        };
+        assert_eq!(read, expected, "{file}");
+    }
+}
