@@ -46,6 +46,7 @@ SAMPLES = {
         "local.agent_ips": ["10.42.10.11"],
         "local.agent_targets": ["10.42.10.11:9910"],
         "local.etcd_ip": "10.42.10.20",
+        "aws_lb_target_group.fleet.arn": "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/fleetscale-demo-fleet/0123456789abcdef",
     },
     "azure": {
         "data.azurerm_subscription.current.subscription_id": "00000000-0000-4000-8000-000000000000",
@@ -89,6 +90,8 @@ UNIT_DIRECTIVES = [
 AWS_POLICY = "fleetscale-agent-policy.json"
 # Policies the agent's role may hold besides its scaling policy.
 AWS_AGENT_EXTRA_POLICIES = {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
+# The one other policy file the agent's role may hold: draining through the target group.
+AWS_DRAIN_POLICY = "fleetscale-drain-policy.json"
 
 
 class Problems:
@@ -606,6 +609,9 @@ def check_aws_policy(module, problems):
             ref = attr(attrs, "role") or ""
             if re.fullmatch(rf"\$\{{aws_iam_role\.{role}\.(name|id)\}}", ref) and name != users[0]:
                 arn = attr(attrs, "policy_arn")
+                drain = f'${{file("${{path.module}}/{AWS_DRAIN_POLICY}")}}'
+                if rtype == "aws_iam_role_policy" and attr(attrs, "policy") == drain:
+                    continue
                 if arn not in AWS_AGENT_EXTRA_POLICIES:
                     problems.add(where, f"{rtype}.{name} adds permissions to the agent's role")
     # The policy compares request and resource tags with the role's own tags.

@@ -205,7 +205,9 @@ pub async fn build_controller(
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<FleetController> {
     let cloud = build_cloud(fleet, clock.clone()).await?;
-    controller_on(cloud, fleet, agent, wiring, metrics, clock)
+    let mut controller = controller_on(cloud, fleet, agent, wiring, metrics, clock)?;
+    wire_drains(&mut controller, fleet, wiring).await?;
+    Ok(controller)
 }
 
 /// A controller for one fleet over a backend already connected (`build_cloud`'s, or one
@@ -249,15 +251,25 @@ pub fn controller_on(
         history_steps,
     });
     controller.schedule_with(fleet.schedules.clone());
-    if let Some(drain) = &fleet.drain {
-        if wiring.dry_run {
-            // A drain calls hooks and load balancers: a dry run removes at once.
-            tracing::info!(fleet = %fleet.name, "dry run: scale-in is not drained (no hook or load balancer is called)");
-        } else {
-            controller.drain_with(crate::drain::build(drain, &fleet.name));
-        }
-    }
     Ok(controller)
+}
+
+/// Gives `controller` the fleet's `[fleets.drain]`, connecting to its load balancer.
+pub async fn wire_drains(
+    controller: &mut FleetController,
+    fleet: &FleetConfig,
+    wiring: Wiring,
+) -> anyhow::Result<()> {
+    let Some(drain) = &fleet.drain else {
+        return Ok(());
+    };
+    if wiring.dry_run {
+        // A drain calls hooks and load balancers: a dry run removes at once.
+        tracing::info!(fleet = %fleet.name, "dry run: scale-in is not drained (no hook or load balancer is called)");
+        return Ok(());
+    }
+    controller.drain_with(crate::drain::connect(drain, fleet).await?);
+    Ok(())
 }
 
 /// Runs every fleet until `shutdown` resolves; each fleet finishes the tick it is in
@@ -360,14 +372,18 @@ pub async fn run_with(
     let mut tasks = Vec::new();
     for fleet in &config.fleets {
         let mut controller = match &options.connect {
-            Some(connect) => controller_on(
-                connect(fleet),
-                fleet,
-                &config.agent,
-                wiring,
-                Some(&metrics),
-                clock.clone(),
-            )?,
+            Some(connect) => {
+                let mut controller = controller_on(
+                    connect(fleet),
+                    fleet,
+                    &config.agent,
+                    wiring,
+                    Some(&metrics),
+                    clock.clone(),
+                )?;
+                wire_drains(&mut controller, fleet, wiring).await?;
+                controller
+            }
             None => {
                 build_controller(fleet, &config.agent, wiring, Some(&metrics), clock.clone())
                     .await?

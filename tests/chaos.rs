@@ -209,7 +209,11 @@ fn the_drained_example_scenarios_are_the_named_ones_with_drains() {
     let root = env!("CARGO_MANIFEST_DIR");
     for (file, named, drain) in [
         ("aws-drained", CloudScenario::aws(), [secs(30), secs(300)]),
-        ("hostile-drained", CloudScenario::hostile(), [secs(30), secs(600)]),
+        (
+            "hostile-drained",
+            CloudScenario::hostile(),
+            [secs(30), secs(600)],
+        ),
     ] {
         let read = CloudScenario::resolve(&format!("{root}/examples/clouds/{file}.toml")).unwrap();
         let expected = CloudScenario {

@@ -401,7 +401,7 @@ fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
     .join("\n");
     for expected in [
         "fleets[0].drain.timeout: draining is not available for kind = \"aws-asg\" fleets yet",
-        "fleets[0].drain.target_group_arn: draining through an ELBv2 target group is not available yet",
+        "fleets[0].drain.target_group_arn: an ELBv2 target group drains an AWS fleet (kind = \"aws\")",
     ] {
         assert!(
             found.contains(expected),

@@ -623,3 +623,56 @@ fn the_asg_policy_scopes_every_change_to_groups_of_the_agents_fleet() {
         );
     }
 }
+
+#[test]
+fn the_drain_policy_deregisters_only_from_target_groups_of_the_agents_fleet() {
+    use fleetscale_adapters::aws::target_group::REQUIRED_DRAIN_PERMISSIONS;
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../terraform/aws/fleetscale-drain-policy.json"
+    );
+    let policy: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut actions: Vec<String> = statements(&policy)
+        .iter()
+        .flat_map(|s| strings(&s["Action"]))
+        .collect();
+    actions.sort();
+    let mut needed: Vec<String> = REQUIRED_DRAIN_PERMISSIONS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    needed.sort();
+    assert_eq!(actions, needed);
+    let group =
+        "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef";
+    let call = |action, resource_tags| {
+        allows(
+            &policy,
+            &Request {
+                action,
+                resource: group.to_string(),
+                principal_tags: AGENT,
+                request_tags: &[],
+                resource_tags,
+                create_action: None,
+            },
+        )
+    };
+    assert!(call("elasticloadbalancing:DeregisterTargets", FLEET_TAGS));
+    assert!(
+        !call(
+            "elasticloadbalancing:DeregisterTargets",
+            &[("fleetscale:fleet", "batch")]
+        ),
+        "another fleet's target group"
+    );
+    assert!(
+        !call("elasticloadbalancing:DeregisterTargets", &[]),
+        "a target group of no fleet"
+    );
+    assert!(call("elasticloadbalancing:DescribeTargetHealth", &[]));
+    assert!(
+        !call("elasticloadbalancing:RegisterTargets", FLEET_TAGS),
+        "the drain never registers"
+    );
+}

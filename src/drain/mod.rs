@@ -15,6 +15,8 @@
 
 pub mod hook;
 pub mod simulated;
+#[cfg(feature = "aws")]
+pub mod target_group;
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -139,12 +141,10 @@ impl DrainConfig {
                 ),
             )),
         }
-        if self.target_group_arn.is_some() {
+        if self.target_group_arn.is_some() && !matches!(kind, Some("aws") | None) {
             found.push((
                 "target_group_arn",
-                "draining through an ELBv2 target group is not available yet: use hook_url or \
-                 hook_command (a hook may deregister the instance itself)"
-                    .to_string(),
+                "an ELBv2 target group drains an AWS fleet (kind = \"aws\")".to_string(),
             ));
         }
         found
@@ -236,7 +236,41 @@ impl Drains {
     }
 }
 
-/// The drains `config` names, for fleet `fleet`.
+/// The drains `config` names for `fleet`, connected to its load balancer.
+pub async fn connect(
+    config: &DrainConfig,
+    fleet: &crate::config::FleetConfig,
+) -> anyhow::Result<Drains> {
+    #[allow(unused_mut)] // without the aws feature nothing is added
+    let mut drains = build(config, &fleet.name);
+    if let Some(arn) = &config.target_group_arn {
+        #[cfg(feature = "aws")]
+        {
+            use anyhow::Context as _;
+            let crate::config::AdapterConfig::Aws(aws) = &fleet.adapter else {
+                anyhow::bail!("fleet {}: a target group drains an AWS fleet", fleet.name);
+            };
+            let group =
+                fleetscale_adapters::aws::target_group::TargetGroup::connect(&fleet.name, aws, arn)
+                    .await
+                    .with_context(|| {
+                        format!("fleet {}: connecting to target group {arn}", fleet.name)
+                    })?;
+            drains
+                .drains
+                .push(Box::new(target_group::TargetGroupDrain::new(group)));
+        }
+        #[cfg(not(feature = "aws"))]
+        anyhow::bail!(
+            "fleet {}: target_group_arn {arn} needs a fleetscale built with the aws feature",
+            fleet.name
+        );
+    }
+    Ok(drains)
+}
+
+/// The hook drains `config` names, for fleet `fleet` (a target group needs
+/// [`connect`]).
 pub fn build(config: &DrainConfig, fleet: &str) -> Drains {
     let hook_timeout = config.hook_timeout.unwrap_or(config.timeout);
     let mut drains: Vec<Box<dyn Drain>> = Vec::new();

@@ -20,6 +20,7 @@ locals {
     min_instances       = var.min_instances
     max_instances       = var.max_instances
     max_step_up         = var.max_step_up
+    target_group_arn    = aws_lb_target_group.fleet.arn
     coordination        = var.high_availability ? local.coordination_section : ""
   }
 

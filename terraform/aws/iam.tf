@@ -29,6 +29,13 @@ resource "aws_iam_role_policy" "agent_scaling" {
   policy = file("${path.module}/fleetscale-agent-policy.json")
 }
 
+# Draining on scale-in: read target health, deregister from the fleet's target groups.
+resource "aws_iam_role_policy" "agent_draining" {
+  name   = "fleetscale-drain"
+  role   = aws_iam_role.agent.id
+  policy = file("${path.module}/fleetscale-drain-policy.json")
+}
+
 # Session Manager: shells and port forwarding without SSH or open ports.
 resource "aws_iam_role_policy_attachment" "agent_ssm" {
   role       = aws_iam_role.agent.name

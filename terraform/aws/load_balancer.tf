@@ -24,6 +24,11 @@ resource "aws_lb_target_group" "fleet" {
   vpc_id               = aws_vpc.demo.id
   deregistration_delay = 30
 
+  # The agent's drain policy deregisters only from target groups of its own fleet.
+  tags = {
+    "fleetscale:fleet" = var.fleet_name
+  }
+
   health_check {
     path                = "/healthz"
     matcher             = "200"

@@ -62,6 +62,7 @@ pub mod asg;
 mod config;
 mod errors;
 mod placement;
+pub mod target_group;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};

@@ -17,7 +17,10 @@
 //! moto does not implement Auto Scaling's instance refreshes; the same module answers
 //! DescribeInstanceRefreshes with the refreshes StartInstanceRefresh started, each
 //! InProgress (API_DescribeInstanceRefreshes, API_StartInstanceRefresh of the API
-//! Reference), and authorises group actions against the group's ARN.
+//! Reference), and authorises group actions against the group's ARN. moto reports a
+//! deregistered ELBv2 target `unused` at once; the module keeps it `draining` for the
+//! group's deregistration delay, as the Elastic Load Balancing User Guide ("Deregistration
+//! delay") describes, and authorises target group actions against the group's ARN.
 //!
 //! moto launches `MinCount` instances where EC2 launches as many as it can up to
 //! `MaxCount`; a `sitecustomize` module given to the server teaches it EC2's rule, and
@@ -326,7 +329,7 @@ impl Moto {
         self.fleet(FLEET, &self.config(), &self.agent).await
     }
 
-    /// Run boto3 code as `keys`, with `ec2`, `iam`, `sts` and `autoscaling` clients bound to the
+    /// Run boto3 code as `keys`, with `ec2`, `iam`, `sts`, `autoscaling` and `elbv2` clients bound to the
     /// emulator; the JSON of the variable `result` is returned.
     pub fn python_as(&self, keys: &Keys, code: &str) -> Value {
         let script =
@@ -543,6 +546,7 @@ ec2 = boto3.client("ec2", **_kw)
 iam = boto3.client("iam", **_kw)
 sts = boto3.client("sts", **_kw)
 autoscaling = boto3.client("autoscaling", **_kw)
+elbv2 = boto3.client("elbv2", **_kw)
 "#;
 
 const SETUP: &str = r#"
@@ -675,6 +679,59 @@ def _teach_moto_instance_refreshes():
     AutoScalingResponse._determine_resource = _determine_resource
 
 _teach_moto_instance_refreshes()
+
+def _teach_moto_deregistration_delay():
+    # moto reports a deregistered target `unused` at once. As the Elastic Load Balancing
+    # User Guide for Application Load Balancers has it ("Deregistration delay"), a
+    # deregistered target is `draining` (reason Target.DeregistrationInProgress) until the
+    # group's deregistration_delay.timeout_seconds has passed, then `unused`.
+    import time
+    from moto.elbv2.models import FakeHealthStatus, FakeTargetGroup
+
+    original_register = FakeTargetGroup.register
+    original_deregister = FakeTargetGroup.deregister
+    original_health = FakeTargetGroup.health_for
+
+    def register(self, targets):
+        original_register(self, targets)
+        for target in targets:
+            getattr(self, "_fleetscale_deregistered_at", {}).pop(target["Id"], None)
+
+    def deregister(self, targets):
+        original_deregister(self, targets)
+        since = getattr(self, "_fleetscale_deregistered_at", {})
+        for target in targets:
+            since.setdefault(target["Id"], time.monotonic())
+        self._fleetscale_deregistered_at = since
+
+    def health_for(self, target, ec2_backend):
+        since = getattr(self, "_fleetscale_deregistered_at", {}).get(target["Id"])
+        delay = float(self.attributes.get("deregistration_delay.timeout_seconds", 300))
+        if target["Id"] not in self.targets and since is not None and time.monotonic() - since < delay:
+            return FakeHealthStatus(target["Id"], target.get("Port", self.port), self.health_check_port,
+                                    "draining", "Target.DeregistrationInProgress",
+                                    "Target deregistration is in progress")
+        return original_health(self, target, ec2_backend)
+
+    FakeTargetGroup.register = register
+    FakeTargetGroup.deregister = deregister
+    FakeTargetGroup.health_for = health_for
+
+_teach_moto_deregistration_delay()
+
+def _teach_moto_target_group_resources():
+    # moto authorises every ELBv2 action against the resource "*". As the Service
+    # Authorization Reference (Elastic Load Balancing V2, resource type targetgroup) has
+    # it, the target group's ARN is the resource of the actions on one group
+    # (DeregisterTargets, DescribeTargetHealth).
+    from moto.elbv2.responses import ELBV2Response
+
+    def _determine_resource(self):
+        return self._get_param("TargetGroupArn") or "*"
+
+    ELBV2Response._determine_resource = _determine_resource
+
+_teach_moto_target_group_resources()
 "#;
 
 /// One request seen by a [`Proxy`].

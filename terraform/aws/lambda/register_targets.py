@@ -4,7 +4,9 @@ fleetscale launches and terminates the fleet's instances directly (RunInstances 
 TerminateInstances), so nothing registers them with the load balancer. EventBridge calls
 this function on every EC2 state change and every few minutes; each call reconciles the
 whole target group with the running instances that carry the fleet tag, so a missed or
-repeated event does no harm.
+repeated event does no harm. An instance fleetscale is draining (tag fleetscale:draining)
+is left out: fleetscale deregistered it, and registering it again would send it requests
+until its removal.
 """
 
 import json
@@ -18,6 +20,7 @@ elbv2 = boto3.client("elbv2")
 TARGET_GROUP_ARN = os.environ["TARGET_GROUP_ARN"]
 FLEET_TAG_KEY = os.environ["FLEET_TAG_KEY"]
 FLEET_TAG_VALUE = os.environ["FLEET_TAG_VALUE"]
+DRAINING_TAG_KEY = "fleetscale:draining"
 VPC_ID = os.environ["VPC_ID"]
 
 
@@ -30,7 +33,11 @@ def running_fleet_instances():
     ids = set()
     for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
         for reservation in page["Reservations"]:
-            ids.update(i["InstanceId"] for i in reservation["Instances"])
+            ids.update(
+                i["InstanceId"]
+                for i in reservation["Instances"]
+                if not any(t["Key"] == DRAINING_TAG_KEY for t in i.get("Tags", []))
+            )
     return ids
 
 

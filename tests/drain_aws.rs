@@ -1,0 +1,217 @@
+//! Draining through an ELBv2 target group, on the EC2 emulator (moto, IAM enforced, the
+//! agent's policy plus terraform/aws/fleetscale-drain-policy.json): a scale-in marks the
+//! instances (the EC2 tag), deregisters them from the target group, and terminates them
+//! only once the group no longer lists them as draining; an agent restarted mid-drain
+//! reads the drain back from the tags and the target group, and neither deregisters nor
+//! decides the removal again.
+//!
+//! Needs `moto_server` on PATH (`pip install 'moto[server]'`).
+#![cfg(feature = "aws")]
+// Tests: a panic is a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+#[path = "../adapters/tests/support/moto.rs"]
+mod moto;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use fleetscale::controller::{Action, ControllerParts, FleetController, TickReport};
+use fleetscale::drain::Drains;
+use fleetscale::drain::target_group::TargetGroupDrain;
+use fleetscale::guards::GuardConfig;
+use fleetscale::signal::NamedSignal;
+use fleetscale::signal::trace::TraceSignal;
+use fleetscale_adapters::aws::target_group::TargetGroup;
+use fleetscale_adapters::{CloudAdapter, IdempotencyToken, ManualClock};
+use fleetscale_policies::PolicyConfig;
+use moto::{FLEET, Moto};
+use serde_json::Value;
+
+const TICK: Duration = Duration::from_secs(60);
+/// The target group's deregistration delay, in real seconds.
+const DELAY_S: u64 = 3;
+
+/// The agent's policy and the drain's, as one document.
+fn policy() -> String {
+    let agent: Value = serde_json::from_str(&moto::repo_policy()).unwrap();
+    let drain_path = moto::repo_root().join("terraform/aws/fleetscale-drain-policy.json");
+    let drain: Value = serde_json::from_str(&std::fs::read_to_string(drain_path).unwrap()).unwrap();
+    let mut statements = agent["Statement"].as_array().unwrap().clone();
+    statements.extend(drain["Statement"].as_array().unwrap().iter().cloned());
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
+}
+
+/// Each target's state in the group.
+fn health(moto: &Moto, arn: &str, ids: &[String]) -> Vec<(String, String)> {
+    let code = format!(
+        "out = elbv2.describe_target_health(TargetGroupArn={arn:?}, Targets=[{{'Id': i}} for i in {ids:?}])\n\
+         result = [[d['Target']['Id'], d['TargetHealth']['State']] for d in out['TargetHealthDescriptions']]"
+    );
+    moto.admin(&code)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn controller(
+    moto: &Moto,
+    clock: &ManualClock,
+    arn: &str,
+    start: SystemTime,
+) -> FleetController {
+    let demand = [vec![4.0; 2], vec![1.0; 40]].concat();
+    let signal = TraceSignal::new(&demand, 1.0, start, TICK, false);
+    let mut controller = FleetController::new(ControllerParts {
+        name: FLEET.into(),
+        adapter: Box::new(moto.agent_fleet().await),
+        signals: vec![NamedSignal {
+            name: "trace".into(),
+            source: Box::new(signal),
+        }],
+        policy: PolicyConfig::from_name("target-tracking")
+            .unwrap()
+            .with_knob(1.0)
+            .unwrap()
+            .build(),
+        guards: GuardConfig {
+            read_lag: Some(Duration::ZERO),
+            ..GuardConfig::with_max(8)
+        },
+        clock: Arc::new(clock.clone()),
+        step: TICK,
+        boot_delay: Duration::from_secs(60),
+        metrics: None,
+        history_steps: 5,
+    });
+    let group =
+        TargetGroup::connect_with_credentials(FLEET, &moto.config(), arn, moto.agent.credentials())
+            .await
+            .unwrap();
+    controller.drain_with(Drains {
+        drains: vec![Box::new(TargetGroupDrain::new(group))],
+        timeout: Duration::from_secs(3600),
+    });
+    controller
+}
+
+async fn step(clock: &ManualClock, controller: &mut FleetController) -> TickReport {
+    clock.advance(TICK);
+    let report = controller.tick().await;
+    assert!(report.error.is_none(), "{report:?}");
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scale_in_deregisters_first_and_terminates_only_after_draining() {
+    let moto = Moto::builder().policy(policy()).start();
+    let ec2 = moto.agent_fleet().await;
+    let ids = ec2
+        .grow(4, &IdempotencyToken::new("drain-aws"))
+        .await
+        .unwrap()
+        .launched;
+    assert_eq!(ids.len(), 4);
+    let arn = moto.admin(&format!(
+        "vpc = ec2.describe_vpcs()['Vpcs'][-1]['VpcId']\n\
+         tg = elbv2.create_target_group(Name='web', Protocol='HTTP', Port=80, VpcId={vpc:?}, TargetType='instance',\n\
+             Tags=[{{'Key': 'fleetscale:fleet', 'Value': {FLEET:?}}}])['TargetGroups'][0]['TargetGroupArn']\n\
+         elbv2.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[\n\
+             {{'Key': 'deregistration_delay.timeout_seconds', 'Value': '{DELAY_S}'}}])\n\
+         elbv2.register_targets(TargetGroupArn=tg, Targets=[{{'Id': i}} for i in {ids:?}])\n\
+         result = tg",
+        vpc = moto.vpc_id,
+    ));
+    let arn = arn.as_str().unwrap().to_owned();
+    assert!(
+        health(&moto, &arn, &ids)
+            .iter()
+            .all(|(_, s)| s == "healthy")
+    );
+
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let clock = ManualClock::new(start);
+    let mut first = controller(&moto, &clock, &arn, start).await;
+    let mut drained = None;
+    for _ in 0..12 {
+        let report = step(&clock, &mut first).await;
+        if let Action::Shrink {
+            removed, draining, ..
+        } = report.action
+        {
+            assert_eq!((removed, draining), (0, 3), "{report:?}");
+            drained = Some(Instant::now());
+            break;
+        }
+    }
+    let began = drained.expect("a scale-in");
+    // Deregistered, still running: nothing terminated yet.
+    let states = health(&moto, &arn, &ids);
+    let draining: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| s == "draining")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(draining.len(), 3, "{states:?}");
+    for id in &draining {
+        assert_eq!(
+            moto.state_of(id),
+            "running",
+            "{id} terminated while draining"
+        );
+    }
+
+    // The agent restarts mid-drain: the new one finds the drains and waits them out.
+    drop(first);
+    let mut second = controller(&moto, &clock, &arn, start).await;
+    let mut removed_after = None;
+    for _ in 0..20 {
+        let report = step(&clock, &mut second).await;
+        assert!(
+            !matches!(report.action, Action::Shrink { .. }),
+            "no second removal decided: {report:?}"
+        );
+        if report.drained > 0 {
+            assert_eq!(report.drained, 3, "{report:?}");
+            assert_eq!(report.drain_timeouts, 0, "{report:?}");
+            removed_after = Some(began.elapsed());
+            break;
+        }
+        assert_eq!(report.draining, 3, "{report:?}");
+        for id in &draining {
+            assert_eq!(
+                moto.state_of(id),
+                "running",
+                "{id} terminated while draining"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let removed_after = removed_after.expect("the drains end");
+    assert!(
+        removed_after >= Duration::from_secs(DELAY_S),
+        "terminated {removed_after:?} after deregistering, before the {DELAY_S} s delay"
+    );
+    for id in &draining {
+        assert_eq!(moto.state_of(id), "terminated", "{id}");
+    }
+    let kept: Vec<&String> = ids.iter().filter(|id| !draining.contains(id)).collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(moto.state_of(kept[0]), "running");
+    let fleet = ec2.read_fleet().await.unwrap();
+    assert!(
+        fleet
+            .instances
+            .iter()
+            .filter(|i| i.draining_since.is_some())
+            .all(|i| draining.contains(&i.id)),
+        "{fleet:?}"
+    );
+}
