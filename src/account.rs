@@ -285,7 +285,9 @@ impl Unseen {
         account.in_flight_ids = self.launches.iter().map(|(id, _)| id.clone()).collect();
         account.booting += account.in_flight;
         if let Some(capacity) = fleet.target_size {
-            account.hold_to(capacity);
+            // Draining instances are still in the provider's capacity (an Auto Scaling
+            // group's desired capacity) until their removal decrements it.
+            account.hold_to(capacity.saturating_sub(account.draining));
         }
         let mut view: Vec<&str> = account
             .instances

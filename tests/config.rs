@@ -378,7 +378,7 @@ fn a_drain_names_its_bad_fields() {
     assert_eq!(drain.hook_timeout, None);
 }
 
-#[cfg(feature = "aws")]
+#[cfg(feature = "azure")]
 #[test]
 fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
     let found = problems(
@@ -386,8 +386,10 @@ fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
         [[fleets]]
         name = "web"
         [fleets.adapter]
-        kind = "aws-asg"
-        group = "web-asg"
+        kind = "azure"
+        subscription_id = "00000000-0000-4000-8000-000000000000"
+        resource_group = "demo"
+        scale_set = "web"
         [fleets.signal]
         kind = "synthetic"
         [fleets.guards]
@@ -400,7 +402,7 @@ fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
     )
     .join("\n");
     for expected in [
-        "fleets[0].drain.timeout: draining is not available for kind = \"aws-asg\" fleets yet",
+        "fleets[0].drain.timeout: draining is not available for kind = \"azure\" fleets yet",
         "fleets[0].drain.target_group_arn: an ELBv2 target group drains an AWS fleet (kind = \"aws\")",
     ] {
         assert!(

@@ -215,3 +215,149 @@ async fn a_scale_in_deregisters_first_and_terminates_only_after_draining() {
         "{fleet:?}"
     );
 }
+
+/// The group's desired capacity, and its instances' lifecycle states, read by the
+/// administrator.
+fn group_state(moto: &Moto, group: &str) -> (i64, Vec<(String, String)>) {
+    let out = moto.admin(&format!(
+        "g = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[{group:?}])['AutoScalingGroups'][0]\n\
+         result = [g['DesiredCapacity'], [[i['InstanceId'], i['LifecycleState']] for i in g['Instances']]]"
+    ));
+    let instances = out[1]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_owned(),
+                p[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (out[0].as_i64().unwrap(), instances)
+}
+
+/// An Auto Scaling group drained by a hook: the scale-in marks its instances (EC2 tags,
+/// as the group's policy allows), leaves them in service and in the desired capacity
+/// while they drain, never removes another in their place, and terminates them
+/// (decrementing the capacity) once the hook has answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_scaling_group_is_drained_by_its_hook_before_its_instances_are_terminated() {
+    use fleetscale_adapters::aws::AsgConfig;
+    use fleetscale_adapters::aws::asg::AsgFleet;
+    let asg_policy =
+        std::fs::read_to_string(moto::repo_root().join("terraform/aws/fleetscale-asg-policy.json"))
+            .unwrap();
+    let moto = Moto::builder().policy(asg_policy).start();
+    let group = "web-asg";
+    let subnets: Vec<&str> = moto.subnets.iter().map(|(id, _)| id.as_str()).collect();
+    moto.admin(&format!(
+        "autoscaling.create_auto_scaling_group(AutoScalingGroupName={group:?}, \
+         LaunchTemplate={{'LaunchTemplateName': {template:?}, 'Version': '$Latest'}}, \
+         MinSize=1, MaxSize=6, DesiredCapacity=4, VPCZoneIdentifier={zones:?}, \
+         Tags=[{{'Key': 'fleetscale:fleet', 'Value': {FLEET:?}, 'PropagateAtLaunch': True}}])\nresult = True",
+        template = moto::LAUNCH_TEMPLATE,
+        zones = subnets.join(","),
+    ));
+    let config = AsgConfig {
+        group: group.into(),
+        region: Some(moto::REGION.into()),
+        profile: None,
+        endpoint_url: Some(moto.endpoint.clone()),
+    };
+    let asg = AsgFleet::connect_with_credentials(FLEET, &config, moto.agent.credentials())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("drained");
+    // The hook answers once the test creates the gate file.
+    let hook = fleetscale::drain::DrainConfig {
+        timeout: Duration::from_secs(3600),
+        target_group_arn: None,
+        hook_url: None,
+        hook_command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("while [ ! -e {} ]; do sleep 0.1; done", gate.display()),
+        ]),
+        hook_timeout: None,
+    };
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let clock = ManualClock::new(start);
+    let demand = [vec![4.0; 2], vec![1.0; 40]].concat();
+    let mut controller = FleetController::new(ControllerParts {
+        name: FLEET.into(),
+        adapter: Box::new(asg),
+        signals: vec![NamedSignal {
+            name: "trace".into(),
+            source: Box::new(TraceSignal::new(&demand, 1.0, start, TICK, false)),
+        }],
+        policy: PolicyConfig::from_name("target-tracking")
+            .unwrap()
+            .with_knob(1.0)
+            .unwrap()
+            .build(),
+        guards: GuardConfig {
+            read_lag: Some(Duration::ZERO),
+            ..GuardConfig::with_max(6)
+        },
+        clock: Arc::new(clock.clone()),
+        step: TICK,
+        boot_delay: Duration::from_secs(60),
+        metrics: None,
+        history_steps: 5,
+    });
+    controller.drain_with(fleetscale::drain::build(&hook, FLEET));
+
+    let mut began = false;
+    for _ in 0..12 {
+        let report = step(&clock, &mut controller).await;
+        if let Action::Shrink {
+            removed, draining, ..
+        } = report.action
+        {
+            assert_eq!((removed, draining), (0, 3), "{report:?}");
+            began = true;
+            break;
+        }
+    }
+    assert!(began, "a scale-in");
+    let marked: Vec<String> = moto
+        .instances()
+        .iter()
+        .filter(|i| i["tags"].get("fleetscale:draining").is_some())
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(marked.len(), 3, "three instances tagged: {marked:?}");
+    // While the hook has not answered: in service, in the capacity, nothing else removed.
+    for _ in 0..3 {
+        let report = step(&clock, &mut controller).await;
+        assert_eq!((report.draining, report.active()), (3, 1), "{report:?}");
+        assert!(
+            !matches!(report.action, Action::Shrink { .. }),
+            "{report:?}"
+        );
+        let (desired, instances) = group_state(&moto, group);
+        assert_eq!(desired, 4);
+        assert!(
+            instances.iter().all(|(_, s)| s == "InService"),
+            "{instances:?}"
+        );
+    }
+    std::fs::write(&gate, "").unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = step(&clock, &mut controller).await;
+    assert_eq!(report.drained, 3, "{report:?}");
+    let (desired, instances) = group_state(&moto, group);
+    assert_eq!(desired, 1, "the terminations decremented the capacity");
+    let in_service: Vec<&String> = instances
+        .iter()
+        .filter(|(_, s)| s == "InService")
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(in_service.len(), 1, "{instances:?}");
+    assert!(
+        !marked.contains(in_service[0]),
+        "the kept one was not drained"
+    );
+}

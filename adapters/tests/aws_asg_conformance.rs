@@ -33,11 +33,6 @@ impl Harness for AsgHarness<'_> {
     fn unknown_instance_id(&self) -> InstanceId {
         "i-0123456789abcdef0".to_owned()
     }
-
-    /// Draining is not available on this backend yet: marks are refused.
-    fn keeps_drain_marks(&self) -> bool {
-        false
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,3 +676,31 @@ fn the_drain_policy_deregisters_only_from_target_groups_of_the_agents_fleet() {
         "the drain never registers"
     );
 }
+
+#[test]
+fn the_asg_policy_marks_only_its_own_fleets_instances_and_only_as_draining() {
+    let policy = asg_policy();
+    let mark = |request_tags, resource_tags| {
+        allows(
+            &policy,
+            &Request {
+                action: "ec2:CreateTags",
+                resource: format!("{ARN}:instance/i-0abc"),
+                principal_tags: AGENT,
+                request_tags,
+                resource_tags,
+                create_action: None,
+            },
+        )
+    };
+    let draining: &[(&str, &str)] = &[(DRAINING_TAG, "1700000000")];
+    assert!(mark(draining, FLEET_TAGS));
+    assert!(
+        !mark(draining, &[("fleetscale:fleet", "batch")]),
+        "another fleet's"
+    );
+    assert!(
+        !mark(&[("fleetscale:fleet", "batch")], FLEET_TAGS),
+        "moving an instance to another fleet"
+    );
+}

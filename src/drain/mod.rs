@@ -133,11 +133,11 @@ impl DrainConfig {
     pub fn unsupported_by(&self, kind: Option<&str>) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
         match kind {
-            Some("mock" | "aws") | None => {}
+            Some("mock" | "aws" | "aws-asg") | None => {}
             Some(kind) => found.push((
                 "timeout",
                 format!(
-                    "draining is not available for kind = {kind:?} fleets yet (only \"mock\" and \"aws\" keep a drain's mark)"
+                    "draining is not available for kind = {kind:?} fleets yet (\"mock\", \"aws\" and \"aws-asg\" keep a drain's mark)"
                 ),
             )),
         }

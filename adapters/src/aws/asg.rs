@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use aws_sdk_autoscaling::types::{AutoScalingGroup, Tag};
 
-use super::{Credentials, errors, load_sdk};
+use super::{Credentials, DRAINING_TAG, errors, load_sdk};
 use crate::{
     AccessReport, AdapterError, CloudAdapter, Fleet, GrowOutcome, IdempotencyToken, Instance,
     InstanceId, InstanceState, PermissionCheck, Result, ShrinkOutcome,
@@ -35,13 +35,16 @@ use crate::{
 
 pub use super::config::AsgConfig;
 
-/// The Auto Scaling actions the adapter calls.
-pub const REQUIRED_ASG_PERMISSIONS: [&str; 5] = [
+/// The actions the adapter calls: Auto Scaling's, and EC2's for a drain's mark on the
+/// group's instances.
+pub const REQUIRED_ASG_PERMISSIONS: [&str; 7] = [
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeInstanceRefreshes",
     "autoscaling:SetDesiredCapacity",
     "autoscaling:TerminateInstanceInAutoScalingGroup",
     "autoscaling:CreateOrUpdateTags",
+    "ec2:DescribeTags",
+    "ec2:CreateTags",
 ];
 
 /// The group tag holding the last grow's token and target.
@@ -59,6 +62,8 @@ const REFRESH_ACTIVE: [&str; 5] = [
 /// One Auto Scaling group, managed through the Auto Scaling API.
 pub struct AsgFleet {
     client: aws_sdk_autoscaling::Client,
+    /// The group's instances' drain marks are EC2 tags.
+    ec2: aws_sdk_ec2::Client,
     sts: aws_sdk_sts::Client,
     fleet_name: String,
     group: String,
@@ -125,6 +130,7 @@ impl AsgFleet {
         .await?;
         Ok(AsgFleet {
             client: aws_sdk_autoscaling::Client::new(&sdk),
+            ec2: aws_sdk_ec2::Client::new(&sdk),
             sts: aws_sdk_sts::Client::new(&sdk),
             fleet_name: fleet_name.to_owned(),
             group: config.group.clone(),
@@ -225,6 +231,42 @@ impl AsgFleet {
     }
 }
 
+/// Instances per DescribeTags filter or CreateTags call.
+const IDS_PER_TAG_CALL: usize = 200;
+
+impl AsgFleet {
+    /// The drain marks of `ids` (EC2 tags [`DRAINING_TAG`]), by instance.
+    async fn drain_marks(&self, ids: &[InstanceId]) -> Result<HashMap<InstanceId, SystemTime>> {
+        let mut marks = HashMap::new();
+        for chunk in ids.chunks(IDS_PER_TAG_CALL) {
+            let filter = |name: &str, values: Vec<String>| {
+                aws_sdk_ec2::types::Filter::builder()
+                    .name(name)
+                    .set_values(Some(values))
+                    .build()
+            };
+            let mut pages = self
+                .ec2
+                .describe_tags()
+                .filters(filter("key", vec![DRAINING_TAG.to_owned()]))
+                .filters(filter("resource-id", chunk.to_vec()))
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| errors::from_sdk("ec2:DescribeTags", e))?;
+                for tag in page.tags() {
+                    if let (Some(id), Some(value)) = (tag.resource_id(), tag.value())
+                        && let Some(since) = super::parse_draining(value)
+                    {
+                        marks.insert(id.to_owned(), since);
+                    }
+                }
+            }
+        }
+        Ok(marks)
+    }
+}
+
 /// `token@target` as kept in the grow tag.
 fn grow_mark(group: &AutoScalingGroup) -> Option<(String, u32)> {
     let value = group
@@ -244,7 +286,53 @@ impl CloudAdapter for AsgFleet {
 
     async fn read_fleet(&self) -> Result<Fleet> {
         let group = self.describe().await?;
-        Ok(self.fleet_of(&group))
+        let mut fleet = self.fleet_of(&group);
+        let ids: Vec<InstanceId> = fleet.instances.iter().map(|i| i.id.clone()).collect();
+        let marks = self.drain_marks(&ids).await?;
+        for instance in &mut fleet.instances {
+            instance.draining_since = marks.get(&instance.id).copied();
+        }
+        Ok(fleet)
+    }
+
+    /// Tags the group's instances with the drain's mark (EC2's [`DRAINING_TAG`]) unless
+    /// they have it; instances not in the group are left alone.
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        let group = self.describe().await?;
+        let members: Vec<InstanceId> = group
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .filter(|id| ids.contains(id))
+            .collect();
+        let marked = self.drain_marks(&members).await?;
+        let unmarked: Vec<InstanceId> = members
+            .into_iter()
+            .filter(|id| !marked.contains_key(id))
+            .collect();
+        if unmarked.is_empty() {
+            return Ok(());
+        }
+        let value = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+            .to_string();
+        for chunk in unmarked.chunks(IDS_PER_TAG_CALL) {
+            self.ec2
+                .create_tags()
+                .set_resources(Some(chunk.to_vec()))
+                .tags(
+                    aws_sdk_ec2::types::Tag::builder()
+                        .key(DRAINING_TAG)
+                        .value(&value)
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| errors::from_sdk("ec2:CreateTags", e))?;
+        }
+        Ok(())
     }
 
     async fn grow(&self, count: u32, token: &IdempotencyToken) -> Result<GrowOutcome> {
@@ -380,14 +468,6 @@ impl CloudAdapter for AsgFleet {
         Ok(ShrinkOutcome { removed })
     }
 
-    /// Not kept for an Auto Scaling group yet: the config check refuses a
-    /// `[fleets.drain]` on one.
-    async fn mark_draining(&self, _ids: &[InstanceId], _since: SystemTime) -> Result<()> {
-        Err(AdapterError::invalid(
-            "draining is not available for Auto Scaling group fleets yet (kind = \"aws-asg\")",
-        ))
-    }
-
     async fn verify_access(&self) -> Result<AccessReport> {
         let identity = self
             .sts
@@ -415,6 +495,22 @@ impl CloudAdapter for AsgFleet {
                 detail: "read the group's instance refreshes".into(),
             },
         ];
+        let ids: Vec<InstanceId> = group
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        let marks = self.drain_marks(&ids).await?;
+        let mut checks = checks;
+        checks.push(PermissionCheck {
+            permission: "ec2:DescribeTags".into(),
+            allowed: true,
+            detail: format!(
+                "read the drain marks of the group's {} instance(s) ({} marked)",
+                ids.len(),
+                marks.len()
+            ),
+        });
         Ok(AccessReport {
             identity: identity.arn().unwrap_or("unknown identity").to_owned(),
             checks,
