@@ -61,17 +61,18 @@ fn health(moto: &Moto, arn: &str, ids: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn controller(
-    moto: &Moto,
+/// A controller over `adapter` whose demand falls from 4 instances to 1 after two ticks:
+/// target tracking scales in once its 5-minute window has passed.
+fn scaling_in(
+    adapter: Box<dyn CloudAdapter>,
     clock: &ManualClock,
-    arn: &str,
     start: SystemTime,
 ) -> FleetController {
     let demand = [vec![4.0; 2], vec![1.0; 40]].concat();
     let signal = TraceSignal::new(&demand, 1.0, start, TICK, false);
-    let mut controller = FleetController::new(ControllerParts {
+    FleetController::new(ControllerParts {
         name: FLEET.into(),
-        adapter: Box::new(moto.agent_fleet().await),
+        adapter,
         signals: vec![NamedSignal {
             name: "trace".into(),
             source: Box::new(signal),
@@ -90,7 +91,16 @@ async fn controller(
         boot_delay: Duration::from_secs(60),
         metrics: None,
         history_steps: 5,
-    });
+    })
+}
+
+async fn controller(
+    moto: &Moto,
+    clock: &ManualClock,
+    arn: &str,
+    start: SystemTime,
+) -> FleetController {
+    let mut controller = scaling_in(Box::new(moto.agent_fleet().await), clock, start);
     let group =
         TargetGroup::connect_with_credentials(FLEET, &moto.config(), arn, moto.agent.credentials())
             .await
@@ -284,29 +294,7 @@ async fn an_auto_scaling_group_is_drained_by_its_hook_before_its_instances_are_t
     };
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let clock = ManualClock::new(start);
-    let demand = [vec![4.0; 2], vec![1.0; 40]].concat();
-    let mut controller = FleetController::new(ControllerParts {
-        name: FLEET.into(),
-        adapter: Box::new(asg),
-        signals: vec![NamedSignal {
-            name: "trace".into(),
-            source: Box::new(TraceSignal::new(&demand, 1.0, start, TICK, false)),
-        }],
-        policy: PolicyConfig::from_name("target-tracking")
-            .unwrap()
-            .with_knob(1.0)
-            .unwrap()
-            .build(),
-        guards: GuardConfig {
-            read_lag: Some(Duration::ZERO),
-            ..GuardConfig::with_max(6)
-        },
-        clock: Arc::new(clock.clone()),
-        step: TICK,
-        boot_delay: Duration::from_secs(60),
-        metrics: None,
-        history_steps: 5,
-    });
+    let mut controller = scaling_in(Box::new(asg), &clock, start);
     controller.drain_with(fleetscale::drain::build(&hook, FLEET));
 
     let mut began = false;
