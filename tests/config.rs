@@ -362,7 +362,7 @@ fn a_drain_names_its_bad_fields() {
     }
     let nothing = problems(&fleet("kind = \"mock\"", "timeout = \"60s\"")).join("\n");
     assert!(
-        nothing.contains("fleets[0].drain.target_group_arn: a drain needs a target_group_arn, a hook_url or a hook_command"),
+        nothing.contains("fleets[0].drain.target_group_arn: a drain needs a target_group_arn, a backend_pool_id, a hook_url or a hook_command"),
         "{nothing}"
     );
     let unknown = problems(&fleet("kind = \"mock\"", "hook = \"x\"")).join("\n");
@@ -380,9 +380,10 @@ fn a_drain_names_its_bad_fields() {
 
 #[cfg(feature = "azure")]
 #[test]
-fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
-    let found = problems(
-        r#"
+fn a_drain_names_the_load_balancer_its_backend_cannot_use() {
+    let azure_config = |drain: &str| {
+        format!(
+            r#"
         [[fleets]]
         name = "web"
         [fleets.adapter]
@@ -396,18 +397,39 @@ fn a_drain_on_a_backend_that_cannot_keep_it_is_refused() {
         min = 1
         max = 3
         [fleets.drain]
-        hook_url = "http://127.0.0.1:9/drain"
-        target_group_arn = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
-        "#,
+        {drain}
+        "#
+        )
+    };
+    let azure = |drain: &str| problems(&azure_config(drain)).join("\n");
+    let pool = "/subscriptions/00000000-0000-4000-8000-000000000000/resourceGroups/demo/providers/Microsoft.Network/loadBalancers/web-lb/backendAddressPools/web";
+    let good = Config::parse(
+        &azure_config(&format!("backend_pool_id = \"{pool}\"")),
+        Path::new("test.toml"),
     )
-    .join("\n");
+    .expect("a backend pool drains a scale set");
+    let drain = good.fleets[0].drain.as_ref().expect("the drain");
+    assert_eq!(drain.backend_pool_id.as_deref(), Some(pool));
+    let found = azure(&format!(
+        "backend_pool_id = \"/subscriptions/x/resourceGroups/demo/loadBalancers/web-lb\"\n\
+         target_group_arn = \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef\""
+    ));
     for expected in [
-        "fleets[0].drain.timeout: draining is not available for kind = \"azure\" fleets yet",
-        "fleets[0].drain.target_group_arn: an ELBv2 target group drains an AWS fleet (kind = \"aws\")",
+        "fleets[0].drain.backend_pool_id: \"/subscriptions/x/resourceGroups/demo/loadBalancers/web-lb\" is not a backend pool id",
+        "fleets[0].drain.target_group_arn: an ELBv2 target group drains an AWS fleet (kind = \"aws\" or \"aws-asg\")",
     ] {
         assert!(
             found.contains(expected),
             "missing {expected:?} in:\n{found}"
         );
     }
+    let mock = problems(&format!(
+        "[[fleets]]\nname = \"web\"\n[fleets.adapter]\nkind = \"mock\"\n[fleets.signal]\nkind = \"synthetic\"\n\
+         [fleets.guards]\nmin = 1\nmax = 3\n[fleets.drain]\nbackend_pool_id = \"{pool}\"\n"
+    ))
+    .join("\n");
+    assert!(
+        mock.contains("fleets[0].drain.backend_pool_id: an Azure load balancer backend pool drains a scale set (kind = \"azure\")"),
+        "{mock}"
+    );
 }

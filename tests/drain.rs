@@ -6,22 +6,21 @@
 // Tests: a panic is a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "support/scaling_in.rs"]
+mod scaling_in;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::State;
 use axum::routing::post;
-use fleetscale::controller::{Action, ControllerParts, FleetController, TickReport};
+use fleetscale::controller::{Action, FleetController, TickReport};
 use fleetscale::drain::{self, DrainConfig};
-use fleetscale::guards::GuardConfig;
-use fleetscale::signal::NamedSignal;
-use fleetscale::signal::trace::TraceSignal;
 use fleetscale_adapters::mock::{MockCloud, MockConfig};
 use fleetscale_adapters::{InstanceState, ManualClock};
-use fleetscale_policies::PolicyConfig;
 
-const TICK: Duration = Duration::from_secs(60);
+use scaling_in::TICK;
 
 /// One hook call: the instance id, and the mock's state of it when the call came.
 type Call = (String, Option<InstanceState>);
@@ -93,29 +92,15 @@ impl Rig {
 
     /// A controller (a new agent) over the rig's mock, draining as `config` says.
     fn controller(&self, config: &DrainConfig) -> FleetController {
-        let signal = TraceSignal::new(&self.demand, 1.0, self.start, TICK, false);
-        let mut controller = FleetController::new(ControllerParts {
-            name: "web".into(),
-            adapter: Box::new(self.mock.clone()),
-            signals: vec![NamedSignal {
-                name: "trace".into(),
-                source: Box::new(signal),
-            }],
-            policy: PolicyConfig::from_name("target-tracking")
-                .unwrap()
-                .with_knob(1.0)
-                .unwrap()
-                .build(),
-            guards: GuardConfig {
-                read_lag: Some(Duration::ZERO),
-                ..GuardConfig::with_max(20)
-            },
-            clock: Arc::new(self.clock.clone()),
-            step: TICK,
-            boot_delay: Duration::from_secs(60),
-            metrics: None,
-            history_steps: 10,
-        });
+        let mut controller = scaling_in::controller(
+            "web",
+            Box::new(self.mock.clone()),
+            &self.clock,
+            self.start,
+            &self.demand,
+            20,
+            10,
+        );
         controller.drain_with(drain::build(config, "web"));
         controller
     }
@@ -133,6 +118,7 @@ fn hook_config(url: &str, timeout: Duration) -> DrainConfig {
     DrainConfig {
         timeout,
         target_group_arn: None,
+        backend_pool_id: None,
         hook_url: Some(url.to_string()),
         hook_command: None,
         hook_timeout: None,
@@ -298,6 +284,7 @@ async fn a_drain_command_is_run_with_the_instance_and_its_exit_status_ends_the_d
     let config = DrainConfig {
         timeout: Duration::from_secs(3600),
         target_group_arn: None,
+        backend_pool_id: None,
         hook_url: None,
         hook_command: Some(vec![
             "sh".into(),

@@ -26,7 +26,7 @@ pub use error::{AdapterError, ErrorKind};
 pub use operation::Operation;
 pub use types::{
     AccessReport, Fleet, GrowOutcome, IdempotencyToken, Instance, InstanceId, InstanceState,
-    PermissionCheck, ShrinkOutcome,
+    PermissionCheck, ShrinkOutcome, parse_drain_mark, render_drain_mark,
 };
 
 use async_trait::async_trait;

@@ -35,6 +35,22 @@ pub struct Instance {
     pub draining_since: Option<SystemTime>,
 }
 
+/// A drain's mark as a provider tag keeps it: the time it began, in Unix seconds.
+pub fn render_drain_mark(since: SystemTime) -> String {
+    since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .to_string()
+}
+
+/// A drain mark's value; anything else (a tag set by hand) counts as a drain begun at the
+/// epoch, which has timed out.
+pub fn parse_drain_mark(value: &str) -> Option<SystemTime> {
+    let seconds = value.trim().parse::<u64>().unwrap_or(0);
+    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
+}
+
 /// A fleet as the provider reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Fleet {

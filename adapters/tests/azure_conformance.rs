@@ -29,11 +29,6 @@ impl Harness for StandinHarness<'_> {
     fn unknown_instance_id(&self) -> InstanceId {
         "999999".to_owned()
     }
-
-    /// Draining is not available on this backend yet: marks are refused.
-    fn keeps_drain_marks(&self) -> bool {
-        false
-    }
 }
 
 fn fleet(standin: &ArmStandin) -> ScaleSetFleet {

@@ -13,6 +13,8 @@
 //! Each way of draining is a [`Drain`]; [`Drains`] runs the ones a fleet's
 //! `[fleets.drain]` names and applies the timeout.
 
+#[cfg(feature = "azure")]
+pub mod backend_pool;
 pub mod hook;
 pub mod simulated;
 #[cfg(feature = "aws")]
@@ -39,7 +41,7 @@ pub trait Drain: Send + Sync + std::fmt::Debug {
 }
 
 /// `[fleets.drain]`: how a fleet's instances are drained before removal. At least one
-/// of `target_group_arn`, `hook_url` and `hook_command`.
+/// of `target_group_arn`, `backend_pool_id`, `hook_url` and `hook_command`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainConfig {
@@ -51,6 +53,10 @@ pub struct DrainConfig {
     /// id): an instance is deregistered, and drained once it has left `draining`.
     #[serde(default)]
     pub target_group_arn: Option<String>,
+    /// An Azure load balancer backend pool the scale set's VMs are in (its ARM id): a VM
+    /// leaves it, and is drained once the change has been applied.
+    #[serde(default)]
+    pub backend_pool_id: Option<String>,
     /// An HTTP endpoint POSTed `{"fleet", "id", "name", "address", "zone"}` for each
     /// instance; a 2xx answer means drained.
     #[serde(default)]
@@ -75,11 +81,15 @@ impl DrainConfig {
     /// Problems, each with the field at fault.
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
-        if self.target_group_arn.is_none() && self.hook_url.is_none() && self.hook_command.is_none()
+        if self.target_group_arn.is_none()
+            && self.backend_pool_id.is_none()
+            && self.hook_url.is_none()
+            && self.hook_command.is_none()
         {
             found.push((
                 "target_group_arn",
-                "a drain needs a target_group_arn, a hook_url or a hook_command".to_string(),
+                "a drain needs a target_group_arn, a backend_pool_id, a hook_url or a hook_command"
+                    .to_string(),
             ));
         }
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
@@ -125,6 +135,14 @@ impl DrainConfig {
                 format!("{arn:?} is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"),
             ));
         }
+        if let Some(id) = &self.backend_pool_id
+            && !is_backend_pool_id(id)
+        {
+            found.push((
+                "backend_pool_id",
+                format!("{id:?} is not a backend pool id (/subscriptions/SUBSCRIPTION/resourceGroups/GROUP/providers/Microsoft.Network/loadBalancers/NAME/backendAddressPools/POOL)"),
+            ));
+        }
         found
     }
 
@@ -133,18 +151,26 @@ impl DrainConfig {
     pub fn unsupported_by(&self, kind: Option<&str>) -> Vec<(&'static str, String)> {
         let mut found = Vec::new();
         match kind {
-            Some("mock" | "aws" | "aws-asg") | None => {}
+            Some("mock" | "aws" | "aws-asg" | "azure") | None => {}
             Some(kind) => found.push((
                 "timeout",
                 format!(
-                    "draining is not available for kind = {kind:?} fleets yet (\"mock\", \"aws\" and \"aws-asg\" keep a drain's mark)"
+                    "draining is not available for kind = {kind:?} fleets (\"mock\", \"aws\", \"aws-asg\" and \"azure\" keep a drain's mark)"
                 ),
             )),
         }
-        if self.target_group_arn.is_some() && !matches!(kind, Some("aws") | None) {
+        if self.backend_pool_id.is_some() && !matches!(kind, Some("azure") | None) {
+            found.push((
+                "backend_pool_id",
+                "an Azure load balancer backend pool drains a scale set (kind = \"azure\")"
+                    .to_string(),
+            ));
+        }
+        if self.target_group_arn.is_some() && !matches!(kind, Some("aws" | "aws-asg") | None) {
             found.push((
                 "target_group_arn",
-                "an ELBv2 target group drains an AWS fleet (kind = \"aws\")".to_string(),
+                "an ELBv2 target group drains an AWS fleet (kind = \"aws\" or \"aws-asg\")"
+                    .to_string(),
             ));
         }
         found
@@ -247,15 +273,21 @@ pub async fn connect(
         #[cfg(feature = "aws")]
         {
             use anyhow::Context as _;
-            let crate::config::AdapterConfig::Aws(aws) = &fleet.adapter else {
-                anyhow::bail!("fleet {}: a target group drains an AWS fleet", fleet.name);
+            let settings = match &fleet.adapter {
+                crate::config::AdapterConfig::Aws(aws) => aws.sdk_settings(),
+                crate::config::AdapterConfig::AwsAsg(asg) => asg.sdk_settings(),
+                _ => anyhow::bail!(
+                    "fleet {}: a target group drains an AWS fleet (kind = \"aws\" or \"aws-asg\")",
+                    fleet.name
+                ),
             };
-            let group =
-                fleetscale_adapters::aws::target_group::TargetGroup::connect(&fleet.name, aws, arn)
-                    .await
-                    .with_context(|| {
-                        format!("fleet {}: connecting to target group {arn}", fleet.name)
-                    })?;
+            let group = fleetscale_adapters::aws::target_group::TargetGroup::connect(
+                &fleet.name,
+                settings,
+                arn,
+            )
+            .await
+            .with_context(|| format!("fleet {}: connecting to target group {arn}", fleet.name))?;
             drains
                 .drains
                 .push(Box::new(target_group::TargetGroupDrain::new(group)));
@@ -266,7 +298,56 @@ pub async fn connect(
             fleet.name
         );
     }
+    if let Some(pool) = &config.backend_pool_id {
+        #[cfg(feature = "azure")]
+        {
+            let crate::config::AdapterConfig::Azure(azure) = &fleet.adapter else {
+                anyhow::bail!(
+                    "fleet {}: a backend pool drains an Azure scale set (kind = \"azure\")",
+                    fleet.name
+                );
+            };
+            let scale_set = fleetscale_adapters::azure::ScaleSetFleet::new(azure.clone())?;
+            drains
+                .drains
+                .push(Box::new(backend_pool::BackendPoolDrain::new(
+                    scale_set, pool,
+                )));
+        }
+        #[cfg(not(feature = "azure"))]
+        anyhow::bail!(
+            "fleet {}: backend_pool_id {pool} needs a fleetscale built with the azure feature",
+            fleet.name
+        );
+    }
     Ok(drains)
+}
+
+/// `/subscriptions/S/resourceGroups/G/providers/Microsoft.Network/loadBalancers/L/backendAddressPools/P`,
+/// segment names compared case-insensitively as ARM does.
+fn is_backend_pool_id(id: &str) -> bool {
+    let parts: Vec<&str> = id.split('/').collect();
+    let expected = [
+        "",
+        "subscriptions",
+        "*",
+        "resourcegroups",
+        "*",
+        "providers",
+        "microsoft.network",
+        "loadbalancers",
+        "*",
+        "backendaddresspools",
+        "*",
+    ];
+    parts.len() == expected.len()
+        && parts.iter().zip(expected).all(|(part, want)| {
+            if want == "*" {
+                !part.trim().is_empty()
+            } else {
+                part.eq_ignore_ascii_case(want)
+            }
+        })
 }
 
 /// The hook drains `config` names, for fleet `fleet` (a target group needs

@@ -27,6 +27,8 @@ resource "azurerm_role_definition" "scale_set_operator" {
       "Microsoft.Compute/virtualMachineScaleSets/write",
       "Microsoft.Compute/virtualMachineScaleSets/delete/action",
       "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+      # A drain's mark on a VM, and its leaving the load balancer's backend pool.
+      "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write",
       "Microsoft.Authorization/permissions/read",
     ]
     not_actions = []

@@ -120,14 +120,7 @@ impl AsgFleet {
         credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     ) -> Result<Self> {
         super::config::refuse("Auto Scaling", fleet_name, &config.validate())?;
-        let (sdk, _region) = load_sdk(
-            fleet_name,
-            config.region.as_deref(),
-            config.profile.as_deref(),
-            config.endpoint_url.as_deref(),
-            credentials,
-        )
-        .await?;
+        let (sdk, _region) = load_sdk(fleet_name, config.sdk_settings(), credentials).await?;
         Ok(AsgFleet {
             client: aws_sdk_autoscaling::Client::new(&sdk),
             ec2: aws_sdk_ec2::Client::new(&sdk),
@@ -256,7 +249,7 @@ impl AsgFleet {
                 let page = page.map_err(|e| errors::from_sdk("ec2:DescribeTags", e))?;
                 for tag in page.tags() {
                     if let (Some(id), Some(value)) = (tag.resource_id(), tag.value())
-                        && let Some(since) = super::parse_draining(value)
+                        && let Some(since) = crate::parse_drain_mark(value)
                     {
                         marks.insert(id.to_owned(), since);
                     }
@@ -313,11 +306,7 @@ impl CloudAdapter for AsgFleet {
         if unmarked.is_empty() {
             return Ok(());
         }
-        let value = since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            .to_string();
+        let value = crate::render_drain_mark(since);
         for chunk in unmarked.chunks(IDS_PER_TAG_CALL) {
             self.ec2
                 .create_tags()

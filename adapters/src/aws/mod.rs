@@ -149,6 +149,35 @@ struct Ec2Instance {
     tags: HashMap<String, String>,
 }
 
+/// Where and as whom a fleet's AWS clients call: the settings every AWS backend, and the
+/// target group a fleet drains through, share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SdkSettings<'a> {
+    pub region: Option<&'a str>,
+    pub profile: Option<&'a str>,
+    pub endpoint_url: Option<&'a str>,
+}
+
+impl AwsConfig {
+    pub fn sdk_settings(&self) -> SdkSettings<'_> {
+        SdkSettings {
+            region: self.region.as_deref(),
+            profile: self.profile.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+        }
+    }
+}
+
+impl AsgConfig {
+    pub fn sdk_settings(&self) -> SdkSettings<'_> {
+        SdkSettings {
+            region: self.region.as_deref(),
+            profile: self.profile.as_deref(),
+            endpoint_url: self.endpoint_url.as_deref(),
+        }
+    }
+}
+
 /// The SDK's settings for one fleet's clients, and the region they resolve to: the
 /// region, profile and endpoint given (else the AWS default chain's), the given
 /// credentials (else the default chain), SDK retries off (retrying is the [`crate::Retry`]
@@ -156,11 +185,14 @@ struct Ec2Instance {
 /// from the controller), bounded timeouts.
 pub(crate) async fn load_sdk(
     fleet_name: &str,
-    region: Option<&str>,
-    profile: Option<&str>,
-    endpoint_url: Option<&str>,
+    settings: SdkSettings<'_>,
     credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
 ) -> Result<(aws_config::SdkConfig, String)> {
+    let SdkSettings {
+        region,
+        profile,
+        endpoint_url,
+    } = settings;
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(RetryConfig::disabled())
         .timeout_config(
@@ -238,14 +270,7 @@ impl Ec2Fleet {
             ));
         }
 
-        let (sdk, region) = load_sdk(
-            fleet_name,
-            config.region.as_deref(),
-            config.profile.as_deref(),
-            config.endpoint_url.as_deref(),
-            credentials,
-        )
-        .await?;
+        let (sdk, region) = load_sdk(fleet_name, config.sdk_settings(), credentials).await?;
 
         let template = {
             let lt = &config.launch_template;
@@ -403,7 +428,9 @@ impl Ec2Fleet {
                 zone,
                 protected: tags.contains_key(&self.protection_tag_key),
                 address: raw.private_ip_address().map(str::to_owned),
-                draining_since: tags.get(DRAINING_TAG).and_then(|v| parse_draining(v)),
+                draining_since: tags
+                    .get(DRAINING_TAG)
+                    .and_then(|v| crate::parse_drain_mark(v)),
             },
             state_name: state_name.as_str().to_owned(),
             subnet_id: raw.subnet_id().map(str::to_owned),
@@ -690,11 +717,7 @@ impl CloudAdapter for Ec2Fleet {
             .filter(|i| i.state_name != "terminated" && !i.tags.contains_key(DRAINING_TAG))
             .map(|i| i.instance.id)
             .collect();
-        let value = since
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs()
-            .to_string();
+        let value = crate::render_drain_mark(since);
         for chunk in untagged.chunks(IDS_PER_CALL) {
             self.ec2
                 .create_tags()
@@ -711,10 +734,3 @@ impl CloudAdapter for Ec2Fleet {
 /// The tag that marks an instance as draining before its removal; its value is the time
 /// the drain began, in Unix seconds.
 pub const DRAINING_TAG: &str = "fleetscale:draining";
-
-/// A [`DRAINING_TAG`] value; anything else (a tag set by hand) counts as a drain begun
-/// at the epoch, which has timed out.
-fn parse_draining(value: &str) -> Option<SystemTime> {
-    let seconds = value.trim().parse::<u64>().unwrap_or(0);
-    SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(seconds))
-}

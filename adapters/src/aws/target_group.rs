@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use aws_sdk_elasticloadbalancingv2::types::{TargetDescription, TargetHealthStateEnum};
 
-use super::{AwsConfig, errors, load_sdk};
+use super::{SdkSettings, errors, load_sdk};
 use crate::{InstanceId, Result};
 
 /// Targets per DeregisterTargets or DescribeTargetHealth call.
@@ -44,36 +44,30 @@ pub struct TargetGroup {
 
 impl TargetGroup {
     /// Connects to the target group `arn` with the fleet's AWS settings (region,
-    /// profile, endpoint) and the default credential chain. Nothing is called yet.
-    pub async fn connect(fleet_name: &str, config: &AwsConfig, arn: &str) -> Result<Self> {
-        Self::connect_inner(fleet_name, config, arn, None).await
+    /// profile, endpoint: an EC2 fleet's or an Auto Scaling group's) and the default
+    /// credential chain. Nothing is called yet.
+    pub async fn connect(fleet_name: &str, settings: SdkSettings<'_>, arn: &str) -> Result<Self> {
+        Self::connect_inner(fleet_name, settings, arn, None).await
     }
 
     /// [`connect`](Self::connect) with an explicit credentials provider.
     pub async fn connect_with_credentials(
         fleet_name: &str,
-        config: &AwsConfig,
+        settings: SdkSettings<'_>,
         arn: &str,
         credentials: impl aws_credential_types::provider::ProvideCredentials + 'static,
     ) -> Result<Self> {
         let provider = aws_credential_types::provider::SharedCredentialsProvider::new(credentials);
-        Self::connect_inner(fleet_name, config, arn, Some(provider)).await
+        Self::connect_inner(fleet_name, settings, arn, Some(provider)).await
     }
 
     async fn connect_inner(
         fleet_name: &str,
-        config: &AwsConfig,
+        settings: SdkSettings<'_>,
         arn: &str,
         credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
     ) -> Result<Self> {
-        let (sdk, _region) = load_sdk(
-            fleet_name,
-            config.region.as_deref(),
-            config.profile.as_deref(),
-            config.endpoint_url.as_deref(),
-            credentials,
-        )
-        .await?;
+        let (sdk, _region) = load_sdk(fleet_name, settings, credentials).await?;
         Ok(TargetGroup {
             client: aws_sdk_elasticloadbalancingv2::Client::new(&sdk),
             arn: arn.to_owned(),

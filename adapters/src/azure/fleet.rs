@@ -20,7 +20,7 @@ use super::errors::{ArmErrorPolicy, to_adapter_error};
 use super::operation::{ArmHttp, Ended, Follow, Operation};
 use super::permissions::{
     self, DELETE_INSTANCES, PERMISSIONS_API_VERSION, PermissionsPage, READ, READ_VMS,
-    TRACK_OPERATIONS, WRITE,
+    TRACK_OPERATIONS, WRITE, WRITE_VMS,
 };
 use crate::{
     AccessReport, AdapterError, CloudAdapter, ErrorKind, Fleet, GrowOutcome, IdempotencyToken,
@@ -31,6 +31,11 @@ use crate::{
 /// before;RFC 3339 time`. It makes a repeated grow idempotent across agent restarts: the
 /// agent remembers nothing that it cannot read again, and this it can.
 pub const GROW_TAG: &str = "fleetscale-grow";
+
+/// The VM tag that marks a drain, as EC2's `fleetscale:draining` does: the Unix second
+/// it began. A VM of a Uniform scale set keeps tags of its own (Virtual Machine Scale
+/// Set VMs - Update: the request body's `tags`), so a restarted agent reads it back.
+pub const DRAINING_TAG: &str = "fleetscale-draining";
 
 /// The Compute API version of `azure_mgmt_compute`'s `package_2024_07_01`, for the
 /// requests the adapter sends itself.
@@ -257,6 +262,83 @@ impl ScaleSetFleet {
         Ok(url)
     }
 
+    /// Writes one VM's model back (Virtual Machine Scale Set VMs - Update, a PUT of the
+    /// whole VM), following the operation to its end.
+    async fn update_vm(&self, mut vm: VirtualMachineScaleSetVm, what: &str) -> Result<()> {
+        let c = &self.config;
+        let Some(id) = vm.instance_id.clone() else {
+            return Ok(());
+        };
+        // Read-only: the instance view is what Azure reports, not part of the model.
+        if let Some(properties) = vm.properties.as_mut() {
+            properties.instance_view = None;
+        }
+        let mut request = self.compute.virtual_machine_scale_set_v_ms_client().update(
+            &c.resource_group,
+            &c.scale_set,
+            &id,
+            vm.clone(),
+            &c.subscription_id,
+        );
+        if let Some(etag) = &vm.etag {
+            request = request.if_match(etag);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| to_adapter_error(&e, WRITE_VMS))?;
+        let raw = response.as_raw_response();
+        let operation = Operation::from_acceptance(raw.status() as u16, raw.headers());
+        let what = format!("{what} (instance {id} of scale set {})", c.scale_set);
+        self.follow(&what, WRITE_VMS).run(&operation).await?;
+        Ok(())
+    }
+
+    /// The listed VMs named in `ids` that are not being deleted.
+    async fn vms_named(&self, ids: &[InstanceId]) -> Result<Vec<VirtualMachineScaleSetVm>> {
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        Ok(self
+            .vms()
+            .await?
+            .into_iter()
+            .filter(|vm| {
+                vm.instance_id
+                    .as_deref()
+                    .is_some_and(|id| wanted.contains(id))
+                    && !is_deleting(vm)
+            })
+            .collect())
+    }
+
+    /// Takes the VMs `ids` out of the load balancer backend pool `pool` (its ARM id): the
+    /// load balancer sends them no new flows. VMs not in it are left alone.
+    pub async fn leave_backend_pool(&self, ids: &[InstanceId], pool: &str) -> Result<()> {
+        for mut vm in self.vms_named(ids).await? {
+            if in_pool(&vm, pool) {
+                leave_pool(&mut vm, pool);
+                self.update_vm(vm, "leaving the backend pool").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Of the VMs `ids`, those still in the backend pool `pool`: their model names it,
+    /// or the update that takes them out has not been applied yet (provisioning state
+    /// other than `Succeeded`). VMs gone are not.
+    pub async fn in_backend_pool(
+        &self,
+        ids: &[InstanceId],
+        pool: &str,
+    ) -> Result<HashSet<InstanceId>> {
+        Ok(self
+            .vms_named(ids)
+            .await?
+            .into_iter()
+            .filter(|vm| in_pool(vm, pool) || provisioning_state(vm) != "succeeded")
+            .filter_map(|vm| vm.instance_id)
+            .collect())
+    }
+
     fn remembered(&self, token: &str) -> Option<GrowRecord> {
         let grows = self.grows.lock().unwrap_or_else(PoisonError::into_inner);
         grows.iter().rev().find(|g| g.token == token).cloned()
@@ -443,8 +525,66 @@ fn instance_of(vm: &VirtualMachineScaleSetVm, location: &str) -> Option<Instance
             .unwrap_or_else(|| location.to_owned()),
         protected: is_protected(vm),
         address: None,
-        draining_since: None,
+        draining_since: vm
+            .resource
+            .tags
+            .as_ref()
+            .and_then(|t| t.get(DRAINING_TAG))
+            .and_then(|v| v.as_str())
+            .and_then(crate::parse_drain_mark),
     })
+}
+
+/// The load balancer backend pools the VM's network interfaces are in (ids as ARM
+/// gives them).
+fn backend_pools(vm: &VirtualMachineScaleSetVm) -> Vec<&str> {
+    let Some(network) = vm
+        .properties
+        .as_ref()
+        .and_then(|p| p.network_profile_configuration.as_ref())
+    else {
+        return Vec::new();
+    };
+    network
+        .network_interface_configurations
+        .iter()
+        .filter_map(|nic| nic.properties.as_ref())
+        .flat_map(|nic| &nic.ip_configurations)
+        .filter_map(|ip| ip.properties.as_ref())
+        .flat_map(|ip| &ip.load_balancer_backend_address_pools)
+        .filter_map(|pool| pool.id.as_deref())
+        .collect()
+}
+
+/// Whether the VM's model puts it in `pool` (ARM ids compare case-insensitively).
+fn in_pool(vm: &VirtualMachineScaleSetVm, pool: &str) -> bool {
+    backend_pools(vm)
+        .iter()
+        .any(|id| id.eq_ignore_ascii_case(pool))
+}
+
+/// Takes `pool` out of the VM's network interfaces' IP configurations.
+fn leave_pool(vm: &mut VirtualMachineScaleSetVm, pool: &str) {
+    let Some(network) = vm
+        .properties
+        .as_mut()
+        .and_then(|p| p.network_profile_configuration.as_mut())
+    else {
+        return;
+    };
+    for ip in network
+        .network_interface_configurations
+        .iter_mut()
+        .filter_map(|nic| nic.properties.as_mut())
+        .flat_map(|nic| nic.ip_configurations.iter_mut())
+        .filter_map(|ip| ip.properties.as_mut())
+    {
+        ip.load_balancer_backend_address_pools.retain(|p| {
+            !p.id
+                .as_deref()
+                .is_some_and(|id| id.eq_ignore_ascii_case(pool))
+        });
+    }
 }
 
 /// Flexible orchestration lists its instances as ordinary VMs (`virtualMachines` filtered
@@ -679,11 +819,26 @@ impl CloudAdapter for ScaleSetFleet {
         Ok(ShrinkOutcome { removed })
     }
 
-    /// Not kept for a scale set yet: the config check refuses a `[fleets.drain]` on one.
-    async fn mark_draining(&self, _ids: &[InstanceId], _since: SystemTime) -> Result<()> {
-        Err(AdapterError::invalid(
-            "draining is not available for Azure scale set fleets yet (kind = \"azure\")",
-        ))
+    /// Tags each VM with [`DRAINING_TAG`] (one Update of the VM each) unless it has the
+    /// tag already; VMs gone or being deleted are left alone.
+    async fn mark_draining(&self, ids: &[InstanceId], since: SystemTime) -> Result<()> {
+        let value = crate::render_drain_mark(since);
+        for mut vm in self.vms_named(ids).await? {
+            let mut tags = match vm.resource.tags.take() {
+                Some(serde_json::Value::Object(tags)) => tags,
+                _ => serde_json::Map::new(),
+            };
+            if tags.contains_key(DRAINING_TAG) {
+                continue;
+            }
+            tags.insert(
+                DRAINING_TAG.to_owned(),
+                serde_json::Value::String(value.clone()),
+            );
+            vm.resource.tags = Some(serde_json::Value::Object(tags));
+            self.update_vm(vm, "marking a drain").await?;
+        }
+        Ok(())
     }
 
     async fn verify_access(&self) -> Result<AccessReport> {

@@ -66,5 +66,7 @@ pub use config::{
     AzureConfig, ConfigProblem, CredentialConfig, PUBLIC_ARM_ENDPOINT, PUBLIC_AUTHORITY_HOST,
 };
 pub use credential::AzureEnvironment;
-pub use fleet::{GROW_TAG, ScaleSetFleet};
-pub use permissions::{DELETE_INSTANCES, NEEDED_ACTIONS, READ, READ_VMS, TRACK_OPERATIONS, WRITE};
+pub use fleet::{DRAINING_TAG, GROW_TAG, ScaleSetFleet};
+pub use permissions::{
+    DELETE_INSTANCES, NEEDED_ACTIONS, READ, READ_VMS, TRACK_OPERATIONS, WRITE, WRITE_VMS,
+};

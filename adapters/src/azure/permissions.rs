@@ -10,6 +10,9 @@ pub const WRITE: &str = "Microsoft.Compute/virtualMachineScaleSets/write";
 pub const DELETE_INSTANCES: &str = "Microsoft.Compute/virtualMachineScaleSets/delete/action";
 /// List the scale set's VMs.
 pub const READ_VMS: &str = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read";
+/// Update one VM of the scale set: a drain's mark (a tag) and its leaving the load
+/// balancer's backend pool. Needed only by fleets with a `[fleets.drain]`.
+pub const WRITE_VMS: &str = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write";
 
 /// Read the status of the operations grows and shrinks start. Their URL is at
 /// subscription scope, so this is granted on the resource group (or higher), not on the

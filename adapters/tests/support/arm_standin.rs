@@ -64,6 +64,7 @@ pub enum Route {
     GetScaleSet,
     UpdateScaleSet,
     ListVms,
+    UpdateVm,
     DeleteInstances,
     OperationStatus,
     Permissions,
@@ -77,6 +78,7 @@ impl Route {
             Route::UpdateScaleSet => "Microsoft.Compute/virtualMachineScaleSets/write",
             Route::DeleteInstances => "Microsoft.Compute/virtualMachineScaleSets/delete/action",
             Route::ListVms => "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+            Route::UpdateVm => "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write",
             Route::Permissions => "Microsoft.Authorization/permissions/read",
             Route::OperationStatus => "Microsoft.Compute/locations/operations/read",
             Route::Token | Route::ManagedIdentity => "",
@@ -211,6 +213,9 @@ impl Budget {
             Route::UpdateScaleSet | Route::DeleteInstances => {
                 vec![Budget::ScaleSetUpdate, Budget::SubscriptionWrites]
             }
+            // Updates of single VMs are not the scale set's actions; Compute's own policy
+            // for them is not modelled, only Resource Manager's write budget.
+            Route::UpdateVm => vec![Budget::SubscriptionWrites],
             Route::OperationStatus => vec![Budget::OperationStatus, Budget::SubscriptionReads],
             Route::Permissions => vec![Budget::SubscriptionReads],
             Route::Token | Route::ManagedIdentity => Vec::new(),
@@ -302,6 +307,7 @@ pub fn least_privilege() -> Vec<Assignment> {
                 "Microsoft.Compute/virtualMachineScaleSets/write",
                 "Microsoft.Compute/virtualMachineScaleSets/delete/action",
                 "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+                "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/write",
                 "Microsoft.Authorization/permissions/read",
             ],
         ),
@@ -323,12 +329,18 @@ pub struct StandinVm {
     pub zone: Option<String>,
     pub protected: bool,
     pub created: SystemTime,
+    /// The VM's own tags (a drain's mark).
+    pub tags: BTreeMap<String, String>,
+    /// The load balancer backend pools its IP configuration is in.
+    pub pools: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 enum Effect {
     Create(Vec<String>),
     Delete(Vec<String>),
+    /// A VM's model was updated: applied when the operation ends.
+    Update(String),
 }
 
 #[derive(Debug, Clone)]
@@ -354,6 +366,8 @@ struct Inner {
     tags: serde_json::Map<String, Value>,
     etag: u64,
     next_instance: u64,
+    /// The backend pool new VMs join ([`ArmStandin::set_backend_pool`]).
+    backend_pool: Option<String>,
     vms: BTreeMap<u64, StandinVm>,
     zones: Vec<String>,
     operations: HashMap<String, Operation>,
@@ -404,6 +418,7 @@ impl ArmStandin {
             tags: serde_json::Map::new(),
             etag: 1,
             next_instance: 0,
+            backend_pool: None,
             vms: BTreeMap::new(),
             zones: vec!["1".into(), "2".into(), "3".into()],
             operations: HashMap::new(),
@@ -653,6 +668,17 @@ impl ArmStandin {
     }
 
     /// Sets a VM's scale-in protection.
+    /// The scale set's model puts its VMs in the load balancer backend pool `pool`: the
+    /// VMs there now and every VM created later.
+    pub fn set_backend_pool(&self, pool: &str) {
+        self.with(|s| {
+            s.backend_pool = Some(pool.to_owned());
+            for vm in s.vms.values_mut() {
+                vm.pools = vec![pool.to_owned()];
+            }
+        });
+    }
+
     pub fn protect(&self, instance_id: &str, protected: bool) {
         self.with(|s| {
             if let Some(vm) = s.vms.values_mut().find(|vm| vm.instance_id == instance_id) {
@@ -721,6 +747,8 @@ impl Inner {
                 zone,
                 protected: false,
                 created: SystemTime::now(),
+                tags: BTreeMap::new(),
+                pools: self.backend_pool.iter().cloned().collect(),
             },
         );
         n
@@ -774,8 +802,17 @@ impl Inner {
             }
             properties["instanceView"] = json!({"statuses": statuses});
         }
+        let pools: Vec<Value> = vm.pools.iter().map(|id| json!({"id": id})).collect();
+        properties["networkProfileConfiguration"] = json!({"networkInterfaceConfigurations": [{
+            "name": "nic",
+            "properties": {"primary": true, "ipConfigurations": [{
+                "name": "ipconfig",
+                "properties": {"primary": true, "loadBalancerBackendAddressPools": pools},
+            }]},
+        }]});
         json!({
             "id": format!("{}/virtualMachines/{}", self.scale_set_id(), vm.instance_id),
+            "tags": vm.tags,
             "name": format!("{SCALE_SET}_{}", vm.instance_id),
             "type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
             "location": LOCATION,
@@ -864,6 +901,15 @@ impl Inner {
             }
             Effect::Delete(ids) => {
                 self.vms.retain(|_, vm| !ids.contains(&vm.instance_id));
+            }
+            Effect::Update(id) => {
+                if let Some(vm) = self
+                    .vms
+                    .values_mut()
+                    .find(|vm| vm.instance_id == id && vm.provisioning == "Updating")
+                {
+                    vm.provisioning = if failed { "Failed" } else { "Succeeded" }.into();
+                }
             }
         }
     }
@@ -1327,6 +1373,7 @@ async fn handle(
             (&Method::GET, []) => Route::GetScaleSet,
             (&Method::PATCH, []) => Route::UpdateScaleSet,
             (&Method::GET, ["virtualMachines"]) => Route::ListVms,
+            (&Method::PUT, ["virtualMachines", _]) => Route::UpdateVm,
             (&Method::POST, ["delete"]) => Route::DeleteInstances,
             (&Method::GET, ["providers", "Microsoft.Authorization", "permissions"]) => {
                 Route::Permissions
@@ -1479,6 +1526,7 @@ async fn handle(
         Route::ListVms => list_vms(&mut state, &query),
         Route::UpdateScaleSet => update_scale_set(&mut state, &headers, &body),
         Route::DeleteInstances => delete_instances(&mut state, &body),
+        Route::UpdateVm => update_vm(&mut state, path[9], &body),
         Route::OperationStatus => operation_status(&mut state, path[7]),
         Route::Permissions => json_response(
             StatusCode::OK,
@@ -2069,6 +2117,77 @@ fn delete_instances(state: &mut Inner, body: &[u8]) -> Response {
     state.capacity = state.capacity.saturating_sub(removed);
     state.etag += 1;
     let operation = state.start_operation(Effect::Delete(ids), None);
+    accepted(state, &operation)
+}
+
+/// Virtual Machine Scale Set VMs - Update (learn.microsoft.com/rest/api/compute/
+/// virtualmachinescalesetvms/update): a PUT of the VM's model. Its tags and its IP
+/// configurations' `loadBalancerBackendAddressPools` are read from the body; the model
+/// is stored at once and the VM is `Updating` until the operation (202,
+/// `Azure-AsyncOperation`) ends. A VM being deleted cannot be updated (409).
+fn update_vm(state: &mut Inner, instance_id: &str, body: &[u8]) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(body) else {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
+    };
+    if body.get("location").and_then(Value::as_str).is_none() {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "LocationRequired",
+            "The location property is required for this definition.",
+        );
+    }
+    let tags: BTreeMap<String, String> = body
+        .get("tags")
+        .and_then(Value::as_object)
+        .map(|t| {
+            t.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let pools: Option<Vec<String>> = body
+        .pointer("/properties/networkProfileConfiguration/networkInterfaceConfigurations")
+        .and_then(Value::as_array)
+        .map(|nics| {
+            nics.iter()
+                .filter_map(|nic| nic.pointer("/properties/ipConfigurations")?.as_array())
+                .flatten()
+                .filter_map(|ip| {
+                    ip.pointer("/properties/loadBalancerBackendAddressPools")?
+                        .as_array()
+                })
+                .flatten()
+                .filter_map(|pool| Some(pool.get("id")?.as_str()?.to_owned()))
+                .collect()
+        });
+    let Some(vm) = state
+        .vms
+        .values_mut()
+        .find(|vm| vm.instance_id == instance_id)
+    else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            &format!("The entity was not found in this Azure location: instance {instance_id}."),
+        );
+    };
+    if vm.provisioning == "Deleting" {
+        return arm_error(
+            StatusCode::CONFLICT,
+            "OperationNotAllowed",
+            "The operation cannot be performed: the virtual machine is being deleted.",
+        );
+    }
+    vm.tags = tags;
+    if let Some(pools) = pools {
+        vm.pools = pools;
+    }
+    vm.provisioning = "Updating".into();
+    let operation = state.start_operation(Effect::Update(instance_id.to_owned()), None);
     accepted(state, &operation)
 }
 
