@@ -14,8 +14,13 @@
   the agent config passes `fleetscale check --offline`; each cloud-init document is YAML
   whose files are the rendered config and examples/fleetscale.service; each Prometheus
   config passes `promtool check config`; the load generator accepts its arguments;
-- the AWS agent's instance profile holds exactly terraform/aws/fleetscale-agent-policy.json,
-  the file the adapter's tests load, and its role carries the tag the policy compares;
+- the AWS agent's instance profile holds exactly terraform/aws/fleetscale-asg-policy.json
+  and fleetscale-drain-policy.json, the files the adapter's tests load, and its role
+  carries the tag the policies compare; the rendered agent config scales the
+  environment's Auto Scaling group (`kind = "aws-asg"`) and drains through the target
+  group attached to that group; the group carries the compared tag with the role's
+  value, propagated to its instances where an EC2 condition reads it, and so does the
+  target group;
 - examples/fleetscale.service is hardened and examples/grafana-dashboard.json graphs
   every metric of README.md's Metrics table.
 
@@ -38,8 +43,8 @@ INSTALL_HINT = "pip install -r scripts/test-requirements.txt"
 # Values that exist only after `terraform apply`, by the expression that yields them.
 SAMPLES = {
     "aws": {
-        "aws_subnet.private[*].id": ["subnet-0a1b2c3d4e5f60718", "subnet-0f1e2d3c4b5a69788"],
-        "aws_launch_template.fleet.id": "lt-0a1b2c3d4e5f60718",
+        # What the group's name renders to with the defaults; the check compares them.
+        "aws_autoscaling_group.fleet.name": "fleetscale-demo-web",
         "aws_vpc.demo.id": "vpc-0a1b2c3d4e5f60718",
         "aws_lb.fleet.dns_name": "internal-fleetscale-demo-fleet-1234567890.eu-west-1.elb.amazonaws.com",
         "local.monitor_ip": "10.42.10.10",
@@ -87,11 +92,12 @@ UNIT_DIRECTIVES = [
     ("Restart", "on-failure"),
 ]
 
-AWS_POLICY = "fleetscale-agent-policy.json"
-# Policies the agent's role may hold besides its scaling policy.
-AWS_AGENT_EXTRA_POLICIES = {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
-# The one other policy file the agent's role may hold: draining through the target group.
+# The AWS agent's role holds exactly these policy files: scaling the Auto Scaling group
+# (kind = "aws-asg"), and draining through the group's target group.
+AWS_POLICY = "fleetscale-asg-policy.json"
 AWS_DRAIN_POLICY = "fleetscale-drain-policy.json"
+# Managed policies the agent's role may hold besides them.
+AWS_AGENT_EXTRA_POLICIES = {"arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"}
 
 
 class Problems:
@@ -570,31 +576,62 @@ def check_load_args(module, defaults_file, where, problems):
     problems.ok(f"terraform/{module.name}: load generator plans {len(rows)} rows, peak {peak:.0f} rps")
 
 
+def flat(value):
+    """A list attribute's items, however python-hcl2 nests them."""
+    if isinstance(value, list):
+        return [item for v in value for item in flat(v)]
+    return [value]
+
+
+def policy_tag_keys(policy, condition_key):
+    """The tag keys a policy's conditions read as `<condition_key>/<key>`."""
+    keys = set()
+    for statement in policy.get("Statement", []):
+        for operator in (statement.get("Condition") or {}).values():
+            for key in operator:
+                if key.startswith(condition_key + "/"):
+                    keys.add(key[len(condition_key) + 1:])
+    return keys
+
+
+def role_of(attrs):
+    match = re.fullmatch(r"\$\{aws_iam_role\.([a-z0-9_]+)\.(id|name)\}", attr(attrs, "role") or "")
+    return match.group(1) if match else None
+
+
 def check_aws_policy(module, problems):
-    """The agent's instance profile holds exactly the policy file the adapter's tests load."""
+    """The agent's instance profile holds exactly the policy files the adapter's tests
+    load, and what their conditions compare is there: the role's tag, and the same tag
+    on the group the agent scales (on its instances too) and the target group it drains
+    through."""
     where = "terraform/aws"
     repo = module.dir.parent.parent
     before = len(problems.items)
-    policy_path = module.dir / AWS_POLICY
-    try:
-        policy = json.loads(policy_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        problems.add(f"{where}/{AWS_POLICY}", f"unreadable: {error}")
+    policies = {}
+    for name in (AWS_POLICY, AWS_DRAIN_POLICY):
+        try:
+            policies[name] = json.loads((module.dir / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            problems.add(f"{where}/{name}", f"unreadable: {error}")
+    if len(policies) != 2:
         return
-    file_expression = f'${{file("${{path.module}}/{AWS_POLICY}")}}'
 
-    users = [name for name, attrs in resources(module.docs, "aws_iam_role_policy").items()
-             if attr(attrs, "policy") == file_expression]
-    if len(users) != 1:
-        problems.add(where, f"exactly one aws_iam_role_policy must have policy = "
-                            f"file(\"${{path.module}}/{AWS_POLICY}\"); found {users}")
+    role_policies = resources(module.docs, "aws_iam_role_policy")
+    holders = {}
+    for name in policies:
+        expression = f'${{file("${{path.module}}/{name}")}}'
+        users = [n for n, attrs in role_policies.items() if attr(attrs, "policy") == expression]
+        if len(users) != 1:
+            problems.add(where, f"exactly one aws_iam_role_policy must have policy = "
+                                f"file(\"${{path.module}}/{name}\"); found {users}")
+            return
+        holders[name] = users[0]
+    roles = {role_of(role_policies[user]) for user in holders.values()}
+    if None in roles or len(roles) != 1:
+        problems.add(where, f"aws_iam_role_policy {', '.join(holders.values())} must each name "
+                            f"the same role of this module; they name {sorted(map(str, roles))}")
         return
-    role_ref = attr(resources(module.docs, "aws_iam_role_policy")[users[0]], "role")
-    role = re.fullmatch(r"\$\{aws_iam_role\.([a-z0-9_]+)\.(id|name)\}", role_ref or "")
-    if not role:
-        problems.add(where, f"aws_iam_role_policy.{users[0]}.role must name a role of this module")
-        return
-    role = role.group(1)
+    role = roles.pop()
     profiles = [name for name, attrs in resources(module.docs, "aws_iam_instance_profile").items()
                 if re.fullmatch(rf"\$\{{aws_iam_role\.{role}\.(name|id)\}}", attr(attrs, "role") or "")]
     agents = [name for name, attrs in resources(module.docs, "aws_instance").items()
@@ -606,31 +643,123 @@ def check_aws_policy(module, problems):
     # Nothing else grants the role permissions, beyond Session Manager's.
     for rtype in ("aws_iam_role_policy", "aws_iam_role_policy_attachment"):
         for name, attrs in resources(module.docs, rtype).items():
-            ref = attr(attrs, "role") or ""
-            if re.fullmatch(rf"\$\{{aws_iam_role\.{role}\.(name|id)\}}", ref) and name != users[0]:
-                arn = attr(attrs, "policy_arn")
-                drain = f'${{file("${{path.module}}/{AWS_DRAIN_POLICY}")}}'
-                if rtype == "aws_iam_role_policy" and attr(attrs, "policy") == drain:
-                    continue
-                if arn not in AWS_AGENT_EXTRA_POLICIES:
-                    problems.add(where, f"{rtype}.{name} adds permissions to the agent's role")
-    # The policy compares request and resource tags with the role's own tags.
-    role_tags = {unquote(k): v for k, v in (attr(resources(module.docs, "aws_iam_role")[role], "tags") or {}).items()}
-    principal_tags = set(re.findall(r"aws:PrincipalTag/([^}]+)\}", json.dumps(policy)))
+            if role_of(attrs) != role or (rtype == "aws_iam_role_policy" and name in holders.values()):
+                continue
+            if rtype == "aws_iam_role_policy" or attr(attrs, "policy_arn") not in AWS_AGENT_EXTRA_POLICIES:
+                problems.add(where, f"{rtype}.{name} adds permissions to the agent's role")
+    # The policies compare request and resource tags with the role's own tags.
+    role_tags = {unquote(k): module.value(unwrap(v)) for k, v in
+                 (attr(resources(module.docs, "aws_iam_role")[role], "tags") or {}).items()
+                 if not k.startswith("__")}
+    principal_tags = set()
+    for policy in policies.values():
+        principal_tags |= set(re.findall(r"aws:PrincipalTag/([^}]+)\}", json.dumps(policy)))
     for key in sorted(principal_tags):
         if key not in role_tags:
-            problems.add(where, f"the policy compares tags with aws:PrincipalTag/{key}, "
+            problems.add(where, f"the policies compare tags with aws:PrincipalTag/{key}, "
                                 f"but aws_iam_role.{role} has no tag {key}")
-    # The adapter's tests load the same file.
-    tests = [p for d in ("adapters/tests", "tests") for p in (repo / d).rglob("*.rs")
-             if "terraform/aws/fleetscale-agent-policy.json" in p.read_text(encoding="utf-8")]
-    if not tests:
-        problems.add(where, "no test under adapters/tests or tests/ loads "
-                            "terraform/aws/fleetscale-agent-policy.json")
+    # The adapter's tests load the same files.
+    sources = {p: p.read_text(encoding="utf-8")
+               for d in ("adapters/tests", "tests") for p in (repo / d).rglob("*.rs")}
+    tests = set()
+    for name in policies:
+        loading = {p.name for p, text in sources.items()
+                   if f"terraform/aws/{name}" in text or f'"{name}"' in text}
+        if not loading:
+            problems.add(where, f"no test under adapters/tests or tests/ loads terraform/aws/{name}")
+        tests |= loading
+    if len(problems.items) != before:
+        return
+    problems.ok(f"{where}: the agent's instance profile (role {role}, tagged "
+                f"{', '.join(sorted(principal_tags))}) holds exactly {AWS_POLICY} and "
+                f"{AWS_DRAIN_POLICY}, which {', '.join(sorted(tests))} load too")
+    check_aws_fleet(module, policies, role_tags, problems)
+
+
+def check_aws_fleet(module, policies, role_tags, problems):
+    """The rendered config scales this module's Auto Scaling group and drains through the
+    target group attached to it; both carry the tags the policies compare, with the
+    role's values, the group's propagated to the instances where EC2 conditions read them."""
+    where = "terraform/aws"
+    before = len(problems.items)
+    calls = [(p, v) for _, p, v in templatefile_calls(module)
+             if module.path(p) == (module.dir / AGENT_CONFIG_TEMPLATE).resolve()]
+    if len(calls) != 1:
+        problems.add(where, f"{len(calls)} templatefile() calls render {AGENT_CONFIG_TEMPLATE}, not one")
+        return
+    try:
+        text = module.templatefile(*calls[0])[0]
+        config = need("tomllib").loads(text)
+    except (OSError, ValueError) as error:
+        problems.add(f"{where}/{AGENT_CONFIG_TEMPLATE}", f"cannot render or read it: {error}")
+        return
+    groups = resources(module.docs, "aws_autoscaling_group")
+    target_groups = resources(module.docs, "aws_lb_target_group")
+    fleets = config.get("fleets", [])
+    if not fleets:
+        problems.add(f"{where}/{AGENT_CONFIG_TEMPLATE}", "configures no fleet")
+    described = []
+    for fleet in fleets:
+        adapter, drain = fleet.get("adapter", {}), fleet.get("drain", {})
+        name = f"fleet {fleet.get('name')!r}"
+        if adapter.get("kind") != "aws-asg":
+            problems.add(where, f"{name} has kind = {adapter.get('kind')!r}: the demo's fleet is "
+                                "its Auto Scaling group (kind = \"aws-asg\")")
+            continue
+        group = [n for n, attrs in groups.items()
+                 if module.value(unwrap(attrs.get("name"))) == adapter.get("group")]
+        if len(group) != 1:
+            problems.add(where, f"{name}'s group {adapter.get('group')!r} is not the name of one "
+                                f"aws_autoscaling_group (those render to "
+                                f"{[module.value(unwrap(a.get('name'))) for a in groups.values()]})")
+            continue
+        group = group[0]
+        attrs = groups[group]
+        tags = {}
+        for block in flat(attrs.get("tag")):
+            if isinstance(block, dict):
+                key = module.value(unwrap(block.get("key")))
+                tags[key] = (module.value(unwrap(block.get("value"))),
+                             unwrap(block.get("propagate_at_launch")) is True)
+        compared = {"autoscaling:ResourceTag": False, "ec2:ResourceTag": True}
+        for condition, propagated in compared.items():
+            for key in sorted(policy_tag_keys(policies[AWS_POLICY], condition)):
+                value, propagates = tags.get(key, (None, False))
+                if value != role_tags.get(key):
+                    problems.add(where, f"aws_autoscaling_group.{group} must carry the tag {key} = "
+                                        f"{role_tags.get(key)!r} (as the role does; {AWS_POLICY} "
+                                        f"compares {condition}/{key}); it has {value!r}")
+                elif propagated and not propagates:
+                    problems.add(where, f"aws_autoscaling_group.{group}'s tag {key} needs "
+                                        f"propagate_at_launch = true: {AWS_POLICY} compares "
+                                        f"{condition}/{key} on its instances")
+        arn = drain.get("target_group_arn")
+        if arn is None:
+            problems.add(where, f"{name} has no [fleets.drain] target_group_arn")
+            continue
+        target_group = [n for n in target_groups if module.samples.get(f"aws_lb_target_group.{n}.arn") == arn]
+        if len(target_group) != 1:
+            problems.add(where, f"{name} drains through {arn!r}, which is not the ARN of one "
+                                "aws_lb_target_group here (by the sample values)")
+            continue
+        target_group = target_group[0]
+        attached = flat(attrs.get("target_group_arns"))
+        if f"${{aws_lb_target_group.{target_group}.arn}}" not in attached:
+            problems.add(where, f"aws_autoscaling_group.{group} must list aws_lb_target_group."
+                                f"{target_group}.arn in target_group_arns (the group registers its "
+                                f"instances there, where {name} drains them); it lists {attached}")
+        tg_tags = {unquote(k): module.value(unwrap(v)) for k, v in
+                   (attr(target_groups[target_group], "tags") or {}).items() if not k.startswith("__")}
+        for key in sorted(policy_tag_keys(policies[AWS_DRAIN_POLICY], "aws:ResourceTag")):
+            if tg_tags.get(key) != role_tags.get(key):
+                problems.add(where, f"aws_lb_target_group.{target_group} must carry the tag {key} = "
+                                    f"{role_tags.get(key)!r} (as the role does; {AWS_DRAIN_POLICY} "
+                                    f"compares aws:ResourceTag/{key}); it has {tg_tags.get(key)!r}")
+        described.append(f"{name}: group aws_autoscaling_group.{group} "
+                         f"(tagged {', '.join(sorted(tags))}), drained through "
+                         f"aws_lb_target_group.{target_group} attached to it")
     if len(problems.items) == before:
-        problems.ok(f"{where}: the agent's instance profile (role {role}, tagged "
-                    f"{', '.join(sorted(principal_tags))}) holds exactly {AWS_POLICY}, "
-                    f"which {', '.join(sorted(p.name for p in tests))} load too")
+        problems.ok(f"{where}: {'; '.join(described)}; both carry the tags the policies compare")
 
 
 README_SECTIONS = ["## Cost", "## Prerequisites", "## Apply", "## Watch it scale", "## Destroy"]

@@ -2,7 +2,7 @@
 //! parses every .tf (python-hcl2), runs checkov over terraform/, renders each
 //! environment's templates as Terraform would and passes the agent configs to this build's
 //! `fleetscale check --offline`, checks the Prometheus configs with promtool, and checks that
-//! the AWS agent's instance profile holds the IAM policy file the adapter's tests load.
+//! the AWS agent's instance profile holds the IAM policy files the adapters' tests load.
 //!
 //! The rendered configs use the `aws` and `azure` adapters, hence the features. A missing
 //! checker tool fails the test with the command that installs it; nothing is skipped.
@@ -95,7 +95,7 @@ fn demo_environments_parse_pass_checkov_and_render_configs_the_agent_accepts() {
         "terraform/azure/templates/fleetscale.toml.tftpl (high_availability = true): rendered with sample values, passes `fleetscale check --offline`",
         "(high_availability = true): YAML, etcd-server listening on",
         "promtool check config",
-        "holds exactly fleetscale-agent-policy.json",
+        "holds exactly fleetscale-asg-policy.json and fleetscale-drain-policy.json",
     ] {
         assert!(
             stdout.contains(stage),

@@ -5,23 +5,20 @@
 
 locals {
   agent_config_vars = {
-    tick                = var.agent_tick
-    agent_port          = local.agent_port
-    fleet_name          = var.fleet_name
-    boot_delay          = var.boot_delay
-    region              = var.region
-    fleet_tag_key       = local.fleet_tag_key
-    subnets             = jsonencode(aws_subnet.private[*].id)
-    launch_template_id  = aws_launch_template.fleet.id
-    fleet_instance_name = "${var.name}-${var.fleet_name}"
-    prometheus_url      = "http://${local.monitor_ip}:${local.prometheus_port}"
-    per_instance_rps    = var.instance_capacity_rps
-    max_unserved        = var.max_unserved
-    min_instances       = var.min_instances
-    max_instances       = var.max_instances
-    max_step_up         = var.max_step_up
-    target_group_arn    = aws_lb_target_group.fleet.arn
-    coordination        = var.high_availability ? local.coordination_section : ""
+    tick             = var.agent_tick
+    agent_port       = local.agent_port
+    fleet_name       = var.fleet_name
+    boot_delay       = var.boot_delay
+    region           = var.region
+    asg_name         = aws_autoscaling_group.fleet.name
+    prometheus_url   = "http://${local.monitor_ip}:${local.prometheus_port}"
+    per_instance_rps = var.instance_capacity_rps
+    max_unserved     = var.max_unserved
+    min_instances    = var.min_instances
+    max_instances    = var.max_instances
+    max_step_up      = var.max_step_up
+    target_group_arn = aws_lb_target_group.fleet.arn
+    coordination     = var.high_availability ? local.coordination_section : ""
   }
 
   coordination_vars = {
@@ -75,10 +72,11 @@ resource "aws_instance" "agent" {
 
   tags = { Name = var.high_availability ? "${var.name}-agent-${count.index}" : "${var.name}-agent" }
 
-  # Destroyed before the fleet's clean-up runs, so that nothing launches more instances.
+  # Destroyed before the group, so that nothing resizes it while Terraform deletes it.
   depends_on = [
-    terraform_data.fleet_cleanup,
+    aws_autoscaling_group.fleet,
     aws_iam_role_policy.agent_scaling,
+    aws_iam_role_policy.agent_draining,
     aws_route_table_association.private,
     aws_nat_gateway.demo,
   ]

@@ -1,6 +1,6 @@
-# The fleet: no Auto Scaling group. fleetscale itself launches instances from this
-# template into the private subnets (balancing the zones), tags them
-# `fleetscale:fleet = <fleet_name>`, and terminates them.
+# The fleet: an Auto Scaling group launching this template into the private subnets.
+# fleetscale (`kind = "aws-asg"`) sets its desired capacity and terminates the instances
+# it chose, after draining them through the load balancer's target group.
 
 # Every VM's image: the newest official Debian 12 image (Debian's own AWS account), or
 # var.ami_id.
@@ -27,7 +27,7 @@ locals {
 
 resource "aws_launch_template" "fleet" {
   name        = "${var.name}-${var.fleet_name}"
-  description = "Instances of the ${var.fleet_name} fleet, launched by fleetscale"
+  description = "Instances of the ${var.fleet_name} fleet, launched by its Auto Scaling group"
 
   image_id               = data.aws_ami.vm.id
   instance_type          = var.fleet_instance_type
@@ -36,8 +36,7 @@ resource "aws_launch_template" "fleet" {
   update_default_version = true
   user_data              = base64gzip(templatefile("${path.module}/../shared/cloud-init/fleet.yaml.tftpl", local.fleet_cloud_init_vars))
 
-  # No instance profile: fleet instances call no AWS API, and launching one with a role
-  # would need iam:PassRole, which the agent's policy deliberately lacks.
+  # No instance profile: fleet instances call no AWS API.
 
   metadata_options {
     http_endpoint               = "enabled"
@@ -61,42 +60,70 @@ resource "aws_launch_template" "fleet" {
   }
 }
 
-# fleetscale launches the fleet's instances, so Terraform does not know them. Before the
-# subnets and security groups can go, `terraform destroy` terminates them here (after the
-# agent's VM is gone, so that nothing launches more), with the AWS CLI.
-resource "terraform_data" "fleet_cleanup" {
-  input = {
-    region    = var.region
-    vpc_id    = aws_vpc.demo.id
-    tag_key   = local.fleet_tag_key
-    tag_value = var.fleet_name
+# The provider's default tags do not reach Auto Scaling groups; the group copies them.
+data "aws_default_tags" "current" {}
+
+# Auto Scaling uses its service-linked role (AWSServiceRoleForAutoScaling), which AWS
+# creates with the account's first group: nothing to declare here.
+resource "aws_autoscaling_group" "fleet" {
+  name                = "${var.name}-${var.fleet_name}"
+  vpc_zone_identifier = aws_subnet.private[*].id
+  min_size            = var.min_instances
+  max_size            = var.max_instances
+  # The size at creation only: from then on fleetscale sets it (ignore_changes below).
+  desired_capacity = var.min_instances
+
+  launch_template {
+    id = aws_launch_template.fleet.id
+    # A change to the template reaches new instances without a change to the group.
+    version = "$Latest"
   }
 
-  # Destroyed before what the instances use; never replaced (that would terminate the
-  # fleet), so the dependencies are ordering only.
+  # The group registers every instance it launches; fleetscale deregisters them to drain.
+  target_group_arns = [aws_lb_target_group.fleet.arn]
+
+  # The load balancer's health check decides; the grace period covers the first boot's
+  # package installs (boot_delay).
+  health_check_type         = "ELB"
+  health_check_grace_period = 300
+
+  # The agent's policy resizes only groups carrying its fleet tag; the drain's mark is an
+  # EC2 tag it may set only on instances carrying it, so the tag is propagated.
+  tag {
+    key                 = local.fleet_tag_key
+    value               = var.fleet_name
+    propagate_at_launch = true
+  }
+
+  tag {
+    key                 = "Name"
+    value               = "${var.name}-${var.fleet_name}"
+    propagate_at_launch = true
+  }
+
+  dynamic "tag" {
+    for_each = { for key, value in data.aws_default_tags.current.tags : key => value if !contains([local.fleet_tag_key, "Name"], key) }
+
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
+  }
+
+  lifecycle {
+    # fleetscale owns the desired capacity; an apply must not reset it.
+    ignore_changes = [desired_capacity]
+  }
+
+  # Instances boot into a network that installs their packages and passes the load
+  # balancer's health checks; on destroy the group (and its instances) goes first.
   depends_on = [
-    aws_launch_template.fleet,
-    aws_subnet.private,
-    aws_security_group.fleet,
     aws_route_table_association.private,
     aws_nat_gateway.demo,
+    aws_vpc_security_group_egress_rule.outbound_web,
+    aws_vpc_security_group_ingress_rule.fleet_from_alb,
+    aws_vpc_security_group_egress_rule.alb_to_fleet,
+    aws_lb_listener.fleet,
   ]
-
-  provisioner "local-exec" {
-    when        = destroy
-    interpreter = ["/bin/sh", "-c"]
-    command     = <<-EOT
-      set -eu
-      ids=$(aws ec2 describe-instances --region '${self.input.region}' \
-        --filters 'Name=tag:${self.input.tag_key},Values=${self.input.tag_value}' \
-                  'Name=vpc-id,Values=${self.input.vpc_id}' \
-                  'Name=instance-state-name,Values=pending,running,stopping,stopped' \
-        --query 'Reservations[].Instances[].InstanceId' --output text)
-      if [ -n "$ids" ]; then
-        echo "terminating the fleet's instances: $ids"
-        aws ec2 terminate-instances --region '${self.input.region}' --instance-ids $ids >/dev/null
-        aws ec2 wait instance-terminated --region '${self.input.region}' --instance-ids $ids
-      fi
-    EOT
-  }
 }

@@ -10,9 +10,10 @@ data "aws_iam_policy_document" "ec2_assume" {
 }
 
 # The agent's identity: an instance profile. Its scaling permissions are exactly the
-# least-privilege policy in fleetscale-agent-policy.json (the file the adapter's tests
-# load). That policy compares the fleet tag of every launch and termination with the
-# role's own `fleetscale:fleet` tag, so the role carries the fleet's name as that tag.
+# least-privilege policy in fleetscale-asg-policy.json (the file the adapter's tests
+# load). That policy compares the fleet tag of the group it resizes, and of the instances
+# it marks as draining, with the role's own `fleetscale:fleet` tag, so the role carries
+# the fleet's name as that tag.
 resource "aws_iam_role" "agent" {
   name               = "${var.name}-agent"
   description        = "fleetscale agent: scales the ${var.fleet_name} fleet"
@@ -24,12 +25,13 @@ resource "aws_iam_role" "agent" {
 }
 
 resource "aws_iam_role_policy" "agent_scaling" {
-  name   = "fleetscale-agent"
+  name   = "fleetscale-asg"
   role   = aws_iam_role.agent.id
-  policy = file("${path.module}/fleetscale-agent-policy.json")
+  policy = file("${path.module}/fleetscale-asg-policy.json")
 }
 
-# Draining on scale-in: read target health, deregister from the fleet's target groups.
+# Draining on scale-in: read target health, deregister from the fleet's target groups
+# (tagged with the fleet, as the group is).
 resource "aws_iam_role_policy" "agent_draining" {
   name   = "fleetscale-drain"
   role   = aws_iam_role.agent.id

@@ -55,7 +55,7 @@ output "agent_journal_command" {
 }
 
 output "agent_check_command" {
-  description = "Runs `fleetscale check` on the agent's VM: the identity its instance profile authenticates as, and a DryRun probe of each permission the policy grants."
+  description = "Runs `fleetscale check` on the agent's VM: the identity its instance profile authenticates as, and its reads of the Auto Scaling group and of its instances' drain marks (Auto Scaling has no DryRun: a refused change shows at the first one)."
   value       = "${local.ssm_agent} --parameters '{\"command\":[\"fleetscale check --config /etc/fleetscale/fleetscale.toml\"]}'"
 }
 
@@ -74,9 +74,19 @@ output "load_balancer_url" {
   value       = "http://${aws_lb.fleet.dns_name}/"
 }
 
+output "fleet_group_name" {
+  description = "The fleet's Auto Scaling group, whose desired capacity fleetscale sets (`group` in the agent's config)."
+  value       = aws_autoscaling_group.fleet.name
+}
+
 output "fleet_instances_command" {
-  description = "Lists the fleet's instances as EC2 sees them."
-  value       = "aws ec2 describe-instances --region ${var.region} --filters 'Name=tag:${local.fleet_tag_key},Values=${var.fleet_name}' 'Name=instance-state-name,Values=pending,running,shutting-down' --query 'Reservations[].Instances[].[InstanceId,State.Name,Placement.AvailabilityZone,LaunchTime]' --output table"
+  description = "Lists the fleet's instances as its Auto Scaling group sees them: lifecycle state, health, zone."
+  value       = "aws autoscaling describe-auto-scaling-groups --region ${var.region} --auto-scaling-group-names ${aws_autoscaling_group.fleet.name} --query 'AutoScalingGroups[0].Instances[].[InstanceId,LifecycleState,HealthStatus,AvailabilityZone]' --output table"
+}
+
+output "fleet_targets_command" {
+  description = "Lists the load balancer's targets and their states (`draining` while fleetscale drains an instance)."
+  value       = "aws elbv2 describe-target-health --region ${var.region} --target-group-arn ${aws_lb_target_group.fleet.arn} --query 'TargetHealthDescriptions[].[Target.Id,TargetHealth.State,TargetHealth.Reason]' --output table"
 }
 
 output "agent_config" {

@@ -22,7 +22,7 @@ variable "tags" {
 }
 
 variable "fleet_name" {
-  description = "The fleet's name in the agent's config, and the value of the `fleetscale:fleet` tag that marks its instances (and the agent's role, which may only launch and terminate instances carrying it)."
+  description = "The fleet's name in the agent's config, and the value of the `fleetscale:fleet` tag on its Auto Scaling group (propagated to its instances), its target group and the agent's role, which may only resize that group, mark its instances and deregister them from that target group."
   type        = string
   default     = "web"
 
@@ -61,7 +61,7 @@ variable "ami_id" {
 }
 
 variable "fleet_instance_type" {
-  description = "Instance type of the fleet's instances (the launch template's)."
+  description = "Instance type of the fleet's instances (the launch template the Auto Scaling group launches)."
   type        = string
   default     = "t3.micro"
 }
@@ -91,13 +91,13 @@ variable "root_volume_size" {
 }
 
 variable "min_instances" {
-  description = "Fewest fleet instances (the agent's guards.min); the agent launches them at start."
+  description = "Fewest fleet instances: the Auto Scaling group's min_size and initial desired capacity, and the agent's guards.min."
   type        = number
   default     = 2
 }
 
 variable "max_instances" {
-  description = "Most fleet instances (the agent's guards.max)."
+  description = "Most fleet instances: the Auto Scaling group's max_size and the agent's guards.max."
   type        = number
   default     = 12
 

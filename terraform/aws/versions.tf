@@ -6,10 +6,6 @@ terraform {
       source  = "hashicorp/aws"
       version = "~> 5.80"
     }
-    archive = {
-      source  = "hashicorp/archive"
-      version = "~> 2.7"
-    }
   }
 }
 
@@ -20,5 +16,11 @@ provider "aws" {
     tags = merge(var.tags, {
       "fleetscale:demo" = var.name
     })
+  }
+
+  # fleetscale keeps its last grow on the fleet's group as this tag; it is not
+  # Terraform's to remove.
+  ignore_tags {
+    keys = ["fleetscale:grow"]
   }
 }
