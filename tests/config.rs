@@ -410,10 +410,10 @@ fn a_drain_names_the_load_balancer_its_backend_cannot_use() {
     .expect("a backend pool drains a scale set");
     let drain = good.fleets[0].drain.as_ref().expect("the drain");
     assert_eq!(drain.backend_pool_id.as_deref(), Some(pool));
-    let found = azure(&format!(
+    let found = azure(
         "backend_pool_id = \"/subscriptions/x/resourceGroups/demo/loadBalancers/web-lb\"\n\
-         target_group_arn = \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef\""
-    ));
+         target_group_arn = \"arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef\"",
+    );
     for expected in [
         "fleets[0].drain.backend_pool_id: \"/subscriptions/x/resourceGroups/demo/loadBalancers/web-lb\" is not a backend pool id",
         "fleets[0].drain.target_group_arn: an ELBv2 target group drains an AWS fleet (kind = \"aws\" or \"aws-asg\")",
