@@ -894,6 +894,32 @@ impl FleetController {
             })
             .map(|i| i.id.clone())
             .collect();
+        let active = seen.account.active();
+        let left = active.saturating_sub(stuck.len() as u32);
+        let room = self.bounds.max.saturating_sub(active);
+        if !stuck.is_empty()
+            && left < self.bounds.min
+            && room > 0
+            && self.replace_after.is_none_or(|after| now >= after)
+        {
+            // Make before break: removing them would leave fewer than `min`, so the
+            // replacements that keep it are launched first, and the stuck instances go at
+            // the next round (then counted beside their replacements). A restarted agent
+            // within its read lag may not see a predecessor's launch: it waits.
+            if self.starting_up(now) {
+                report.applied = Some(active);
+                return Intent::Resize(active);
+            }
+            let target = active + (self.bounds.min - left).min(room);
+            report.reason = format!(
+                "{} instance(s) booting longer than {:?}: replacements launched first, to keep min {}",
+                stuck.len(),
+                self.guards.max_boot_time,
+                self.bounds.min
+            );
+            report.applied = Some(target);
+            return Intent::Resize(target);
+        }
         if !stuck.is_empty() && self.replace_after.is_none_or(|after| now >= after) {
             // Replacements that get stuck again wait twice as long before the next round.
             if self.replace_after.is_some() {
@@ -916,7 +942,6 @@ impl FleetController {
         // Reads may not show yet what a predecessor launched or removed: no grow beyond
         // min (it would launch again) and no scale-in (a removed instance may still read
         // as serving, and the one removed in its place would be the last that serves).
-        let active = seen.account.active();
         if self.starting_up(now) {
             let held = match applied.cmp(&active) {
                 std::cmp::Ordering::Greater => applied.min(active.max(self.bounds.min)),

@@ -359,6 +359,40 @@ async fn replaces_instances_stuck_booting() {
     assert_eq!(fleet.serving(), 10, "replacements booted: {fleet:?}");
 }
 
+/// The fleet's only instance never boots: its replacement is launched before it is
+/// removed, so the fleet never has fewer than `min` instances alive (a removal first
+/// left none for a tick, a bound violation the `hostile` replay counted).
+#[tokio::test(start_paused = true)]
+async fn a_fleet_at_min_launches_the_replacement_before_removing_the_stuck_instance() {
+    let demand = vec![0.5; 60];
+    let guards = GuardConfig {
+        max_boot_time: Duration::from_secs(600),
+        ..GuardConfig::with_max(100)
+    };
+    let mut rig = rig(&demand, guards, target_tracking(0.8), 0);
+    rig.mock.faults().set_never_boot_rate(1.0);
+    step(&mut rig).await; // launches min = 1, which never boots
+    rig.mock.faults().set_never_boot_rate(0.0);
+    let mut replaced = false;
+    for _ in 0..30 {
+        let report = step(&mut rig).await;
+        replaced |= matches!(report.action, Action::ReplaceStuck { removed: 1 });
+        let fleet = rig.mock.read_fleet().await.unwrap();
+        let alive = fleet
+            .instances
+            .iter()
+            .filter(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running))
+            .count();
+        assert!(
+            alive >= 1,
+            "fewer than min alive after {report:?}: {fleet:?}"
+        );
+    }
+    assert!(replaced, "the stuck instance was removed");
+    let fleet = rig.mock.read_fleet().await.unwrap();
+    assert_eq!(fleet.serving(), 1, "the replacement serves: {fleet:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn scale_in_removes_booting_first_and_never_a_protected_instance() {
     // Demand jumps then collapses before the new instances have booted.
