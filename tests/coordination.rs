@@ -239,7 +239,22 @@ async fn an_agent_that_takes_a_fleet_back_waits_out_the_read_lag_before_acting()
     let killed_at = Instant::now();
     a.kill();
     assert!(wait_for(TTL + TICK + Duration::from_secs(3), || b.held().len() == 2).await);
-    tokio::time::sleep(READ_LAG + 4 * TICK).await;
+    // Until b has acted on it past the read lag (ticks slip on a loaded machine: waiting a
+    // fixed four ticks failed there), or long enough that it never will.
+    let acted_after_lag = |calls: &[Call]| {
+        let of_b: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.agent == "b" && c.fleet == moved && c.at > killed_at)
+            .collect();
+        of_b.iter().map(|c| c.at).min().is_some_and(|back_at| {
+            of_b.iter()
+                .any(|c| c.mutating() && c.at >= back_at + READ_LAG)
+        })
+    };
+    wait_for(READ_LAG + Duration::from_secs(30), || {
+        acted_after_lag(&world.calls())
+    })
+    .await;
 
     let calls = world.calls();
     let of_moved = |agent: &str| -> Vec<&Call> {
