@@ -38,26 +38,25 @@ impl super::Drain for BackendPoolDrain {
 
     async fn begin(&self, instances: &[Instance]) -> Result<(), String> {
         tracing::info!(backend_pool = %self.pool, instances = ?Self::ids(instances), "leaving the backend pool");
-        self.scale_set
-            .leave_backend_pool(&Self::ids(instances), &self.pool)
-            .await
-            .map_err(|e| format!("{}: {e}", self.pool))
+        self.still_in_pool(instances).await.map(|_| ())
     }
 
     /// A VM marked but still in the pool (its agent stopped between the mark and the
     /// update) is taken out again: repeating it only confirms what the mark decided.
     async fn drained(&self, instances: &[Instance]) -> Result<HashSet<InstanceId>, String> {
-        let ids = Self::ids(instances);
-        let fail = |e: fleetscale_adapters::AdapterError| format!("{}: {e}", self.pool);
+        let still = self.still_in_pool(instances).await?;
+        Ok(Self::ids(instances)
+            .into_iter()
+            .filter(|id| !still.contains(id))
+            .collect())
+    }
+}
+
+impl BackendPoolDrain {
+    async fn still_in_pool(&self, instances: &[Instance]) -> Result<HashSet<InstanceId>, String> {
         self.scale_set
-            .leave_backend_pool(&ids, &self.pool)
+            .leave_backend_pool(&Self::ids(instances), &self.pool)
             .await
-            .map_err(fail)?;
-        let still = self
-            .scale_set
-            .in_backend_pool(&ids, &self.pool)
-            .await
-            .map_err(fail)?;
-        Ok(ids.into_iter().filter(|id| !still.contains(id)).collect())
+            .map_err(|e| format!("{}: {e}", self.pool))
     }
 }

@@ -310,33 +310,30 @@ impl ScaleSetFleet {
             .collect())
     }
 
-    /// Takes the VMs `ids` out of the load balancer backend pool `pool` (its ARM id): the
-    /// load balancer sends them no new flows. VMs not in it are left alone.
-    pub async fn leave_backend_pool(&self, ids: &[InstanceId], pool: &str) -> Result<()> {
-        for mut vm in self.vms_named(ids).await? {
-            if in_pool(&vm, pool) {
-                leave_pool(&mut vm, pool);
-                self.update_vm(vm, "leaving the backend pool").await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Of the VMs `ids`, those still in the backend pool `pool`: their model names it,
-    /// or the update that takes them out has not been applied yet (provisioning state
-    /// other than `Succeeded`). VMs gone are not.
-    pub async fn in_backend_pool(
+    /// Takes the VMs `ids` out of the load balancer backend pool `pool` (its ARM id), so
+    /// that the load balancer sends them no new flows, and returns those still in it: VMs
+    /// whose model named it (updated now; read again at the next call) and VMs whose
+    /// update out of it has not been applied yet (provisioning other than `Succeeded`).
+    /// VMs gone are not. One list of the scale set's VMs per call.
+    pub async fn leave_backend_pool(
         &self,
         ids: &[InstanceId],
         pool: &str,
     ) -> Result<HashSet<InstanceId>> {
-        Ok(self
-            .vms_named(ids)
-            .await?
-            .into_iter()
-            .filter(|vm| in_pool(vm, pool) || provisioning_state(vm) != "succeeded")
-            .filter_map(|vm| vm.instance_id)
-            .collect())
+        let mut still = HashSet::new();
+        for mut vm in self.vms_named(ids).await? {
+            let Some(id) = vm.instance_id.clone() else {
+                continue;
+            };
+            if in_pool(&vm, pool) {
+                leave_pool(&mut vm, pool);
+                self.update_vm(vm, "leaving the backend pool").await?;
+                still.insert(id);
+            } else if provisioning_state(&vm) != "succeeded" {
+                still.insert(id);
+            }
+        }
+        Ok(still)
     }
 
     fn remembered(&self, token: &str) -> Option<GrowRecord> {
